@@ -6,6 +6,8 @@
 //! `SG_BLESS=1 cargo test -p storegate-protocol --test golden` and commit the
 //! diff of `tests/golden/`.
 
+#![allow(clippy::unwrap_used)]
+
 use std::fmt::Write as _;
 
 use storegate_protocol::device::{

@@ -1,6 +1,8 @@
 //! Property tests: encode/decode round-trips, and decoders that never panic
 //! on arbitrary bytes.
 
+#![allow(clippy::unwrap_used)]
+
 use proptest::prelude::*;
 use storegate_protocol::device::{self, PosRequest};
 use storegate_protocol::downlink::{DownBody, DownItem, Price, Product, StockLevel};

@@ -1,1 +1,92 @@
-fn main() {}
+//! `edge-agent`: runs storegate's in-store agent.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use storegate_edge::Settings;
+use tokio_util::sync::CancellationToken;
+
+/// storegate edge agent: the store keeps selling when the WAN is down.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// TOML settings file (see --print-default-config); SG_EDGE_* variables override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Print the default settings as TOML and exit.
+    #[arg(long)]
+    print_default_config: bool,
+    /// This store's id (overrides the file).
+    #[arg(long)]
+    store_id: Option<String>,
+    /// Where the journal lives (overrides the file).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Upstream broker, mqtt://host:port (overrides the file).
+    #[arg(long)]
+    upstream: Option<String>,
+    /// Local HTTP endpoint address (overrides the file).
+    #[arg(long)]
+    http_listen: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if cli.print_default_config {
+        print!("{}", Settings::default_toml());
+        return Ok(());
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rumqttc=warn,sqlx=warn".into()),
+        )
+        .init();
+    let mut settings = Settings::load(cli.config.as_deref())?;
+    if let Some(s) = cli.store_id {
+        settings.store_id = s;
+    }
+    if let Some(d) = cli.data_dir {
+        settings.data_dir = d;
+    }
+    if let Some(u) = cli.upstream {
+        settings.upstream.url = u;
+    }
+    if let Some(h) = cli.http_listen {
+        settings.http.listen = h;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let edge = storegate_edge::start(settings, shutdown.clone()).await?;
+        // Machine-readable line for supervisors and tests that bind port 0.
+        println!("edge-agent listening http={}", edge.http_addr);
+        tokio::spawn(stop_on_signal(shutdown));
+        edge.stopped().await;
+        anyhow::Ok(())
+    })
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                let _ = ctrl_c.await;
+                shutdown.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}

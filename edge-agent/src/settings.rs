@@ -1,0 +1,307 @@
+//! Edge agent settings: defaults, then a TOML file, then `SG_EDGE_*`
+//! environment variables (`__` separates sections:
+//! `SG_EDGE_UPSTREAM__URL=mqtt://hub.example:1883`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use storegate_protocol::{Currency, StoreId};
+
+/// Everything the edge agent can be told.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// This store's id: names its topics and its data.
+    pub store_id: String,
+    /// Where the SQLite journal lives.
+    pub data_dir: PathBuf,
+    /// ISO 4217 currency of every amount at this store.
+    pub currency: String,
+    /// The broker the hub listens on.
+    pub upstream: UpstreamSettings,
+    /// How the outbox is drained.
+    pub sync: SyncSettings,
+    /// Journal and outbox limits.
+    pub journal: JournalSettings,
+    /// The local HTTP endpoint (status, metrics, local API).
+    pub http: HttpSettings,
+}
+
+/// Connection to the upstream (WAN) MQTT broker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamSettings {
+    /// `mqtt://host:port`.
+    pub url: String,
+    /// MQTT client id; stable across restarts so the broker keeps the
+    /// session. Default: `edge-{store_id}`.
+    pub client_id: Option<String>,
+    /// MQTT username, if the broker wants one.
+    pub username: Option<String>,
+    /// MQTT password, if the broker wants one.
+    pub password: Option<String>,
+    /// MQTT keep-alive in seconds.
+    pub keep_alive_secs: u64,
+}
+
+/// Outbox draining and reconnecting.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncSettings {
+    /// Most events in one uplink batch.
+    pub batch_max_events: usize,
+    /// Most bytes of events in one uplink batch (one larger event still goes alone).
+    pub batch_max_bytes: usize,
+    /// Batches published and not yet acked by the hub.
+    pub window: usize,
+    /// Resend everything unacked if the hub has not acked for this long.
+    pub ack_timeout_ms: u64,
+    /// First reconnect delay.
+    pub backoff_initial_ms: u64,
+    /// Longest reconnect delay.
+    pub backoff_max_ms: u64,
+    /// Largest MQTT packet sent or accepted.
+    pub max_packet_bytes: usize,
+}
+
+/// Journal limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JournalSettings {
+    /// Outbox disk budget in bytes. Over it, telemetry is dropped oldest
+    /// first; sales, payments and stock are never dropped.
+    pub outbox_budget_bytes: u64,
+    /// Most writes grouped into one durable commit.
+    pub max_group: usize,
+}
+
+/// The local HTTP endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Listen address; loopback by default. Port 0 picks a free port.
+    pub listen: String,
+    /// If set, `POST` routes need `Authorization: Bearer <token>`.
+    pub api_token: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            store_id: "store-0001".into(),
+            data_dir: PathBuf::from("data/edge"),
+            currency: "EUR".into(),
+            upstream: UpstreamSettings::default(),
+            sync: SyncSettings::default(),
+            journal: JournalSettings::default(),
+            http: HttpSettings::default(),
+        }
+    }
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        UpstreamSettings {
+            url: "mqtt://127.0.0.1:1883".into(),
+            client_id: None,
+            username: None,
+            password: None,
+            keep_alive_secs: 15,
+        }
+    }
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        SyncSettings {
+            batch_max_events: 500,
+            batch_max_bytes: 256 * 1024,
+            window: 4,
+            ack_timeout_ms: 30_000,
+            backoff_initial_ms: 250,
+            backoff_max_ms: 30_000,
+            max_packet_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for JournalSettings {
+    fn default() -> Self {
+        JournalSettings {
+            outbox_budget_bytes: 256 * 1024 * 1024,
+            max_group: 256,
+        }
+    }
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            listen: "127.0.0.1:8081".into(),
+            api_token: None,
+        }
+    }
+}
+
+/// A setting that does not make sense.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The file or environment could not be read or parsed.
+    #[error("settings: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// A value is invalid.
+    #[error("setting `{key}`: {message}")]
+    Invalid {
+        /// Dotted key of the setting.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Settings after validation, in the types the agent uses.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    /// This store.
+    pub store: StoreId,
+    /// Its currency.
+    pub currency: Currency,
+    /// Upstream broker host.
+    pub upstream_host: String,
+    /// Upstream broker port.
+    pub upstream_port: u16,
+    /// MQTT client id.
+    pub client_id: String,
+    /// HTTP listen address.
+    pub http_listen: SocketAddr,
+}
+
+impl Settings {
+    /// Defaults, overridden by `file` (if given) and then by `SG_EDGE_*`.
+    pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
+        let mut fig = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(f) = file {
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        fig.merge(Env::prefixed("SG_EDGE_").split("__"))
+            .extract()
+            .map_err(|e| SettingsError::Load(Box::new(e)))
+    }
+
+    /// The defaults as TOML, for `--print-default-config`.
+    pub fn default_toml() -> String {
+        toml::to_string_pretty(&Settings::default()).unwrap_or_default()
+    }
+
+    /// Checks every value and converts to working types.
+    pub fn validate(&self) -> Result<Validated, SettingsError> {
+        let invalid = |key, message: String| SettingsError::Invalid { key, message };
+        let store = StoreId::parse(&self.store_id).map_err(|e| invalid("store_id", e.to_string()))?;
+        let currency = Currency::parse(&self.currency).map_err(|e| invalid("currency", e.to_string()))?;
+        let (upstream_host, upstream_port) =
+            parse_mqtt_url(&self.upstream.url).map_err(|m| invalid("upstream.url", m))?;
+        let http_listen = self
+            .http
+            .listen
+            .parse()
+            .map_err(|e| invalid("http.listen", format!("{:?}: {e}", self.http.listen)))?;
+        if self.sync.batch_max_events == 0 || self.sync.window == 0 {
+            return Err(invalid(
+                "sync.batch_max_events / sync.window",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.sync.max_packet_bytes < self.sync.batch_max_bytes + 1024 {
+            return Err(invalid(
+                "sync.max_packet_bytes",
+                "must exceed sync.batch_max_bytes by at least 1 KiB (envelope headroom)".into(),
+            ));
+        }
+        if self.journal.max_group == 0 {
+            return Err(invalid("journal.max_group", "must be at least 1".into()));
+        }
+        let client_id = self
+            .upstream
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("edge-{store}"));
+        Ok(Validated {
+            store,
+            currency,
+            upstream_host,
+            upstream_port,
+            client_id,
+            http_listen,
+        })
+    }
+}
+
+impl SyncSettings {
+    /// `ack_timeout_ms` as a duration.
+    pub fn ack_timeout(&self) -> Duration {
+        Duration::from_millis(self.ack_timeout_ms)
+    }
+}
+
+/// Splits `mqtt://host:port` (port defaults to 1883).
+pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or_else(|| format!("{url:?} must start with mqtt://"))?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| format!("{url:?}: port {p:?} is not a number"))?,
+        ),
+        None => (rest, 1883),
+    };
+    if host.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    Ok((host.trim_matches(['[', ']']).to_owned(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_print_as_toml_that_loads_back() {
+        let s = Settings::default();
+        s.validate().unwrap();
+        let text = Settings::default_toml();
+        let back: Settings = toml::from_str(&text).unwrap();
+        assert_eq!(back.store_id, s.store_id);
+        assert_eq!(back.sync.batch_max_events, s.sync.batch_max_events);
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let mut s = Settings {
+            store_id: "bad/store".into(),
+            ..Settings::default()
+        };
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("store_id"), "{e}");
+        s.store_id = "ok".into();
+        s.upstream.url = "http://x".into();
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("upstream.url"), "{e}");
+    }
+
+    #[test]
+    fn mqtt_urls_parse() {
+        assert_eq!(parse_mqtt_url("mqtt://h:1884"), Ok(("h".into(), 1884)));
+        assert_eq!(parse_mqtt_url("mqtt://h"), Ok(("h".into(), 1883)));
+        assert_eq!(parse_mqtt_url("mqtt://[::1]:9"), Ok(("::1".into(), 9)));
+        assert!(parse_mqtt_url("mqtt://:9").is_err());
+        assert!(parse_mqtt_url("mqtt://h:x").is_err());
+    }
+}

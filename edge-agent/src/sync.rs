@@ -1,0 +1,704 @@
+//! The sync engine: drains the outbox to the hub and applies the downlink.
+//!
+//! [`SyncCore`] is the state machine (no I/O: methods change state and say
+//! what to do). [`run`] is the thin loop that drives it with rumqttc and
+//! the journal.
+//!
+//! # Contract (DESIGN.md §4, edge half)
+//!
+//! - Outbox rows are published in seq order, in batches bounded by count
+//!   and bytes, QoS 1, at most `sync.window` batches awaiting the hub.
+//! - MQTT PUBACK means only that the broker has the batch. Rows are deleted
+//!   when the hub's application ack (`AppAck { committed_up_to }`) arrives.
+//! - `ResendRequest { from }` means the hub committed up to `from - 1` and
+//!   wants the rest again: the engine rewinds.
+//! - After ANY (re)connect everything unacked is sent again: rumqttc drops
+//!   its pending queue when the broker lost the session, and a broker's
+//!   PUBACK was never a promise the hub got it. The hub drops duplicates by
+//!   seq, so resending is always safe.
+//! - If the hub acks nothing for `sync.ack_timeout_ms`, the engine rewinds
+//!   and resends too.
+//! - Reconnects back off exponentially with jitter.
+//! - Presence: a retained `Presence { online: true }` on connect; the last
+//!   will publishes `online: false` if the connection dies.
+//! - Downlink batches are applied in downlink seq order, idempotently, and
+//!   acked with `DownAck`. A malformed message is logged, counted and
+//!   skipped; the stream goes on.
+//! - The journal's commit path never waits on any of this.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, ClientError, Event, LastWill, MqttOptions, Packet, Publish, QoS};
+use storegate_protocol::envelope::{
+    self, DownAck, Message, PROTOCOL_VERSION, Presence, encode_up_batch_from_encoded,
+};
+use storegate_protocol::rpc::{RpcRequest, RpcResponse};
+use storegate_protocol::topic::{RpcLeg, RpcSide, WanTopic};
+use storegate_protocol::{Seq, StoreId};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::journal::{DownApplied, Journal, now_ms};
+use crate::settings::SyncSettings;
+
+/// A batch published and not yet acked.
+#[derive(Debug, Clone, Copy)]
+struct Inflight {
+    /// Its last seq.
+    last: Seq,
+    /// When it was published.
+    sent_at: Instant,
+}
+
+/// The sync state machine. No I/O.
+#[derive(Debug)]
+pub struct SyncCore {
+    /// Hub committed up to.
+    acked: Seq,
+    /// Published up to, on this connection.
+    sent: Seq,
+    /// Batches awaiting the hub's ack, oldest first.
+    inflight: VecDeque<Inflight>,
+    /// Connected to the broker.
+    connected: bool,
+    /// Most batches awaiting the hub.
+    window: usize,
+}
+
+impl SyncCore {
+    /// Starts from what the journal says the hub has committed.
+    pub fn new(acked: Seq, window: usize) -> Self {
+        SyncCore {
+            acked,
+            sent: acked,
+            inflight: VecDeque::new(),
+            connected: false,
+            window: window.max(1),
+        }
+    }
+
+    /// Connected (or reconnected): everything unacked goes again.
+    pub fn on_connected(&mut self) {
+        self.connected = true;
+        self.rewind();
+    }
+
+    /// Lost the connection.
+    pub fn on_disconnected(&mut self) {
+        self.connected = false;
+        self.rewind();
+    }
+
+    fn rewind(&mut self) {
+        self.sent = self.acked;
+        self.inflight.clear();
+    }
+
+    /// Where the next batch starts, if one may be sent now.
+    pub fn next_from(&self) -> Option<Seq> {
+        (self.connected && self.inflight.len() < self.window).then(|| self.sent.next())
+    }
+
+    /// A batch ending at `last` was handed to the MQTT client.
+    pub fn on_published(&mut self, last: Seq, now: Instant) {
+        self.sent = self.sent.max(last);
+        self.inflight.push_back(Inflight { last, sent_at: now });
+    }
+
+    /// The hub committed up to `n`. Returns `Some(n)` when that is news and
+    /// the journal should delete up to `n`.
+    pub fn on_app_ack(&mut self, n: Seq) -> Option<Seq> {
+        if n <= self.acked {
+            return None;
+        }
+        self.acked = n;
+        while self.inflight.front().is_some_and(|b| b.last <= n) {
+            self.inflight.pop_front();
+        }
+        self.sent = self.sent.max(n);
+        Some(n)
+    }
+
+    /// The hub wants everything from `from` again; it committed up to
+    /// `from - 1`. Returns the implied ack, if it is news.
+    pub fn on_resend(&mut self, from: Seq) -> Option<Seq> {
+        let implied = Seq(from.0.saturating_sub(1));
+        if implied < self.acked {
+            tracing::error!(
+                from = from.0,
+                acked = self.acked.0,
+                "hub asks for events it already acked and this store deleted; resending what is left"
+            );
+            metrics::counter!("edge_sync_unrecoverable_resend_total").increment(1);
+        }
+        let ack = self.on_app_ack(implied);
+        self.rewind();
+        ack
+    }
+
+    /// Called periodically: if the oldest batch waited longer than
+    /// `timeout`, rewind and return true.
+    pub fn on_tick(&mut self, now: Instant, timeout: Duration) -> bool {
+        match self.inflight.front() {
+            Some(b) if now.duration_since(b.sent_at) >= timeout => {
+                self.rewind();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Hub committed up to.
+    pub fn acked(&self) -> Seq {
+        self.acked
+    }
+
+    /// Published up to.
+    pub fn sent(&self) -> Seq {
+        self.sent
+    }
+
+    /// Batches awaiting the hub.
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+}
+
+/// Exponential backoff with jitter: each delay is drawn from
+/// `[d/2, d]` where `d` doubles from `initial` up to `max`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    /// First delay.
+    initial: Duration,
+    /// Ceiling.
+    max: Duration,
+    /// Failures since the last success.
+    attempt: u32,
+}
+
+impl Backoff {
+    /// A backoff from `initial` to `max`.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Backoff {
+            initial,
+            max: max.max(initial),
+            attempt: 0,
+        }
+    }
+
+    /// The next delay.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self
+            .initial
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        let half = d / 2;
+        half + half.mul_f64(rand::random::<f64>())
+    }
+
+    /// Connected: start again from `initial`.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// Connection state the status endpoint shows.
+#[derive(Debug, Default)]
+pub struct LinkStatus {
+    /// Connected to the upstream broker now.
+    pub connected: AtomicBool,
+    /// Successful connections since start.
+    pub connects: AtomicU64,
+    /// Malformed or unexpected downlink messages rejected.
+    pub rejected: AtomicU64,
+}
+
+/// A request to the hub over the RPC topic, for [`SyncHandle::call`].
+#[derive(Debug)]
+struct RpcOut {
+    request: RpcRequest,
+    reply: oneshot::Sender<RpcResponse>,
+}
+
+/// Handle for other modules: RPC calls to the hub and downlink notifications.
+#[derive(Debug, Clone)]
+pub struct SyncHandle {
+    /// RPC requests for the loop to publish.
+    rpc_tx: mpsc::Sender<RpcOut>,
+    /// Downlink items as they are applied.
+    applied_tx: broadcast::Sender<Arc<DownApplied>>,
+    /// Connection state.
+    pub status: Arc<LinkStatus>,
+}
+
+/// Why an RPC call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RpcError {
+    /// Not connected to the broker: the hub cannot be asked now.
+    #[error("hub unreachable")]
+    Offline,
+    /// No answer before the deadline.
+    #[error("no answer from the hub in time")]
+    Timeout,
+}
+
+impl SyncHandle {
+    /// Sends `request` to the hub and waits for its response, at most
+    /// `request.timeout_ms`.
+    pub async fn call(&self, request: RpcRequest) -> Result<RpcResponse, RpcError> {
+        if !self.status.connected.load(Ordering::Acquire) {
+            return Err(RpcError::Offline);
+        }
+        let timeout = Duration::from_millis(u64::from(request.timeout_ms));
+        let (reply, rx) = oneshot::channel();
+        self.rpc_tx
+            .send(RpcOut { request, reply })
+            .await
+            .map_err(|_| RpcError::Offline)?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err(RpcError::Offline),
+            Err(_) => Err(RpcError::Timeout),
+        }
+    }
+
+    /// Downlink items as they are applied (tasks and config for devices).
+    pub fn subscribe_applied(&self) -> broadcast::Receiver<Arc<DownApplied>> {
+        self.applied_tx.subscribe()
+    }
+}
+
+/// What the sync loop needs.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// This store.
+    pub store: StoreId,
+    /// Upstream broker host.
+    pub host: String,
+    /// Upstream broker port.
+    pub port: u16,
+    /// Stable MQTT client id.
+    pub client_id: String,
+    /// Credentials, if the broker wants them.
+    pub credentials: Option<(String, String)>,
+    /// MQTT keep-alive.
+    pub keep_alive: Duration,
+    /// Batching, window, timeouts.
+    pub sync: SyncSettings,
+}
+
+/// Creates the handle and the future that runs the sync loop until
+/// `shutdown` is cancelled.
+pub fn spawn(
+    cfg: SyncConfig,
+    journal: Journal,
+    shutdown: CancellationToken,
+) -> (SyncHandle, impl Future<Output = ()> + Send + 'static) {
+    let (rpc_tx, rpc_rx) = mpsc::channel(256);
+    let (applied_tx, _) = broadcast::channel(256);
+    let status = Arc::new(LinkStatus::default());
+    let handle = SyncHandle {
+        rpc_tx,
+        applied_tx: applied_tx.clone(),
+        status: status.clone(),
+    };
+    let fut = run(cfg, journal, status, rpc_rx, applied_tx, shutdown);
+    (handle, fut)
+}
+
+fn presence(store: &StoreId, online: bool) -> Vec<u8> {
+    envelope::encode(&Message::Presence(Presence {
+        store: store.clone(),
+        online,
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        protocol_version: PROTOCOL_VERSION,
+        at_ms: now_ms(),
+    }))
+}
+
+struct Loop {
+    cfg: SyncConfig,
+    journal: Journal,
+    client: AsyncClient,
+    core: SyncCore,
+    status: Arc<LinkStatus>,
+    applied_tx: broadcast::Sender<Arc<DownApplied>>,
+    pending_rpc: HashMap<u128, (oneshot::Sender<RpcResponse>, Instant)>,
+    topics: Topics,
+}
+
+struct Topics {
+    up: String,
+    ack: String,
+    down: String,
+    status: String,
+    rpc_req: String,
+    rpc_res: String,
+}
+
+async fn run(
+    cfg: SyncConfig,
+    journal: Journal,
+    status: Arc<LinkStatus>,
+    mut rpc_rx: mpsc::Receiver<RpcOut>,
+    applied_tx: broadcast::Sender<Arc<DownApplied>>,
+    shutdown: CancellationToken,
+) {
+    let store = cfg.store.clone();
+    let topics = Topics {
+        up: WanTopic::Up(store.clone()).to_string(),
+        ack: WanTopic::Ack(store.clone()).to_string(),
+        down: WanTopic::Down(store.clone()).to_string(),
+        status: WanTopic::Status(store.clone()).to_string(),
+        rpc_req: WanTopic::Rpc(store.clone(), RpcSide::Edge, RpcLeg::Req).to_string(),
+        rpc_res: WanTopic::Rpc(store.clone(), RpcSide::Edge, RpcLeg::Res).to_string(),
+    };
+    let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    opts.set_clean_session(false)
+        .set_keep_alive(cfg.keep_alive)
+        .set_max_packet_size(cfg.sync.max_packet_bytes, cfg.sync.max_packet_bytes)
+        .set_inflight(100)
+        .set_last_will(LastWill::new(
+            topics.status.clone(),
+            presence(&store, false),
+            QoS::AtLeastOnce,
+            true,
+        ));
+    if let Some((u, p)) = &cfg.credentials {
+        opts.set_credentials(u.clone(), p.clone());
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, 128);
+    let mut me = Loop {
+        core: SyncCore::new(Seq(journal.stats().acked_up_to), cfg.sync.window),
+        cfg,
+        journal,
+        client,
+        status,
+        applied_tx,
+        pending_rpc: HashMap::new(),
+        topics,
+    };
+    let mut backoff = Backoff::new(
+        Duration::from_millis(me.cfg.sync.backoff_initial_ms),
+        Duration::from_millis(me.cfg.sync.backoff_max_ms),
+    );
+    let outbox_changed = me.journal.outbox_changed();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            ev = eventloop.poll() => match ev {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    backoff.reset();
+                    me.on_connected(ack.session_present).await;
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => me.on_publish(p).await,
+                Ok(_) => {}
+                Err(e) => {
+                    if me.status.connected.swap(false, Ordering::AcqRel) {
+                        tracing::warn!(error = %e, "upstream connection lost");
+                        metrics::gauge!("edge_upstream_connected").set(0.0);
+                    } else {
+                        tracing::debug!(error = %e, "upstream connect failed");
+                    }
+                    me.core.on_disconnected();
+                    me.fail_pending_rpc();
+                    let delay = backoff.next_delay();
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            },
+            () = outbox_changed.notified() => me.pump().await,
+            Some(out) = rpc_rx.recv() => me.send_rpc(out),
+            _ = tick.tick() => {
+                let now = Instant::now();
+                if me.core.on_tick(now, me.cfg.sync.ack_timeout()) {
+                    tracing::warn!(acked = me.core.acked().0, "no application ack in time; resending everything unacked");
+                    metrics::counter!("edge_sync_ack_timeouts_total").increment(1);
+                }
+                me.pending_rpc.retain(|_, (_, deadline)| *deadline > now);
+                me.pump().await;
+            }
+        }
+    }
+    // Graceful: say we are going offline, then disconnect.
+    if me.status.connected.load(Ordering::Acquire) {
+        let _ = me.client.try_publish(
+            &me.topics.status,
+            QoS::AtLeastOnce,
+            true,
+            presence(&me.cfg.store, false),
+        );
+        let _ = me.client.try_disconnect();
+        let drain = async {
+            while let Ok(ev) = eventloop.poll().await {
+                if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+    }
+    tracing::info!("sync engine stopped");
+}
+
+impl Loop {
+    async fn on_connected(&mut self, session_present: bool) {
+        tracing::info!(
+            session_present,
+            acked = self.core.acked().0,
+            "connected to upstream broker; resending everything unacked"
+        );
+        self.status.connected.store(true, Ordering::Release);
+        self.status.connects.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!("edge_upstream_connected").set(1.0);
+        metrics::counter!("edge_sync_connects_total").increment(1);
+        self.core.on_connected();
+        for t in [&self.topics.ack, &self.topics.down, &self.topics.rpc_res] {
+            if let Err(e) = self.client.try_subscribe(t.as_str(), QoS::AtLeastOnce) {
+                tracing::warn!(error = %e, topic = %t, "subscribe not queued");
+            }
+        }
+        let _ = self.client.try_publish(
+            &self.topics.status,
+            QoS::AtLeastOnce,
+            true,
+            presence(&self.cfg.store, true),
+        );
+        // The hub may have downlink waiting; tell it where we are.
+        self.send_down_ack(Seq(self.journal.stats().down_applied));
+        self.pump().await;
+    }
+
+    /// Publishes batches while the window allows and the outbox has rows.
+    async fn pump(&mut self) {
+        while let Some(from) = self.core.next_from() {
+            let rows = match self
+                .journal
+                .fetch_outbox(
+                    from,
+                    self.cfg.sync.batch_max_events,
+                    self.cfg.sync.batch_max_bytes,
+                )
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read outbox");
+                    return;
+                }
+            };
+            let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+                return;
+            };
+            if first.seq != from {
+                // Rows before `first` were acked meanwhile; the core catches up on the ack.
+                tracing::debug!(
+                    from = from.0,
+                    first = first.seq.0,
+                    "outbox starts later than expected"
+                );
+            }
+            let last = last.seq;
+            let stats = self.journal.stats();
+            let backlog = stats.next_seq.saturating_sub(1).saturating_sub(last.0);
+            let refs: Vec<&[u8]> = rows.iter().map(|r| r.encoded.as_slice()).collect();
+            let bytes =
+                encode_up_batch_from_encoded(&self.cfg.store, &refs, backlog, stats.dropped_telemetry);
+            match self
+                .client
+                .try_publish(&self.topics.up, QoS::AtLeastOnce, false, bytes)
+            {
+                Ok(()) => {
+                    self.core.on_published(last, Instant::now());
+                    metrics::counter!("edge_sync_batches_published_total").increment(1);
+                    metrics::counter!("edge_sync_events_published_total").increment(rows.len() as u64);
+                }
+                Err(ClientError::TryRequest(_)) | Err(ClientError::Request(_)) => return,
+            }
+        }
+    }
+
+    async fn on_publish(&mut self, p: Publish) {
+        let topic = p.topic.clone();
+        let msg = match envelope::decode(&p.payload) {
+            Ok(m) => m,
+            Err(e) => return self.reject(&topic, &format!("undecodable: {e}")),
+        };
+        if topic == self.topics.ack {
+            match msg {
+                Message::AppAck(a) => {
+                    if let Some(n) = self.core.on_app_ack(a.committed_up_to) {
+                        self.commit_ack(n).await;
+                    }
+                    self.pump().await;
+                }
+                Message::ResendRequest(r) => {
+                    tracing::info!(from = r.from.0, "hub asks for a resend");
+                    metrics::counter!("edge_sync_resend_requests_total").increment(1);
+                    if let Some(n) = self.core.on_resend(r.from) {
+                        self.commit_ack(n).await;
+                    }
+                    self.pump().await;
+                }
+                other => self.reject(&topic, &format!("unexpected {} on the ack topic", other.name())),
+            }
+        } else if topic == self.topics.down {
+            match msg {
+                Message::DownBatch(b) if b.store == self.cfg.store => self.on_down(b.items).await,
+                Message::DownBatch(b) => {
+                    self.reject(&topic, &format!("downlink addressed to store {}", b.store))
+                }
+                other => self.reject(&topic, &format!("unexpected {} on the down topic", other.name())),
+            }
+        } else if topic == self.topics.rpc_res {
+            match msg {
+                Message::RpcResponse(r) => match self.pending_rpc.remove(&r.correlation_id.as_u128()) {
+                    Some((reply, _)) => {
+                        let _ = reply.send(r);
+                    }
+                    None => {
+                        tracing::info!(correlation = %r.correlation_id, "late or unknown RPC response dropped")
+                    }
+                },
+                other => self.reject(&topic, &format!("unexpected {} on the rpc topic", other.name())),
+            }
+        } else {
+            self.reject(&topic, "message on a topic this edge does not read");
+        }
+    }
+
+    fn reject(&self, topic: &str, why: &str) {
+        tracing::error!(topic, why, "rejected downlink message");
+        self.status.rejected.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("edge_downlink_rejected_total").increment(1);
+    }
+
+    async fn commit_ack(&mut self, n: Seq) {
+        metrics::counter!("edge_sync_acks_total").increment(1);
+        if let Err(e) = self.journal.ack(n).await {
+            // The rows stay; they will be resent and acked again.
+            tracing::error!(error = %e, "cannot delete acked outbox rows");
+        }
+    }
+
+    async fn on_down(&mut self, items: Vec<storegate_protocol::downlink::DownItem>) {
+        match self.journal.apply_downlink(items).await {
+            Ok(applied) => {
+                metrics::counter!("edge_downlink_items_applied_total")
+                    .increment(applied.applied.len() as u64);
+                if applied.gap {
+                    tracing::info!(
+                        applied_up_to = applied.applied_up_to.0,
+                        "downlink gap; asking the hub to resend"
+                    );
+                }
+                self.send_down_ack(applied.applied_up_to);
+                if !applied.applied.is_empty() {
+                    let _ = self.applied_tx.send(Arc::new(applied));
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot apply downlink; it will be resent"),
+        }
+    }
+
+    fn send_down_ack(&self, applied_up_to: Seq) {
+        let bytes = envelope::encode(&Message::DownAck(DownAck { applied_up_to }));
+        if let Err(e) = self
+            .client
+            .try_publish(&self.topics.up, QoS::AtLeastOnce, false, bytes)
+        {
+            tracing::debug!(error = %e, "down ack not queued; the hub will resend");
+        }
+    }
+
+    fn send_rpc(&mut self, out: RpcOut) {
+        let id = out.request.correlation_id.as_u128();
+        let deadline = Instant::now() + Duration::from_millis(u64::from(out.request.timeout_ms));
+        let bytes = envelope::encode(&Message::RpcRequest(out.request));
+        if self
+            .client
+            .try_publish(&self.topics.rpc_req, QoS::AtLeastOnce, false, bytes)
+            .is_ok()
+        {
+            self.pending_rpc.insert(id, (out.reply, deadline));
+        }
+        // Dropping `out.reply` on failure tells the caller at once.
+    }
+
+    fn fail_pending_rpc(&mut self) {
+        self.pending_rpc.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_limits_batches_in_flight() {
+        let mut c = SyncCore::new(Seq(0), 2);
+        assert_eq!(c.next_from(), None, "nothing is sent while disconnected");
+        c.on_connected();
+        let now = Instant::now();
+        assert_eq!(c.next_from(), Some(Seq(1)));
+        c.on_published(Seq(10), now);
+        assert_eq!(c.next_from(), Some(Seq(11)));
+        c.on_published(Seq(20), now);
+        assert_eq!(c.next_from(), None);
+        assert_eq!(c.on_app_ack(Seq(10)), Some(Seq(10)));
+        assert_eq!(c.next_from(), Some(Seq(21)));
+        assert_eq!(c.on_app_ack(Seq(5)), None, "old acks are ignored");
+    }
+
+    #[test]
+    fn reconnect_resends_everything_unacked() {
+        let mut c = SyncCore::new(Seq(4), 8);
+        c.on_connected();
+        c.on_published(Seq(10), Instant::now());
+        c.on_disconnected();
+        c.on_connected();
+        assert_eq!(c.next_from(), Some(Seq(5)));
+    }
+
+    #[test]
+    fn resend_request_implies_an_ack_and_rewinds() {
+        let mut c = SyncCore::new(Seq(0), 8);
+        c.on_connected();
+        c.on_published(Seq(10), Instant::now());
+        c.on_published(Seq(20), Instant::now());
+        assert_eq!(c.on_resend(Seq(8)), Some(Seq(7)));
+        assert_eq!(c.next_from(), Some(Seq(8)));
+        assert_eq!(c.inflight(), 0);
+    }
+
+    #[test]
+    fn ack_timeout_rewinds() {
+        let mut c = SyncCore::new(Seq(0), 8);
+        c.on_connected();
+        let t0 = Instant::now();
+        c.on_published(Seq(10), t0);
+        assert!(!c.on_tick(t0 + Duration::from_secs(1), Duration::from_secs(5)));
+        assert!(c.on_tick(t0 + Duration::from_secs(6), Duration::from_secs(5)));
+        assert_eq!(c.next_from(), Some(Seq(1)));
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
+        let d: Vec<Duration> = (0..6).map(|_| b.next_delay()).collect();
+        assert!(d[0] >= Duration::from_millis(50) && d[0] <= Duration::from_millis(100));
+        assert!(d[3] >= Duration::from_millis(400) && d[3] <= Duration::from_millis(800));
+        assert!(d[5] >= Duration::from_millis(500) && d[5] <= Duration::from_millis(1000));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,167 @@
+//! The embedded MQTT broker (rumqttd in-process), the hub's default.
+//!
+//! rumqttd has no shutdown API and does not report a failed bind (it logs
+//! and the server thread ends). So [`start_embedded`] binds the address
+//! itself first (a taken port is a clear error naming the setting), reads
+//! back the port when 0 was asked for, releases it for rumqttd, starts the
+//! broker on its own thread, and waits until the port accepts connections.
+//! The broker then lives until the process exits.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The broker configuration compiled into the hub.
+pub const DEFAULT_CONFIG: &str = include_str!("../../broker-config/rumqttd.toml");
+
+/// Why the embedded broker did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The configuration could not be read or parsed.
+    #[error("broker config {path}: {message}")]
+    Config {
+        /// Where it came from.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The listen address is taken or not ours.
+    #[error(
+        "embedded MQTT broker cannot listen on {addr}: {source}; change `{setting}` (another broker, e.g. Mosquitto, may hold the port)"
+    )]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The setting that holds it.
+        setting: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// rumqttd did not start listening.
+    #[error("embedded MQTT broker did not start listening on {0} within 10 s")]
+    NotListening(SocketAddr),
+}
+
+/// Parses a rumqttd TOML configuration (`file`, or the compiled-in default).
+pub fn load_config(file: Option<&Path>) -> Result<rumqttd::Config, BrokerError> {
+    let (path, text) = match file {
+        Some(p) => (
+            p.display().to_string(),
+            std::fs::read_to_string(p).map_err(|e| BrokerError::Config {
+                path: p.display().to_string(),
+                message: e.to_string(),
+            })?,
+        ),
+        None => (
+            "(built in) broker-config/rumqttd.toml".to_owned(),
+            DEFAULT_CONFIG.to_owned(),
+        ),
+    };
+    let config: rumqttd::Config = toml::from_str(&text).map_err(|e| BrokerError::Config {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    if config.router.max_connections == 0 || config.router.max_segment_size == 0 {
+        return Err(BrokerError::Config {
+            path,
+            message: "router.max_connections and router.max_segment_size must be set (rumqttd aborts every client on zeros)"
+                .into(),
+        });
+    }
+    Ok(config)
+}
+
+/// Starts rumqttd with `config`, its first v4 server listening on `listen`
+/// (port 0: a free port). Returns the address it listens on.
+pub fn start_embedded(
+    mut config: rumqttd::Config,
+    listen: SocketAddr,
+    setting: &'static str,
+) -> Result<SocketAddr, BrokerError> {
+    let probe = TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
+        addr: listen,
+        setting,
+        source,
+    })?;
+    let addr = probe.local_addr().map_err(|source| BrokerError::Bind {
+        addr: listen,
+        setting,
+        source,
+    })?;
+    drop(probe);
+
+    let mut servers = config.v4.take().unwrap_or_default();
+    let mut server = match servers.drain().next() {
+        Some((_, s)) => s,
+        None => {
+            return Err(BrokerError::Config {
+                path: "broker config".into(),
+                message: "needs one [v4.x] server section".into(),
+            });
+        }
+    };
+    server.listen = addr;
+    config.v4 = Some([("1".to_owned(), server)].into_iter().collect());
+    config.v5 = None;
+    config.ws = None;
+    config.prometheus = None;
+    config.console = None;
+    config.metrics = None;
+
+    std::thread::Builder::new()
+        .name("rumqttd".into())
+        .spawn(move || {
+            let mut broker = rumqttd::Broker::new(config);
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "embedded broker stopped");
+            }
+        })
+        .map_err(|source| BrokerError::Bind {
+            addr,
+            setting,
+            source,
+        })?;
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            tracing::info!(%addr, "embedded MQTT broker listening");
+            return Ok(addr);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(BrokerError::NotListening(addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_parses() {
+        let c = load_config(None).unwrap();
+        assert!(c.router.max_connections > 1000);
+        assert!(c.v4.is_some());
+    }
+
+    #[test]
+    fn a_taken_port_names_the_setting() {
+        let held = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap();
+        let e = start_embedded(load_config(None).unwrap(), addr, "broker.listen").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("broker.listen"), "{text}");
+    }
+
+    #[test]
+    fn port_zero_starts_a_broker_that_accepts_connections() {
+        let addr = start_embedded(
+            load_config(None).unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+            "broker.listen",
+        )
+        .unwrap();
+        assert_ne!(addr.port(), 0);
+        TcpStream::connect(addr).unwrap();
+    }
+}

@@ -1,0 +1,7 @@
+//! storegate's integration and end-to-end tests: one binary, one module per
+//! area. Real components only (see the harness in `storegate_e2e`).
+
+#![allow(clippy::unwrap_used)]
+
+mod edge_crash;
+mod edge_sync;
