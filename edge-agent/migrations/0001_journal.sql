@@ -14,19 +14,24 @@ CREATE TABLE sync_state (
 INSERT INTO sync_state VALUES (1, 1, 0, 0, 0, 0, NULL);
 
 -- Events waiting for the hub's application ack, in seq order.
+-- A sale's encoded event lives once, in `sales.body`; its outbox row has a
+-- NULL payload and is joined by seq. A dropped telemetry row keeps its seq
+-- with a small `TelemetryDropped` placeholder as payload.
 CREATE TABLE outbox (
     seq        INTEGER PRIMARY KEY,
-    event_id   BLOB    NOT NULL UNIQUE,
+    event_id   BLOB    NOT NULL,
     kind       TEXT    NOT NULL,
     telemetry  INTEGER NOT NULL,         -- 1: may be dropped over budget
-    payload    BLOB,                     -- postcard Event; NULL once dropped
-    bytes      INTEGER NOT NULL,
+    dropped    INTEGER NOT NULL DEFAULT 0, -- 1: payload is the placeholder
+    payload    BLOB,                     -- postcard Event (see above)
+    bytes      INTEGER NOT NULL,         -- size counted against the budget
+    cum_bytes  INTEGER NOT NULL,         -- running total of `bytes` up to this row (batch sizing)
     created_ms INTEGER NOT NULL
 ) STRICT;
-CREATE INDEX outbox_live_telemetry ON outbox (seq) WHERE telemetry = 1 AND payload IS NOT NULL;
+CREATE INDEX outbox_live_telemetry ON outbox (seq) WHERE telemetry = 1 AND dropped = 0;
 
--- Idempotency: a business key (sale id, return id, client key) is
--- recorded once; asking again returns the first seq.
+-- Idempotency: a business key (return id, void, client key) is recorded
+-- once; asking again returns the first seq. Sales use `sales.sale_id`.
 CREATE TABLE journal_keys (
     key      TEXT    PRIMARY KEY,
     seq      INTEGER NOT NULL,
@@ -35,14 +40,15 @@ CREATE TABLE journal_keys (
 
 -- The sales journal: kept after sync (receipts, returns, voids).
 CREATE TABLE sales (
-    sale_id      BLOB    PRIMARY KEY,
-    seq          INTEGER NOT NULL,
+    seq          INTEGER PRIMARY KEY,    -- the sale event's seq
+    sale_id      BLOB    NOT NULL UNIQUE,
+    event_id     BLOB    NOT NULL,
     lane         TEXT    NOT NULL,
     total_minor  INTEGER NOT NULL,
     currency     TEXT    NOT NULL,
     completed_ms INTEGER NOT NULL,
     voided       INTEGER NOT NULL DEFAULT 0,
-    body         BLOB    NOT NULL        -- postcard Sale
+    body         BLOB    NOT NULL        -- the postcard Event (outbox payload)
 ) STRICT;
 
 CREATE TABLE returns (
@@ -50,7 +56,7 @@ CREATE TABLE returns (
     seq           INTEGER NOT NULL,
     original_sale BLOB,
     refund_minor  INTEGER NOT NULL,
-    body          BLOB    NOT NULL       -- postcard Return
+    body          BLOB    NOT NULL       -- postcard Event
 ) STRICT;
 
 -- Every tender and refund. Card data is a token and last four digits only.
@@ -65,16 +71,16 @@ CREATE TABLE payments (
     last4        TEXT,
     detail       TEXT,
     created_ms   INTEGER NOT NULL
-) STRICT;
+) STRICT, WITHOUT ROWID;
 CREATE INDEX payments_offline_pending ON payments (created_ms) WHERE offline = 1 AND status = 'pending_capture';
 
 -- This store's own stock movements, by seq, until the hub's level includes them.
 CREATE TABLE stock_moves (
-    seq   INTEGER NOT NULL,
     sku   TEXT    NOT NULL,
-    delta INTEGER NOT NULL
-) STRICT;
-CREATE INDEX stock_moves_sku_seq ON stock_moves (sku, seq);
+    seq   INTEGER NOT NULL,
+    delta INTEGER NOT NULL,              -- summed over the event's lines
+    PRIMARY KEY (sku, seq)
+) STRICT, WITHOUT ROWID;
 
 -- Replicas of what the hub sends down.
 CREATE TABLE stock_levels (

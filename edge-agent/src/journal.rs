@@ -35,7 +35,7 @@
 //! `TelemetryDropped`), so the sequence never has a gap. Business events
 //! are never dropped.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -48,7 +48,7 @@ use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool, 
 use storegate_protocol::downlink::{DownBody, DownItem, PaymentOutcome};
 use storegate_protocol::envelope::{decode_event, encode_event};
 use storegate_protocol::event::{
-    CardAuth, Event, EventBody, EventClass, EventKind, Sale, TelemetryDropped, Tender, TenderMethod,
+    CardAuth, Event, EventBody, EventClass, EventKind, TaskStatus, TelemetryDropped, Tender, TenderMethod,
 };
 use storegate_protocol::ids::EventIdGenerator;
 use storegate_protocol::{Currency, EventId, Measure, Money, Seq};
@@ -108,6 +108,19 @@ pub struct OutboxRow {
     pub encoded: Vec<u8>,
 }
 
+/// Encoded events of consecutive outbox rows, concatenated.
+#[derive(Debug, Clone)]
+pub struct RawBatch {
+    /// How many events.
+    pub events: usize,
+    /// The first one's seq.
+    pub first: Seq,
+    /// The last one's seq.
+    pub last: Seq,
+    /// Their postcard encodings, back to back.
+    pub bytes: Vec<u8>,
+}
+
 /// Live counters, updated after every commit. Cheap to read.
 #[derive(Debug, Default)]
 pub struct JournalStats {
@@ -150,15 +163,25 @@ pub struct StatsSnapshot {
     pub over_budget: bool,
 }
 
+/// An idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    /// A sale's own id (looked up in `sales`).
+    Sale(EventId),
+    /// Any other key (kept in `journal_keys`).
+    Named(String),
+}
+
 enum Op {
     Record {
         body: EventBody,
-        key: Option<String>,
+        key: Option<Key>,
         reply: oneshot::Sender<Result<Recorded, JournalError>>,
     },
     Ack {
         up_to: Seq,
-        reply: oneshot::Sender<Result<(), JournalError>>,
+        /// `None` for acks sent in the background.
+        reply: Option<oneshot::Sender<Result<(), JournalError>>>,
     },
     Downlink {
         items: Vec<DownItem>,
@@ -181,7 +204,9 @@ impl Op {
                 let _ = reply.send(r);
             }
             (Op::Ack { reply, .. }, Outcome::Ack) => {
-                let _ = reply.send(Ok(()));
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(()));
+                }
             }
             (Op::Downlink { reply, .. }, Outcome::Downlink(d)) => {
                 let _ = reply.send(Ok(d));
@@ -198,9 +223,14 @@ impl Op {
             Op::Record { reply, .. } => {
                 let _ = reply.send(Err(e));
             }
-            Op::Ack { reply, .. } => {
-                let _ = reply.send(Err(e));
-            }
+            Op::Ack { reply, .. } => match reply {
+                Some(reply) => {
+                    let _ = reply.send(Err(e));
+                }
+                None => {
+                    tracing::warn!(error = %e, "background ack failed; the rows stay and are acked again later")
+                }
+            },
             Op::Downlink { reply, .. } => {
                 let _ = reply.send(Err(e));
             }
@@ -269,9 +299,23 @@ impl Journal {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            // Multi-row INSERTs have one statement per row count and table;
+            // keep them all prepared.
+            .statement_cache_capacity(4096);
         let mut conn = SqliteConnection::connect_with(&opts).await?;
         migrator().run(&mut conn).await?;
+        // Checkpoints run on their own connection (see `checkpointer`), so a
+        // till's commit rarely pays for one. The writer's own checkpoint is a
+        // backstop: under non-stop load a background checkpoint never lets
+        // the WAL restart, the writer's does (and finds little left to copy).
+        sqlx::query("PRAGMA wal_autocheckpoint = 4000")
+            .execute(&mut conn)
+            .await?;
+        sqlx::query("PRAGMA journal_size_limit = 67108864")
+            .execute(&mut conn)
+            .await?;
+        let checkpoint_conn = SqliteConnection::connect_with(&opts).await?;
         let state = WriterState::load(&mut conn).await?;
         let read = SqlitePoolOptions::new()
             .max_connections(4)
@@ -290,7 +334,13 @@ impl Journal {
             budget: settings.outbox_budget_bytes,
             max_group: settings.max_group.max(1),
         };
-        let handle = tokio::spawn(writer.run(rx));
+        let writer_done = tokio_util::sync::CancellationToken::new();
+        let checkpoints = tokio::spawn(checkpointer(checkpoint_conn, writer_done.clone()));
+        let handle = tokio::spawn(async move {
+            writer.run(rx).await;
+            writer_done.cancel();
+            let _ = checkpoints.await;
+        });
         Ok((
             Journal {
                 inner: Arc::new(Inner {
@@ -312,7 +362,7 @@ impl Journal {
     /// payment voids use their own ids as key when none is given.
     pub async fn record(&self, body: EventBody, key: Option<String>) -> Result<Recorded, JournalError> {
         validate(&body, self.inner.currency)?;
-        let key = key.or_else(|| natural_key(&body));
+        let key = key.map(Key::Named).or_else(|| natural_key(&body));
         let (reply, rx) = oneshot::channel();
         self.send(Op::Record { body, key, reply }).await?;
         rx.await.map_err(|_| JournalError::Closed)?
@@ -321,8 +371,21 @@ impl Journal {
     /// The hub committed everything up to `up_to`: delete those outbox rows.
     pub async fn ack(&self, up_to: Seq) -> Result<(), JournalError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Op::Ack { up_to, reply }).await?;
+        self.send(Op::Ack {
+            up_to,
+            reply: Some(reply),
+        })
+        .await?;
         rx.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Like [`Journal::ack`] without waiting for the deletion: the sync
+    /// loop must not stall on the disk. Acks are cumulative, so one that
+    /// cannot be queued now is covered by the next.
+    pub fn ack_in_background(&self, up_to: Seq) {
+        if self.inner.tx.try_send(Op::Ack { up_to, reply: None }).is_err() {
+            tracing::debug!(up_to = up_to.0, "journal busy; ack deferred to the next one");
+        }
     }
 
     /// Applies downlink items in seq order, idempotently.
@@ -337,7 +400,10 @@ impl Journal {
     }
 
     /// Outbox rows from `from` on, in seq order, at most `max_events` and
-    /// about `max_bytes` (a single larger row is still returned alone).
+    /// `max_bytes` of stored sizes (a single larger row is still returned
+    /// alone; a dropped telemetry row counts its original size), each
+    /// with its own encoded event. For inspection; the sync path uses the
+    /// cheaper [`Journal::fetch_batch`].
     pub async fn fetch_outbox(
         &self,
         from: Seq,
@@ -345,39 +411,74 @@ impl Journal {
         max_bytes: usize,
     ) -> Result<Vec<OutboxRow>, JournalError> {
         let rows = sqlx::query(
-            "SELECT seq, event_id, kind, payload, created_ms FROM outbox WHERE seq >= ? ORDER BY seq LIMIT ?",
+            "SELECT o.seq, COALESCE(o.payload, s.body), o.bytes FROM outbox o LEFT JOIN sales s ON s.seq = o.seq \
+             WHERE o.seq >= ? ORDER BY o.seq LIMIT ?",
         )
         .bind(from.0 as i64)
-        .bind(max_events as i64)
+        .bind(max_events.min(i64::MAX as usize) as i64)
         .fetch_all(&self.inner.read)
         .await?;
         let mut out = Vec::with_capacity(rows.len());
         let mut bytes = 0usize;
         for row in rows {
-            let seq = Seq(row.try_get::<i64, _>(0)? as u64);
-            let payload: Option<Vec<u8>> = row.try_get(3)?;
-            let encoded = match payload {
-                Some(p) => p,
-                None => {
-                    let id: Vec<u8> = row.try_get(1)?;
-                    let kind: String = row.try_get(2)?;
-                    encode_event(&Event {
-                        id: EventId::from_slice(&id).unwrap_or(EventId::from_u128(0)),
-                        seq,
-                        recorded_at_ms: row.try_get(4)?,
-                        body: EventBody::TelemetryDropped(TelemetryDropped {
-                            kind: EventKind::parse(&kind).unwrap_or(EventKind::Scan),
-                        }),
-                    })
-                }
-            };
-            if !out.is_empty() && bytes + encoded.len() > max_bytes {
+            let encoded: Vec<u8> = row.try_get::<Option<Vec<u8>>, _>(1)?.unwrap_or_default();
+            // Sized by the stored size, as `fetch_batch` does.
+            let size = row.try_get::<i64, _>(2)?.max(0) as usize;
+            if !out.is_empty() && bytes + size > max_bytes {
                 break;
             }
-            bytes += encoded.len();
-            out.push(OutboxRow { seq, encoded });
+            bytes += size;
+            out.push(OutboxRow {
+                seq: Seq(row.try_get::<i64, _>(0)? as u64),
+                encoded,
+            });
         }
         Ok(out)
+    }
+
+    /// The next uplink batch from `from` on: the encoded events of up to
+    /// `max_events` rows and about `max_bytes`, concatenated in seq order by
+    /// SQLite itself, so one row crosses into Rust instead of hundreds.
+    /// The bytes splice straight into an `UpBatch`.
+    pub async fn fetch_batch(
+        &self,
+        from: Seq,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Option<RawBatch>, JournalError> {
+        // Outbox seqs are contiguous (rows only leave from the bottom), so
+        // the count bound is a seq range; the byte bound uses the stored
+        // running total. CAST(.. AS TEXT) only relabels the bytes;
+        // group_concat appends them by length (embedded NULs are fine) in
+        // the rowid scan's order, which is seq order (tested).
+        let row = sqlx::query(
+            "WITH f AS (SELECT seq AS first, cum_bytes - bytes AS base FROM outbox WHERE seq >= ?1 ORDER BY seq LIMIT 1) \
+             SELECT COUNT(*), MIN(o.seq), MAX(o.seq), \
+                    group_concat(CAST(COALESCE(o.payload, s.body) AS TEXT), '') \
+             FROM f, outbox o LEFT JOIN sales s ON s.seq = o.seq \
+             WHERE o.seq >= f.first AND o.seq < f.first + ?2 \
+               AND (o.cum_bytes - f.base <= ?3 OR o.seq = f.first)",
+        )
+        .bind(from.0 as i64)
+        .bind(max_events.min(i64::MAX as usize) as i64)
+        .bind(max_bytes.min(i64::MAX as usize) as i64)
+        .fetch_one(&self.inner.read)
+        .await?;
+        let count: i64 = row.try_get(0)?;
+        if count == 0 {
+            return Ok(None);
+        }
+        let first: i64 = row.try_get(1)?;
+        let last: i64 = row.try_get(2)?;
+        let bytes: Vec<u8> = row
+            .try_get_unchecked::<Option<Vec<u8>>, _>(3)?
+            .unwrap_or_default();
+        Ok(Some(RawBatch {
+            events: count as usize,
+            first: Seq(first as u64),
+            last: Seq(last as u64),
+            bytes,
+        }))
     }
 
     /// Wall clock at which the oldest unsynced event was recorded.
@@ -392,14 +493,10 @@ impl Journal {
     /// The stock this store shows for `sku`: the hub's level as of the edge
     /// seq it includes, plus this store's own movements after that seq.
     pub async fn stock_view(&self, sku: &str) -> Result<i64, JournalError> {
-        Ok(sqlx::query_scalar(
-            "SELECT COALESCE((SELECT on_hand FROM stock_levels WHERE sku = ?1), 0) + \
-             COALESCE((SELECT SUM(delta) FROM stock_moves WHERE sku = ?1 AND seq > \
-             COALESCE((SELECT as_of_seq FROM stock_levels WHERE sku = ?1), 0)), 0)",
-        )
-        .bind(sku)
-        .fetch_one(&self.inner.read)
-        .await?)
+        Ok(sqlx::query_scalar(STOCK_VIEW_SQL)
+            .bind(sku)
+            .fetch_one(&self.inner.read)
+            .await?)
     }
 
     /// Every event still in the outbox, decoded (for tests and diagnostics).
@@ -450,12 +547,12 @@ impl Journal {
 }
 
 /// The idempotency key a body carries by itself.
-fn natural_key(body: &EventBody) -> Option<String> {
+fn natural_key(body: &EventBody) -> Option<Key> {
     match body {
-        EventBody::Sale(s) => Some(format!("sale:{}", s.sale_id)),
-        EventBody::SaleVoided(v) => Some(format!("void:{}", v.sale_id)),
-        EventBody::Return(r) => Some(format!("return:{}", r.return_id)),
-        EventBody::PaymentVoided(p) => Some(format!("payment-void:{}", p.payment_key)),
+        EventBody::Sale(s) => Some(Key::Sale(s.sale_id)),
+        EventBody::SaleVoided(v) => Some(Key::Named(format!("void:{}", v.sale_id))),
+        EventBody::Return(r) => Some(Key::Named(format!("return:{}", r.return_id))),
+        EventBody::PaymentVoided(p) => Some(Key::Named(format!("payment-void:{}", p.payment_key))),
         _ => None,
     }
 }
@@ -511,6 +608,30 @@ fn validate(body: &EventBody, currency: Currency) -> Result<(), JournalError> {
     Ok(())
 }
 
+/// Copies the WAL back into the database in the background (PASSIVE: never
+/// blocks the writer), so the WAL stays small and no commit pays for a
+/// checkpoint. Stops when the journal is closed.
+async fn checkpointer(mut conn: SqliteConnection, writer_done: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = writer_done.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&mut conn)
+            .await
+        {
+            tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+        }
+    }
+    // Last one on the way out, so a clean stop leaves a small WAL.
+    let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&mut conn)
+        .await;
+}
+
 /// The writer's copy of `sync_state`, ahead of the database inside a group.
 #[derive(Debug, Clone, Copy)]
 struct WriterState {
@@ -521,13 +642,15 @@ struct WriterState {
     down_applied: u64,
     last_ack_ms: Option<i64>,
     over_budget: bool,
+    /// Running total of outbox `bytes`, continued from the newest row.
+    cum_bytes: i64,
 }
 
 impl WriterState {
     async fn load(conn: &mut SqliteConnection) -> Result<WriterState, JournalError> {
         let row = sqlx::query(
-            "SELECT next_seq, acked_up_to, outbox_bytes, dropped_telemetry, down_applied, last_ack_ms \
-             FROM sync_state WHERE id = 1",
+            "SELECT next_seq, acked_up_to, outbox_bytes, dropped_telemetry, down_applied, last_ack_ms, \
+             (SELECT COALESCE(MAX(cum_bytes), 0) FROM outbox) FROM sync_state WHERE id = 1",
         )
         .fetch_one(&mut *conn)
         .await?;
@@ -539,6 +662,7 @@ impl WriterState {
             down_applied: row.try_get::<i64, _>(4)? as u64,
             last_ack_ms: row.try_get(5)?,
             over_budget: false,
+            cum_bytes: row.try_get(6)?,
         })
     }
 
@@ -625,20 +749,54 @@ impl Writer {
     async fn apply_group(&mut self, ops: &[Op]) -> Result<Vec<Outcome>, JournalError> {
         let mut tx = self.conn.begin().await?;
         let mut st = self.state;
+        let mut staged = Staged::default();
+        // Keys recorded before, looked up once for the whole group.
+        let mut known = lookup_keys(&mut tx, ops).await?;
         let mut outcomes = Vec::with_capacity(ops.len());
         for op in ops {
             let outcome = match op {
                 Op::Record { body, key, .. } => {
-                    Outcome::Record(record(&mut tx, &mut st, &mut self.ids, body, key.as_deref()).await?)
+                    if let Some(prior) = key.as_ref().and_then(|k| known.get(k)) {
+                        outcomes.push(Outcome::Record(Ok(Recorded {
+                            duplicate: true,
+                            ..*prior
+                        })));
+                        continue;
+                    }
+                    let slow = needs_reads(body);
+                    if slow {
+                        // Reads must see everything this group wrote before.
+                        staged.flush(&mut tx).await?;
+                        if let Err(refused) = check_with_reads(&mut tx, body).await? {
+                            outcomes.push(Outcome::Record(Err(refused)));
+                            continue;
+                        }
+                    }
+                    let now = now_ms();
+                    let r = stage(&mut staged, &mut st, &mut self.ids, now, body, key.as_ref());
+                    if slow {
+                        project_with_reads(&mut tx, &mut staged, r.seq, now, body).await?;
+                    }
+                    if let Some(k) = key {
+                        known.insert(k.clone(), r);
+                    }
+                    metrics::counter!("edge_events_recorded_total", "kind" => body.kind().as_str())
+                        .increment(1);
+                    Outcome::Record(Ok(r))
                 }
                 Op::Ack { up_to, .. } => {
+                    staged.flush(&mut tx).await?;
                     ack(&mut tx, &mut st, *up_to).await?;
                     Outcome::Ack
                 }
-                Op::Downlink { items, .. } => Outcome::Downlink(downlink(&mut tx, &mut st, items).await?),
+                Op::Downlink { items, .. } => {
+                    staged.flush(&mut tx).await?;
+                    Outcome::Downlink(downlink(&mut tx, &mut st, items).await?)
+                }
             };
             outcomes.push(outcome);
         }
+        staged.flush(&mut tx).await?;
         if st.outbox_bytes.max(0) as u64 > self.budget {
             enforce_budget(&mut tx, &mut st, self.budget).await?;
         } else {
@@ -664,30 +822,240 @@ impl Writer {
     }
 }
 
-/// Records one event inside the group's transaction. `Ok(Err(..))` is a
-/// refusal of this operation alone (nothing written); `Err` fails the group.
-async fn record(
+/// Rows staged by a group, written with one multi-row INSERT per table:
+/// a group of fifty sales costs a handful of statements, not hundreds.
+#[derive(Default)]
+struct Staged {
+    outbox: Vec<OutboxIns>,
+    keys: Vec<(String, i64, [u8; 16])>,
+    sales: Vec<SaleIns>,
+    returns: Vec<ReturnIns>,
+    payments: Vec<PaymentIns>,
+    moves: Vec<(i64, String, i64)>,
+}
+
+struct OutboxIns {
+    seq: i64,
+    id: [u8; 16],
+    kind: &'static str,
+    telemetry: bool,
+    /// `None` for sales: their bytes live in `sales.body`.
+    payload: Option<Vec<u8>>,
+    bytes: i64,
+    cum_bytes: i64,
+    created_ms: i64,
+}
+
+struct SaleIns {
+    sale_id: [u8; 16],
+    event_id: [u8; 16],
+    seq: i64,
+    lane: String,
+    total_minor: i64,
+    currency: Currency,
+    completed_ms: i64,
+    /// The encoded sale event (the same bytes as its outbox payload).
+    body: Vec<u8>,
+}
+
+struct ReturnIns {
+    return_id: [u8; 16],
+    seq: i64,
+    original_sale: Option<[u8; 16]>,
+    refund_minor: i64,
+    body: Vec<u8>,
+}
+
+struct PaymentIns {
+    payment_key: [u8; 16],
+    sale_id: Option<[u8; 16]>,
+    method: &'static str,
+    amount_minor: i64,
+    currency: Currency,
+    offline: bool,
+    status: &'static str,
+    last4: Option<String>,
+    created_ms: i64,
+}
+
+/// Rows per multi-row INSERT (well under SQLite's 32766 bound parameters).
+const CHUNK: usize = 400;
+
+impl Staged {
+    fn is_empty(&self) -> bool {
+        self.outbox.is_empty()
+            && self.keys.is_empty()
+            && self.sales.is_empty()
+            && self.returns.is_empty()
+            && self.payments.is_empty()
+            && self.moves.is_empty()
+    }
+
+    async fn flush(&mut self, tx: &mut SqliteTransaction<'_>) -> Result<(), JournalError> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        for chunk in self.outbox.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO outbox (seq, event_id, kind, telemetry, payload, bytes, cum_bytes, created_ms) ",
+            );
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(r.seq)
+                    .push_bind(r.id.as_slice())
+                    .push_bind(r.kind)
+                    .push_bind(i64::from(r.telemetry))
+                    .push_bind(r.payload.as_deref())
+                    .push_bind(r.bytes)
+                    .push_bind(r.cum_bytes)
+                    .push_bind(r.created_ms);
+            });
+            q.build().execute(&mut **tx).await?;
+        }
+        for chunk in self.keys.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO journal_keys (key, seq, event_id) ");
+            q.push_values(chunk, |mut b, (k, seq, id)| {
+                b.push_bind(k.as_str()).push_bind(*seq).push_bind(id.as_slice());
+            });
+            q.build().execute(&mut **tx).await?;
+        }
+        for chunk in self.sales.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO sales (sale_id, event_id, seq, lane, total_minor, currency, completed_ms, body) ",
+            );
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(r.sale_id.as_slice())
+                    .push_bind(r.event_id.as_slice())
+                    .push_bind(r.seq)
+                    .push_bind(r.lane.as_str())
+                    .push_bind(r.total_minor)
+                    .push_bind(r.currency.as_str())
+                    .push_bind(r.completed_ms)
+                    .push_bind(r.body.as_slice());
+            });
+            q.build().execute(&mut **tx).await?;
+        }
+        for chunk in self.returns.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO returns (return_id, seq, original_sale, refund_minor, body) ");
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(r.return_id.as_slice())
+                    .push_bind(r.seq)
+                    .push_bind(r.original_sale.map(|s| s.to_vec()))
+                    .push_bind(r.refund_minor)
+                    .push_bind(r.body.as_slice());
+            });
+            q.build().execute(&mut **tx).await?;
+        }
+        for chunk in self.payments.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO payments (payment_key, sale_id, method, amount_minor, currency, offline, status, last4, created_ms) ",
+            );
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(r.payment_key.as_slice())
+                    .push_bind(r.sale_id.map(|s| s.to_vec()))
+                    .push_bind(r.method)
+                    .push_bind(r.amount_minor)
+                    .push_bind(r.currency.as_str())
+                    .push_bind(i64::from(r.offline))
+                    .push_bind(r.status)
+                    .push_bind(r.last4.as_deref())
+                    .push_bind(r.created_ms);
+            });
+            q.push(" ON CONFLICT (payment_key) DO NOTHING");
+            q.build().execute(&mut **tx).await?;
+        }
+        for chunk in self.moves.chunks(CHUNK) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO stock_moves (seq, sku, delta) ");
+            q.push_values(chunk, |mut b, (seq, sku, delta)| {
+                b.push_bind(*seq).push_bind(sku.as_str()).push_bind(*delta);
+            });
+            // Two lines of one event for the same SKU add up.
+            q.push(" ON CONFLICT (sku, seq) DO UPDATE SET delta = delta + excluded.delta");
+            q.build().execute(&mut **tx).await?;
+        }
+        *self = Staged::default();
+        Ok(())
+    }
+}
+
+/// Looks up every idempotency key of the group's records: one query for
+/// sale ids, one for named keys.
+async fn lookup_keys(
     tx: &mut SqliteTransaction<'_>,
-    st: &mut WriterState,
-    ids: &mut EventIdGenerator,
-    body: &EventBody,
-    key: Option<&str>,
-) -> Result<Result<Recorded, JournalError>, JournalError> {
-    if let Some(key) = key {
-        let prior = sqlx::query("SELECT seq, event_id FROM journal_keys WHERE key = ?")
-            .bind(key)
-            .fetch_optional(&mut **tx)
-            .await?;
-        if let Some(row) = prior {
-            let id: Vec<u8> = row.try_get(1)?;
-            return Ok(Ok(Recorded {
-                seq: Seq(row.try_get::<i64, _>(0)? as u64),
-                id: EventId::from_slice(&id).unwrap_or(EventId::from_u128(0)),
-                duplicate: true,
-            }));
+    ops: &[Op],
+) -> Result<HashMap<Key, Recorded>, JournalError> {
+    let mut sales = Vec::new();
+    let mut named = Vec::new();
+    for op in ops {
+        match op {
+            Op::Record {
+                key: Some(Key::Sale(id)),
+                ..
+            } => sales.push(id.to_bytes()),
+            Op::Record {
+                key: Some(Key::Named(k)),
+                ..
+            } => named.push(k.as_str()),
+            _ => {}
         }
     }
-    // Checks that need the journal, before anything is written.
+    let mut known = HashMap::new();
+    let recorded = |seq: i64, id: Vec<u8>| Recorded {
+        seq: Seq(seq as u64),
+        id: EventId::from_slice(&id).unwrap_or(EventId::from_u128(0)),
+        duplicate: true,
+    };
+    for chunk in sales.chunks(CHUNK) {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT sale_id, seq, event_id FROM sales WHERE sale_id IN (");
+        let mut list = q.separated(", ");
+        for id in chunk {
+            list.push_bind(id.as_slice());
+        }
+        q.push(")");
+        for row in q.build().fetch_all(&mut **tx).await? {
+            let sale: Vec<u8> = row.try_get(0)?;
+            if let Some(sale) = EventId::from_slice(&sale) {
+                known.insert(Key::Sale(sale), recorded(row.try_get(1)?, row.try_get(2)?));
+            }
+        }
+    }
+    for chunk in named.chunks(CHUNK) {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT key, seq, event_id FROM journal_keys WHERE key IN (");
+        let mut list = q.separated(", ");
+        for k in chunk {
+            list.push_bind(*k);
+        }
+        q.push(")");
+        for row in q.build().fetch_all(&mut **tx).await? {
+            known.insert(
+                Key::Named(row.try_get(0)?),
+                recorded(row.try_get(1)?, row.try_get(2)?),
+            );
+        }
+    }
+    Ok(known)
+}
+
+/// Kinds whose projection reads the journal (and so cannot be staged blind).
+fn needs_reads(body: &EventBody) -> bool {
+    matches!(
+        body,
+        EventBody::SaleVoided(_)
+            | EventBody::StockCounted(_)
+            | EventBody::PaymentVoided(_)
+            | EventBody::TaskUpdated(_)
+    )
+}
+
+/// Checks that need the journal, before a seq is spent. `Ok(Err(..))`
+/// refuses this operation alone.
+async fn check_with_reads(
+    tx: &mut SqliteTransaction<'_>,
+    body: &EventBody,
+) -> Result<Result<(), JournalError>, JournalError> {
     if let EventBody::SaleVoided(v) = body {
         let voided: Option<i64> = sqlx::query_scalar("SELECT voided FROM sales WHERE sale_id = ?")
             .bind(v.sale_id.to_bytes().as_slice())
@@ -704,149 +1072,130 @@ async fn record(
             Some(_) => {}
         }
     }
+    Ok(Ok(()))
+}
 
-    let now = now_ms();
+/// Assigns the next seq and an event id, encodes the event, and stages its
+/// outbox row, idempotency key and (for kinds that need no reads) its
+/// journal projection.
+fn stage(
+    staged: &mut Staged,
+    st: &mut WriterState,
+    ids: &mut EventIdGenerator,
+    now: i64,
+    body: &EventBody,
+    key: Option<&Key>,
+) -> Recorded {
     let seq = Seq(st.next_seq);
     let id = ids.next(now.max(0) as u64, rand::random::<u128>);
-    let event = Event {
+    let encoded = encode_event(&Event {
         id,
         seq,
         recorded_at_ms: now,
         body: body.clone(),
-    };
-    let encoded = encode_event(&event);
-    let telemetry = body.class() == EventClass::Telemetry;
-    sqlx::query(
-        "INSERT INTO outbox (seq, event_id, kind, telemetry, payload, bytes, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(seq.0 as i64)
-    .bind(id.to_bytes().as_slice())
-    .bind(body.kind().as_str())
-    .bind(i64::from(telemetry))
-    .bind(encoded.as_slice())
-    .bind(encoded.len() as i64)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
+    });
     st.next_seq += 1;
     st.outbox_bytes += encoded.len() as i64;
-    if let Some(key) = key {
-        sqlx::query("INSERT INTO journal_keys (key, seq, event_id) VALUES (?, ?, ?)")
-            .bind(key)
-            .bind(seq.0 as i64)
-            .bind(id.to_bytes().as_slice())
-            .execute(&mut **tx)
-            .await?;
+    st.cum_bytes += encoded.len() as i64;
+    if let Some(Key::Named(key)) = key {
+        staged.keys.push((key.clone(), seq.0 as i64, id.to_bytes()));
     }
-    project(tx, seq, now, body).await?;
-    metrics::counter!("edge_events_recorded_total", "kind" => body.kind().as_str()).increment(1);
-    Ok(Ok(Recorded {
+    let bytes = encoded.len() as i64;
+    let mut payload = Some(encoded);
+    let seq_i = seq.0 as i64;
+    staged.moves.extend(
+        body.stock_deltas()
+            .into_iter()
+            .map(|(sku, d)| (seq_i, sku.as_str().to_owned(), d)),
+    );
+    match body {
+        EventBody::Sale(s) => {
+            stage_payments(staged, Some(s.sale_id), &s.tenders, false, now);
+            staged.sales.push(SaleIns {
+                sale_id: s.sale_id.to_bytes(),
+                event_id: id.to_bytes(),
+                seq: seq_i,
+                lane: s.lane.as_str().to_owned(),
+                total_minor: s.totals.total.minor,
+                currency: s.totals.total.currency,
+                completed_ms: s.completed_at_ms,
+                // Stored once: the outbox row joins it by seq.
+                body: payload.take().unwrap_or_default(),
+            });
+        }
+        EventBody::Return(r) => {
+            stage_payments(staged, r.original_sale, &r.refunds, true, now);
+            staged.returns.push(ReturnIns {
+                return_id: r.return_id.to_bytes(),
+                seq: seq_i,
+                original_sale: r.original_sale.map(EventId::to_bytes),
+                refund_minor: r.lines.iter().map(|l| l.amount.minor).sum(),
+                body: payload.clone().unwrap_or_default(),
+            });
+        }
+        _ => {}
+    }
+    staged.outbox.push(OutboxIns {
+        seq: seq_i,
+        id: id.to_bytes(),
+        kind: body.kind().as_str(),
+        telemetry: body.class() == EventClass::Telemetry,
+        payload,
+        bytes,
+        cum_bytes: st.cum_bytes,
+        created_ms: now,
+    });
+    Recorded {
         seq,
         id,
         duplicate: false,
-    }))
+    }
 }
 
-fn tender_row(t: &Tender) -> (&'static str, bool, &'static str, Option<&str>) {
-    match &t.method {
-        TenderMethod::Cash { .. } => ("cash", false, "tendered", None),
-        TenderMethod::Card(c) | TenderMethod::GiftCard(c) => {
-            let method = if matches!(t.method, TenderMethod::Card(_)) {
-                "card"
-            } else {
-                "gift_card"
-            };
-            match c.auth {
-                CardAuth::Online { .. } => (method, false, "authorized", Some(c.card.last4.as_str())),
-                CardAuth::StoreAndForward { .. } => {
-                    (method, true, "pending_capture", Some(c.card.last4.as_str()))
+fn stage_payments(staged: &mut Staged, sale_id: Option<EventId>, tenders: &[Tender], refund: bool, now: i64) {
+    for t in tenders {
+        let (method, offline, status, last4) = match &t.method {
+            TenderMethod::Cash { .. } => ("cash", false, "tendered", None),
+            TenderMethod::Card(c) | TenderMethod::GiftCard(c) => {
+                let method = if matches!(t.method, TenderMethod::Card(_)) {
+                    "card"
+                } else {
+                    "gift_card"
+                };
+                let last4 = Some(c.card.last4.as_str().to_owned());
+                match c.auth {
+                    CardAuth::Online { .. } => (method, false, "authorized", last4),
+                    CardAuth::StoreAndForward { .. } => (method, true, "pending_capture", last4),
                 }
             }
-        }
-    }
-}
-
-async fn insert_payments(
-    tx: &mut SqliteTransaction<'_>,
-    sale_id: Option<EventId>,
-    tenders: &[Tender],
-    refund: bool,
-    now: i64,
-) -> Result<(), JournalError> {
-    if tenders.is_empty() {
-        return Ok(());
-    }
-    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-        "INSERT INTO payments (payment_key, sale_id, method, amount_minor, currency, offline, status, last4, created_ms) ",
-    );
-    q.push_values(tenders, |mut b, t| {
-        let (method, offline, status, last4) = tender_row(t);
-        let status = if refund { "refunded" } else { status };
-        b.push_bind(t.payment_key.to_bytes().to_vec())
-            .push_bind(sale_id.map(|s| s.to_bytes().to_vec()))
-            .push_bind(method)
-            .push_bind(t.amount.minor)
-            .push_bind(t.amount.currency.as_str().to_owned())
-            .push_bind(i64::from(offline))
-            .push_bind(status)
-            .push_bind(last4.map(str::to_owned))
-            .push_bind(now);
-    });
-    q.push(" ON CONFLICT (payment_key) DO NOTHING");
-    q.build().execute(&mut **tx).await?;
-    Ok(())
-}
-
-async fn insert_moves(
-    tx: &mut SqliteTransaction<'_>,
-    seq: Seq,
-    moves: &[(String, i64)],
-) -> Result<(), JournalError> {
-    if moves.is_empty() {
-        return Ok(());
-    }
-    for chunk in moves.chunks(2000) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO stock_moves (seq, sku, delta) ");
-        q.push_values(chunk, |mut b, (sku, delta)| {
-            b.push_bind(seq.0 as i64)
-                .push_bind(sku.as_str())
-                .push_bind(*delta);
+        };
+        staged.payments.push(PaymentIns {
+            payment_key: t.payment_key.to_bytes(),
+            sale_id: sale_id.map(EventId::to_bytes),
+            method,
+            amount_minor: t.amount.minor,
+            currency: t.amount.currency,
+            offline,
+            status: if refund { "refunded" } else { status },
+            last4,
+            created_ms: now,
         });
-        q.build().execute(&mut **tx).await?;
     }
-    Ok(())
 }
 
-/// Writes the journal tables an event implies.
-async fn project(
+/// Projections that read the journal; runs after the group's earlier rows
+/// were flushed, and stages whatever it can.
+async fn project_with_reads(
     tx: &mut SqliteTransaction<'_>,
+    staged: &mut Staged,
     seq: Seq,
     now: i64,
     body: &EventBody,
 ) -> Result<(), JournalError> {
-    let mut moves: Vec<(String, i64)> = body
-        .stock_deltas()
-        .into_iter()
-        .map(|(sku, d)| (sku.as_str().to_owned(), d))
-        .collect();
+    let seq_i = seq.0 as i64;
     match body {
-        EventBody::Sale(s) => {
-            sqlx::query(
-                "INSERT INTO sales (sale_id, seq, lane, total_minor, currency, completed_ms, body) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(s.sale_id.to_bytes().as_slice())
-            .bind(seq.0 as i64)
-            .bind(s.lane.as_str())
-            .bind(s.totals.total.minor)
-            .bind(s.totals.total.currency.as_str())
-            .bind(s.completed_at_ms)
-            .bind(postcard_bytes(s))
-            .execute(&mut **tx)
-            .await?;
-            insert_payments(tx, Some(s.sale_id), &s.tenders, false, now).await?;
-        }
         EventBody::SaleVoided(v) => {
-            let body: Vec<u8> = sqlx::query_scalar("SELECT body FROM sales WHERE sale_id = ?")
+            let sale_event: Vec<u8> = sqlx::query_scalar("SELECT body FROM sales WHERE sale_id = ?")
                 .bind(v.sale_id.to_bytes().as_slice())
                 .fetch_one(&mut **tx)
                 .await?;
@@ -855,35 +1204,29 @@ async fn project(
                 .execute(&mut **tx)
                 .await?;
             if v.restock
-                && let Ok(sale) = postcard::from_bytes::<Sale>(&body)
+                && let Ok(Event {
+                    body: EventBody::Sale(sale),
+                    ..
+                }) = decode_event(&sale_event)
             {
-                moves.extend(
+                staged.moves.extend(
                     sale.lines
                         .iter()
-                        .map(|l| (l.sku.as_str().to_owned(), l.qty.base_units())),
+                        .map(|l| (seq_i, l.sku.as_str().to_owned(), l.qty.base_units())),
                 );
             }
-            insert_payments(tx, Some(v.sale_id), &v.refunds, true, now).await?;
+            stage_payments(staged, Some(v.sale_id), &v.refunds, true, now);
         }
-        EventBody::Return(r) => {
-            let refund = Money::sum(
-                r.lines
-                    .first()
-                    .map(|l| l.amount.currency)
-                    .unwrap_or(Currency::EUR),
-                r.lines.iter().map(|l| &l.amount),
-            )
-            .map(|m| m.minor)
-            .unwrap_or(0);
-            sqlx::query("INSERT INTO returns (return_id, seq, original_sale, refund_minor, body) VALUES (?, ?, ?, ?, ?)")
-                .bind(r.return_id.to_bytes().as_slice())
-                .bind(seq.0 as i64)
-                .bind(r.original_sale.map(|s| s.to_bytes().to_vec()))
-                .bind(refund)
-                .bind(postcard_bytes(r))
-                .execute(&mut **tx)
-                .await?;
-            insert_payments(tx, r.original_sale, &r.refunds, true, now).await?;
+        EventBody::StockCounted(c) => {
+            for line in &c.lines {
+                let view: i64 = sqlx::query_scalar(STOCK_VIEW_SQL)
+                    .bind(line.sku.as_str())
+                    .fetch_one(&mut **tx)
+                    .await?;
+                staged
+                    .moves
+                    .push((seq_i, line.sku.as_str().to_owned(), line.counted - view));
+            }
         }
         EventBody::PaymentVoided(p) => {
             sqlx::query(
@@ -899,25 +1242,12 @@ async fn project(
             .execute(&mut **tx)
             .await?;
         }
-        EventBody::StockCounted(c) => {
-            for line in &c.lines {
-                let view: i64 = sqlx::query_scalar(
-                    "SELECT COALESCE((SELECT on_hand FROM stock_levels WHERE sku = ?1), 0) + \
-                     COALESCE((SELECT SUM(delta) FROM stock_moves WHERE sku = ?1 AND seq > \
-                     COALESCE((SELECT as_of_seq FROM stock_levels WHERE sku = ?1), 0)), 0)",
-                )
-                .bind(line.sku.as_str())
-                .fetch_one(&mut **tx)
-                .await?;
-                moves.push((line.sku.as_str().to_owned(), line.counted - view));
-            }
-        }
         EventBody::TaskUpdated(t) => {
             let status = match t.status {
-                storegate_protocol::event::TaskStatus::Accepted => "accepted",
-                storegate_protocol::event::TaskStatus::InProgress => "in_progress",
-                storegate_protocol::event::TaskStatus::Done => "done",
-                storegate_protocol::event::TaskStatus::Failed => "failed",
+                TaskStatus::Accepted => "accepted",
+                TaskStatus::InProgress => "in_progress",
+                TaskStatus::Done => "done",
+                TaskStatus::Failed => "failed",
             };
             sqlx::query("UPDATE tasks SET status = ?, updated_ms = ? WHERE task_id = ?")
                 .bind(status)
@@ -928,8 +1258,13 @@ async fn project(
         }
         _ => {}
     }
-    insert_moves(tx, seq, &moves).await
+    Ok(())
 }
+
+/// The stock a store shows for `?1`: hub level plus later local movements.
+const STOCK_VIEW_SQL: &str = "SELECT COALESCE((SELECT on_hand FROM stock_levels WHERE sku = ?1), 0) + \
+     COALESCE((SELECT SUM(delta) FROM stock_moves WHERE sku = ?1 AND seq > \
+     COALESCE((SELECT as_of_seq FROM stock_levels WHERE sku = ?1), 0)), 0)";
 
 fn postcard_bytes<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_allocvec(v).expect("protocol types have known lengths and no fallible Serialize impls")
@@ -950,12 +1285,11 @@ async fn ack(tx: &mut SqliteTransaction<'_>, st: &mut WriterState, up_to: Seq) -
     if up_to <= st.acked {
         return Ok(());
     }
-    let freed: i64 = sqlx::query_scalar(
-        "SELECT COALESCE(SUM(bytes), 0) FROM outbox WHERE seq <= ? AND payload IS NOT NULL",
-    )
-    .bind(up_to as i64)
-    .fetch_one(&mut **tx)
-    .await?;
+    let freed: i64 =
+        sqlx::query_scalar("SELECT COALESCE(SUM(bytes), 0) FROM outbox WHERE seq <= ? AND dropped = 0")
+            .bind(up_to as i64)
+            .fetch_one(&mut **tx)
+            .await?;
     sqlx::query("DELETE FROM outbox WHERE seq <= ?")
         .bind(up_to as i64)
         .execute(&mut **tx)
@@ -974,7 +1308,8 @@ async fn enforce_budget(
 ) -> Result<(), JournalError> {
     while st.outbox_bytes.max(0) as u64 > budget {
         let victims = sqlx::query(
-            "SELECT seq, bytes FROM outbox WHERE telemetry = 1 AND payload IS NOT NULL ORDER BY seq LIMIT 256",
+            "SELECT seq, bytes, event_id, kind, created_ms FROM outbox \
+             WHERE telemetry = 1 AND dropped = 0 ORDER BY seq LIMIT 256",
         )
         .fetch_all(&mut **tx)
         .await?;
@@ -982,24 +1317,34 @@ async fn enforce_budget(
             st.over_budget = true;
             return Ok(());
         }
-        let mut last_seq = 0i64;
         let mut count = 0u64;
+        let mut last_seq = 0i64;
         for v in &victims {
-            let seq: i64 = v.try_get(0)?;
-            let bytes: i64 = v.try_get(1)?;
             if st.outbox_bytes.max(0) as u64 <= budget {
                 break;
             }
+            let seq: i64 = v.try_get(0)?;
+            let bytes: i64 = v.try_get(1)?;
+            let id: Vec<u8> = v.try_get(2)?;
+            let kind: String = v.try_get(3)?;
+            // The seq stays, with a placeholder the hub sees as TelemetryDropped.
+            let placeholder = encode_event(&Event {
+                id: EventId::from_slice(&id).unwrap_or(EventId::from_u128(0)),
+                seq: Seq(seq as u64),
+                recorded_at_ms: v.try_get(4)?,
+                body: EventBody::TelemetryDropped(TelemetryDropped {
+                    kind: EventKind::parse(&kind).unwrap_or(EventKind::Scan),
+                }),
+            });
+            sqlx::query("UPDATE outbox SET payload = ?, dropped = 1 WHERE seq = ?")
+                .bind(placeholder)
+                .bind(seq)
+                .execute(&mut **tx)
+                .await?;
             st.outbox_bytes -= bytes;
             last_seq = seq;
             count += 1;
         }
-        sqlx::query(
-            "UPDATE outbox SET payload = NULL WHERE telemetry = 1 AND payload IS NOT NULL AND seq <= ?",
-        )
-        .bind(last_seq)
-        .execute(&mut **tx)
-        .await?;
         st.dropped += count;
         metrics::counter!("edge_telemetry_dropped_total").increment(count);
         tracing::warn!(

@@ -120,7 +120,7 @@ impl Default for SyncSettings {
         SyncSettings {
             batch_max_events: 500,
             batch_max_bytes: 256 * 1024,
-            window: 4,
+            window: 16,
             ack_timeout_ms: 30_000,
             backoff_initial_ms: 250,
             backoff_max_ms: 30_000,

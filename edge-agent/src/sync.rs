@@ -38,7 +38,7 @@ use storegate_protocol::envelope::{
 use storegate_protocol::rpc::{RpcRequest, RpcResponse};
 use storegate_protocol::topic::{RpcLeg, RpcSide, WanTopic};
 use storegate_protocol::{Seq, StoreId};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -321,6 +321,100 @@ fn presence(store: &StoreId, online: bool) -> Vec<u8> {
     }))
 }
 
+/// An uplink batch read and encoded ahead by the reader task.
+#[derive(Debug)]
+struct ReadyBatch {
+    /// Which restart of the reader produced it.
+    generation: u64,
+    /// Its last seq.
+    last: Seq,
+    /// Events in it.
+    events: usize,
+    /// The encoded `UpBatch` envelope.
+    bytes: Vec<u8>,
+}
+
+/// Reads outbox batches ahead of the sync loop, so the loop never waits on
+/// the disk. Starts over wherever the loop says (a new generation); sends
+/// batches into a small channel, so it reads at most a batch or two ahead.
+async fn reader(
+    journal: Journal,
+    store: StoreId,
+    sync: SyncSettings,
+    mut restart: watch::Receiver<(u64, Seq)>,
+    out: mpsc::Sender<ReadyBatch>,
+    shutdown: CancellationToken,
+) {
+    let outbox_changed = journal.outbox_changed();
+    let (mut generation, mut cursor) = *restart.borrow_and_update();
+    loop {
+        if restart.has_changed().unwrap_or(false) {
+            (generation, cursor) = *restart.borrow_and_update();
+        }
+        // (Every path that waits on `restart.changed()` takes the new value
+        // itself, because `changed` marks it seen.)
+        let raw = match journal
+            .fetch_batch(cursor, sync.batch_max_events, sync.batch_max_bytes)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read outbox; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        let Some(raw) = raw else {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = outbox_changed.notified() => {}
+                r = restart.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    (generation, cursor) = *restart.borrow_and_update();
+                }
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            continue;
+        };
+        let (first, last) = (raw.first, raw.last);
+        let stats = journal.stats();
+        let backlog = stats.next_seq.saturating_sub(1).saturating_sub(last.0);
+        let batch = ReadyBatch {
+            generation,
+            last,
+            events: raw.events,
+            bytes: encode_up_batch_from_encoded(
+                &store,
+                (first, last),
+                raw.events,
+                &raw.bytes,
+                backlog,
+                stats.dropped_telemetry,
+            ),
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = out.send(batch) => {
+                if r.is_err() {
+                    return;
+                }
+                cursor = last.next();
+            }
+            r = restart.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                // `changed` marked the value seen; take it now.
+                (generation, cursor) = *restart.borrow_and_update();
+            }
+        }
+    }
+}
+
 struct Loop {
     cfg: SyncConfig,
     journal: Journal,
@@ -330,6 +424,12 @@ struct Loop {
     applied_tx: broadcast::Sender<Arc<DownApplied>>,
     pending_rpc: HashMap<u128, (oneshot::Sender<RpcResponse>, Instant)>,
     topics: Topics,
+    /// Current reader generation; batches from older ones are stale.
+    generation: u64,
+    /// Restarts the reader at a seq.
+    restart_tx: watch::Sender<(u64, Seq)>,
+    /// Hub ack whose outbox rows are still to be deleted.
+    pending_delete: Option<Seq>,
 }
 
 struct Topics {
@@ -373,8 +473,26 @@ async fn run(
         opts.set_credentials(u.clone(), p.clone());
     }
     let (client, mut eventloop) = AsyncClient::new(opts, 128);
+    let acked = Seq(journal.stats().acked_up_to);
+    let (restart_tx, restart_rx) = watch::channel((0u64, acked.next()));
+    let (ready_tx, mut ready_rx) = mpsc::channel(1);
+    let reader_task = tokio::spawn(reader(
+        journal.clone(),
+        cfg.store.clone(),
+        cfg.sync.clone(),
+        restart_rx,
+        ready_tx,
+        shutdown.clone(),
+    ));
+    let mut net = eventloop.network_options();
+    // Acks and small batches must not wait for Nagle's algorithm.
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
     let mut me = Loop {
-        core: SyncCore::new(Seq(journal.stats().acked_up_to), cfg.sync.window),
+        core: SyncCore::new(acked, cfg.sync.window),
+        generation: 0,
+        restart_tx,
+        pending_delete: None,
         cfg,
         journal,
         client,
@@ -387,7 +505,6 @@ async fn run(
         Duration::from_millis(me.cfg.sync.backoff_initial_ms),
         Duration::from_millis(me.cfg.sync.backoff_max_ms),
     );
-    let outbox_changed = me.journal.outbox_changed();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -396,7 +513,7 @@ async fn run(
             ev = eventloop.poll() => match ev {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     backoff.reset();
-                    me.on_connected(ack.session_present).await;
+                    me.on_connected(ack.session_present);
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => me.on_publish(p).await,
                 Ok(_) => {}
@@ -408,6 +525,7 @@ async fn run(
                         tracing::debug!(error = %e, "upstream connect failed");
                     }
                     me.core.on_disconnected();
+                    me.restart_reader();
                     me.fail_pending_rpc();
                     let delay = backoff.next_delay();
                     tokio::select! {
@@ -416,19 +534,21 @@ async fn run(
                     }
                 }
             },
-            () = outbox_changed.notified() => me.pump().await,
+            Some(batch) = ready_rx.recv(), if me.core.next_from().is_some() => me.publish_ready(batch),
             Some(out) = rpc_rx.recv() => me.send_rpc(out),
             _ = tick.tick() => {
                 let now = Instant::now();
                 if me.core.on_tick(now, me.cfg.sync.ack_timeout()) {
                     tracing::warn!(acked = me.core.acked().0, "no application ack in time; resending everything unacked");
                     metrics::counter!("edge_sync_ack_timeouts_total").increment(1);
+                    me.restart_reader();
                 }
                 me.pending_rpc.retain(|_, (_, deadline)| *deadline > now);
-                me.pump().await;
+                me.flush_deletes();
             }
         }
     }
+    me.flush_deletes();
     // Graceful: say we are going offline, then disconnect.
     if me.status.connected.load(Ordering::Acquire) {
         let _ = me.client.try_publish(
@@ -447,11 +567,12 @@ async fn run(
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
     }
+    let _ = reader_task.await;
     tracing::info!("sync engine stopped");
 }
 
 impl Loop {
-    async fn on_connected(&mut self, session_present: bool) {
+    fn on_connected(&mut self, session_present: bool) {
         tracing::info!(
             session_present,
             acked = self.core.acked().0,
@@ -462,6 +583,7 @@ impl Loop {
         metrics::gauge!("edge_upstream_connected").set(1.0);
         metrics::counter!("edge_sync_connects_total").increment(1);
         self.core.on_connected();
+        self.restart_reader();
         for t in [&self.topics.ack, &self.topics.down, &self.topics.rpc_res] {
             if let Err(e) = self.client.try_subscribe(t.as_str(), QoS::AtLeastOnce) {
                 tracing::warn!(error = %e, topic = %t, "subscribe not queued");
@@ -475,54 +597,35 @@ impl Loop {
         );
         // The hub may have downlink waiting; tell it where we are.
         self.send_down_ack(Seq(self.journal.stats().down_applied));
-        self.pump().await;
     }
 
-    /// Publishes batches while the window allows and the outbox has rows.
-    async fn pump(&mut self) {
-        while let Some(from) = self.core.next_from() {
-            let rows = match self
-                .journal
-                .fetch_outbox(
-                    from,
-                    self.cfg.sync.batch_max_events,
-                    self.cfg.sync.batch_max_bytes,
-                )
-                .await
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read outbox");
-                    return;
-                }
-            };
-            let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
-                return;
-            };
-            if first.seq != from {
-                // Rows before `first` were acked meanwhile; the core catches up on the ack.
-                tracing::debug!(
-                    from = from.0,
-                    first = first.seq.0,
-                    "outbox starts later than expected"
-                );
+    /// Tells the reader to start again at the core's next seq (after any
+    /// rewind); batches it read before are discarded.
+    fn restart_reader(&mut self) {
+        self.generation += 1;
+        let _ = self.restart_tx.send((self.generation, self.core.sent().next()));
+    }
+
+    /// Publishes a batch the reader prepared, if it is still wanted.
+    fn publish_ready(&mut self, b: ReadyBatch) {
+        let Some(expected) = self.core.next_from() else {
+            return self.restart_reader();
+        };
+        if b.generation != self.generation || b.last < expected {
+            return; // read before a rewind or an ack; stale
+        }
+        match self
+            .client
+            .try_publish(&self.topics.up, QoS::AtLeastOnce, false, b.bytes)
+        {
+            Ok(()) => {
+                self.core.on_published(b.last, Instant::now());
+                metrics::counter!("edge_sync_batches_published_total").increment(1);
+                metrics::counter!("edge_sync_events_published_total").increment(b.events as u64);
             }
-            let last = last.seq;
-            let stats = self.journal.stats();
-            let backlog = stats.next_seq.saturating_sub(1).saturating_sub(last.0);
-            let refs: Vec<&[u8]> = rows.iter().map(|r| r.encoded.as_slice()).collect();
-            let bytes =
-                encode_up_batch_from_encoded(&self.cfg.store, &refs, backlog, stats.dropped_telemetry);
-            match self
-                .client
-                .try_publish(&self.topics.up, QoS::AtLeastOnce, false, bytes)
-            {
-                Ok(()) => {
-                    self.core.on_published(last, Instant::now());
-                    metrics::counter!("edge_sync_batches_published_total").increment(1);
-                    metrics::counter!("edge_sync_events_published_total").increment(rows.len() as u64);
-                }
-                Err(ClientError::TryRequest(_)) | Err(ClientError::Request(_)) => return,
+            Err(ClientError::TryRequest(_)) | Err(ClientError::Request(_)) => {
+                // The client's queue is full: read it again later.
+                self.restart_reader();
             }
         }
     }
@@ -537,17 +640,16 @@ impl Loop {
             match msg {
                 Message::AppAck(a) => {
                     if let Some(n) = self.core.on_app_ack(a.committed_up_to) {
-                        self.commit_ack(n).await;
+                        self.commit_ack(n);
                     }
-                    self.pump().await;
                 }
                 Message::ResendRequest(r) => {
                     tracing::info!(from = r.from.0, "hub asks for a resend");
                     metrics::counter!("edge_sync_resend_requests_total").increment(1);
                     if let Some(n) = self.core.on_resend(r.from) {
-                        self.commit_ack(n).await;
+                        self.commit_ack(n);
                     }
-                    self.pump().await;
+                    self.restart_reader();
                 }
                 other => self.reject(&topic, &format!("unexpected {} on the ack topic", other.name())),
             }
@@ -582,11 +684,18 @@ impl Loop {
         metrics::counter!("edge_downlink_rejected_total").increment(1);
     }
 
-    async fn commit_ack(&mut self, n: Seq) {
+    fn commit_ack(&mut self, n: Seq) {
         metrics::counter!("edge_sync_acks_total").increment(1);
-        if let Err(e) = self.journal.ack(n).await {
-            // The rows stay; they will be resent and acked again.
-            tracing::error!(error = %e, "cannot delete acked outbox rows");
+        // Deleting acked rows only frees disk, so it is coalesced and done
+        // on the next tick, never blocking the loop. A crash before then
+        // means a few events are resent and dropped by the hub as
+        // duplicates.
+        self.pending_delete = Some(n);
+    }
+
+    fn flush_deletes(&mut self) {
+        if let Some(n) = self.pending_delete.take() {
+            self.journal.ack_in_background(n);
         }
     }
 

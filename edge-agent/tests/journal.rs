@@ -161,3 +161,33 @@ async fn concurrent_lanes_share_commits() {
     );
     close(j, w).await;
 }
+
+#[tokio::test]
+async fn a_fetched_batch_is_exactly_the_rows_concatenated() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = JournalSettings {
+        outbox_budget_bytes: 4000,
+        ..JournalSettings::default()
+    };
+    let (j, w) = Journal::open(&dir.path().join("j.db"), &settings, Currency::EUR)
+        .await
+        .unwrap();
+    for n in 0..40u128 {
+        j.record(sale(n), None).await.unwrap();
+        j.record(samples::event_bodies().remove(9), None).await.unwrap(); // a scan: telemetry
+    }
+    assert!(
+        j.stats().dropped_telemetry > 0,
+        "the small budget dropped scans into placeholders"
+    );
+    for (from, max_bytes) in [(1u64, usize::MAX), (5, 3000), (17, 1), (80, usize::MAX)] {
+        let rows = j.fetch_outbox(Seq(from), 25, max_bytes).await.unwrap();
+        let batch = j.fetch_batch(Seq(from), 25, max_bytes).await.unwrap().unwrap();
+        let concatenated: Vec<u8> = rows.iter().flat_map(|r| r.encoded.clone()).collect();
+        assert_eq!(batch.events, rows.len(), "from {from}");
+        assert_eq!(batch.last, rows.last().unwrap().seq);
+        assert_eq!(batch.bytes, concatenated, "from {from}");
+    }
+    assert!(j.fetch_batch(Seq(81), 25, usize::MAX).await.unwrap().is_none());
+    close(j, w).await;
+}

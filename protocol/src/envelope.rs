@@ -21,7 +21,12 @@ pub const MIN_PROTOCOL_VERSION: u16 = 1;
 pub struct UpBatch {
     /// The sending store; must match the topic's store.
     pub store: StoreId,
-    /// Events in ascending, contiguous seq order.
+    /// Seq of the first event. With `last`, lets a receiver see a
+    /// duplicate or a gap from the header alone ([`peek_up_batch`]).
+    pub first: Seq,
+    /// Seq of the last event.
+    pub last: Seq,
+    /// Events `first..=last`, in ascending, contiguous seq order.
     pub events: Vec<Event>,
     /// Events still waiting in the edge's outbox after this batch.
     pub backlog: u64,
@@ -180,30 +185,68 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, DecodeError> {
     postcard::from_bytes(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
 }
 
-/// Builds the bytes of `Message::UpBatch` from events already encoded with
-/// [`encode_event`], without decoding them: the edge's publish path splices
-/// outbox rows straight into the batch. Byte-identical to [`encode`] of the
-/// same batch (tested).
+/// Builds the bytes of `Message::UpBatch` from `event_count` events already
+/// encoded with [`encode_event`] and concatenated, without decoding them:
+/// the edge's publish path splices outbox rows straight into the batch.
+/// Byte-identical to [`encode`] of the same batch (tested).
 pub fn encode_up_batch_from_encoded(
     store: &StoreId,
-    encoded_events: &[&[u8]],
+    (first, last): (Seq, Seq),
+    event_count: usize,
+    concatenated_events: &[u8],
     backlog: u64,
     dropped_telemetry: u64,
 ) -> Vec<u8> {
-    let body: usize = encoded_events.iter().map(|e| e.len()).sum();
-    let mut out = Vec::with_capacity(body + store.as_str().len() + 32);
+    let mut out = Vec::with_capacity(concatenated_events.len() + store.as_str().len() + 48);
     // varint(version), varint(variant index of UpBatch = 0).
     push_varint(&mut out, u64::from(PROTOCOL_VERSION));
     push_varint(&mut out, 0);
     push_varint(&mut out, store.as_str().len() as u64);
     out.extend_from_slice(store.as_str().as_bytes());
-    push_varint(&mut out, encoded_events.len() as u64);
-    for e in encoded_events {
-        out.extend_from_slice(e);
-    }
+    push_varint(&mut out, first.0);
+    push_varint(&mut out, last.0);
+    push_varint(&mut out, event_count as u64);
+    out.extend_from_slice(concatenated_events);
     push_varint(&mut out, backlog);
     push_varint(&mut out, dropped_telemetry);
     out
+}
+
+/// The header of an `UpBatch`: enough to tell a duplicate or a gap without
+/// decoding the events.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct UpBatchHeader {
+    /// The sending store.
+    pub store: StoreId,
+    /// Seq of the first event.
+    pub first: Seq,
+    /// Seq of the last event.
+    pub last: Seq,
+    /// Number of events that follow.
+    pub count: u64,
+}
+
+/// Reads only the header of an envelope holding an `UpBatch`. Returns
+/// `Ok(None)` for any other message.
+pub fn peek_up_batch(bytes: &[u8]) -> Result<Option<UpBatchHeader>, DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    let malformed = |e: postcard::Error| DecodeError::Malformed(e.to_string());
+    let (version, rest) = postcard::take_from_bytes::<u16>(bytes).map_err(malformed)?;
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
+        return Err(DecodeError::UnsupportedVersion {
+            found: version,
+            min: MIN_PROTOCOL_VERSION,
+            max: PROTOCOL_VERSION,
+        });
+    }
+    let (variant, rest) = postcard::take_from_bytes::<u32>(rest).map_err(malformed)?;
+    if variant != 0 {
+        return Ok(None);
+    }
+    let (header, _) = postcard::take_from_bytes::<UpBatchHeader>(rest).map_err(malformed)?;
+    Ok(Some(header))
 }
 
 /// postcard's unsigned varint (LEB128).

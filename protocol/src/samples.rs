@@ -396,6 +396,8 @@ pub fn rpc_results() -> Vec<RpcResult> {
 pub fn sale_batch(n: usize, lines: usize) -> UpBatch {
     UpBatch {
         store: store(),
+        first: Seq(1),
+        last: Seq(n as u64),
         events: (1..=n as u64)
             .map(|seq| event(seq, EventBody::Sale(sale(lines))))
             .collect(),
@@ -411,6 +413,8 @@ pub fn messages() -> Vec<(&'static str, Message)> {
             "up_batch",
             Message::UpBatch(UpBatch {
                 store: store(),
+                first: Seq(1),
+                last: Seq(event_bodies().len() as u64),
                 events: event_bodies()
                     .into_iter()
                     .enumerate()

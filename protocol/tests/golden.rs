@@ -231,9 +231,15 @@ fn device_bus_json_is_pinned() {
 #[test]
 fn spliced_up_batch_is_byte_identical_to_a_serialized_one() {
     let batch = samples::sale_batch(20, 5);
-    let encoded: Vec<Vec<u8>> = batch.events.iter().map(envelope::encode_event).collect();
-    let refs: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
-    let spliced = envelope::encode_up_batch_from_encoded(&batch.store, &refs, 7, 300);
+    let concatenated: Vec<u8> = batch.events.iter().flat_map(envelope::encode_event).collect();
+    let spliced = envelope::encode_up_batch_from_encoded(
+        &batch.store,
+        (batch.first, batch.last),
+        batch.events.len(),
+        &concatenated,
+        7,
+        300,
+    );
     let batch = envelope::UpBatch {
         backlog: 7,
         dropped_telemetry: 300,

@@ -255,6 +255,8 @@ fn message() -> impl Strategy<Value = Message> {
             .prop_map(
                 |(store, events, backlog, dropped_telemetry)| Message::UpBatch(UpBatch {
                     store,
+                    first: events.first().map_or(Seq(0), |e| e.seq),
+                    last: events.last().map_or(Seq(0), |e| e.seq),
                     events,
                     backlog,
                     dropped_telemetry,
@@ -302,6 +304,19 @@ proptest! {
     }
 
     #[test]
+    fn peeking_a_batch_header_agrees_with_a_full_decode(m in message()) {
+        let bytes = envelope::encode(&m);
+        let peeked = envelope::peek_up_batch(&bytes).unwrap();
+        match m {
+            Message::UpBatch(b) => {
+                let h = peeked.unwrap();
+                prop_assert_eq!((h.store, h.first, h.last, h.count), (b.store, b.first, b.last, b.events.len() as u64));
+            }
+            _ => prop_assert!(peeked.is_none()),
+        }
+    }
+
+    #[test]
     fn every_event_round_trips_alone(e in event()) {
         prop_assert_eq!(envelope::decode_event(&envelope::encode_event(&e)), Ok(e));
     }
@@ -309,6 +324,7 @@ proptest! {
     #[test]
     fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = decode(&bytes);
+        let _ = envelope::peek_up_batch(&bytes);
         let _ = envelope::decode_event(&bytes);
         let _ = device::parse_json::<PosRequest>(&bytes);
         let _ = device::salvage_request_id(&bytes);

@@ -1,1 +1,12 @@
-//! placeholder
+//! storegate-sim: simulators, fault injection and benchmarks.
+//!
+//! - [`netfault`]: a TCP proxy that cuts and restores a link (a store's WAN).
+//! - [`responder`]: a stand-in for the hub's side of the sync contract, to
+//!   run an edge without a hub.
+//! - [`stats`]: latency percentiles and table printing for benchmarks.
+//! - [`bench`]: the benchmark commands (`storegate-sim bench ...`).
+
+pub mod bench;
+pub mod netfault;
+pub mod responder;
+pub mod stats;

@@ -6,9 +6,10 @@
 //! temp directory.
 //!
 //! - [`broker`]: embedded rumqttd on a free port.
-//! - [`Proxy`]: a TCP proxy whose link can be cut and restored.
-//! - [`Responder`]: a minimal stand-in for the hub's side of the sync
-//!   contract (high-water mark per store, app acks, resend requests).
+//! - [`Proxy`] (from `storegate_sim::netfault`): a TCP proxy whose link can
+//!   be cut and restored.
+//! - [`Responder`] (from `storegate_sim::responder`): a minimal stand-in for
+//!   the hub's side of the sync contract.
 //! - [`Mosquitto`]: a real Mosquitto process that can be killed and restarted.
 //! - [`EdgeProcess`]: the real `edge-agent` binary.
 //! - [`service_or_skip`]: CI fails on a missing service; elsewhere the test
@@ -16,23 +17,17 @@
 
 #![allow(clippy::missing_panics_doc)]
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
-use storegate_protocol::envelope::{self, AppAck, Message, ResendRequest};
-use storegate_protocol::event::Event;
-use storegate_protocol::topic::{WanKind, WanTopic};
-use storegate_protocol::{Seq, StoreId};
+use storegate_protocol::StoreId;
+pub use storegate_sim::netfault::Proxy;
+pub use storegate_sim::responder::{Responder, StoreLog};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
-use tokio_util::sync::CancellationToken;
 
 /// Starts an embedded rumqttd on a free loopback port.
 pub fn broker() -> SocketAddr {
@@ -70,249 +65,6 @@ where
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// A TCP proxy in front of a broker: [`Proxy::cut`] drops every connection
-/// and refuses new ones (the store's WAN is down), [`Proxy::restore`] lets
-/// them through again.
-#[derive(Debug, Clone)]
-pub struct Proxy {
-    /// Where clients connect.
-    pub addr: SocketAddr,
-    /// True while the link is cut.
-    cut: Arc<AtomicBool>,
-    /// Cancelled to drop the live connections; replaced on each cut.
-    live: Arc<Mutex<CancellationToken>>,
-}
-
-impl Proxy {
-    /// Starts a proxy to `target` on a free port.
-    pub async fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let addr = listener.local_addr().expect("proxy addr");
-        let proxy = Proxy {
-            addr,
-            cut: Arc::new(AtomicBool::new(false)),
-            live: Arc::new(Mutex::new(CancellationToken::new())),
-        };
-        let p = proxy.clone();
-        tokio::spawn(async move {
-            while let Ok((inbound, _)) = listener.accept().await {
-                if p.cut.load(Ordering::Acquire) {
-                    drop(inbound);
-                    continue;
-                }
-                let token = p.live.lock().expect("lock").clone();
-                tokio::spawn(async move {
-                    let Ok(outbound) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    let (mut a, mut b) = (inbound, outbound);
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut a, &mut b) => {}
-                        () = token.cancelled() => {}
-                    }
-                });
-            }
-        });
-        proxy
-    }
-
-    /// Cuts the link: live connections drop, new ones are refused.
-    pub fn cut(&self) {
-        self.cut.store(true, Ordering::Release);
-        let mut live = self.live.lock().expect("lock");
-        live.cancel();
-        *live = CancellationToken::new();
-    }
-
-    /// Restores the link.
-    pub fn restore(&self) {
-        self.cut.store(false, Ordering::Release);
-    }
-}
-
-/// What the responder has seen of one store.
-#[derive(Debug, Default, Clone)]
-pub struct StoreLog {
-    /// Committed up to.
-    pub hwm: u64,
-    /// Events accepted, in order.
-    pub events: Vec<Event>,
-    /// Events received again at or below the mark.
-    pub duplicates: u64,
-    /// Resend requests sent.
-    pub resends: u64,
-    /// Last presence seen.
-    pub online: Option<bool>,
-    /// Last backlog the edge reported.
-    pub backlog: u64,
-    /// Last dropped-telemetry count the edge reported.
-    pub dropped_telemetry: u64,
-    /// Last downlink ack.
-    pub down_acked: u64,
-}
-
-/// A minimal stand-in for the hub's half of the sync contract: keeps a
-/// high-water mark per store, accepts events in seq order, re-acks
-/// duplicates, asks for a resend on a gap, and publishes application acks.
-#[derive(Debug, Clone)]
-pub struct Responder {
-    /// Per-store logs.
-    state: Arc<Mutex<HashMap<String, StoreLog>>>,
-    /// While true, batches are recorded but not acked.
-    pub hold_acks: Arc<AtomicBool>,
-    /// Batches received.
-    pub batches: Arc<AtomicU64>,
-    /// The next this-many batches are ignored, as if lost on the way.
-    pub lose_batches: Arc<AtomicU64>,
-    /// For publishing downlink in tests.
-    client: AsyncClient,
-}
-
-impl Responder {
-    /// Connects to the broker at `addr` and starts answering.
-    pub async fn start(addr: SocketAddr) -> Responder {
-        let mut opts = MqttOptions::new(
-            format!("responder-{}", rand_suffix()),
-            addr.ip().to_string(),
-            addr.port(),
-        );
-        opts.set_max_packet_size(8 << 20, 8 << 20)
-            .set_keep_alive(Duration::from_secs(5));
-        let (client, mut eventloop) = AsyncClient::new(opts, 1024);
-        let r = Responder {
-            state: Arc::default(),
-            hold_acks: Arc::default(),
-            batches: Arc::default(),
-            lose_batches: Arc::default(),
-            client: client.clone(),
-        };
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let me = r.clone();
-        tokio::spawn(async move {
-            let mut ready = Some(ready_tx);
-            loop {
-                match eventloop.poll().await {
-                    Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
-                        for k in [WanKind::Up, WanKind::Status] {
-                            client
-                                .subscribe(WanTopic::filter_all(k), QoS::AtLeastOnce)
-                                .await
-                                .expect("subscribe");
-                        }
-                    }
-                    Ok(MqttEvent::Incoming(Packet::SubAck(_))) => {
-                        if let Some(tx) = ready.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                    Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
-                        me.handle(&client, &p.topic, &p.payload).await
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                }
-            }
-        });
-        tokio::time::timeout(Duration::from_secs(10), ready_rx)
-            .await
-            .expect("responder subscribed in time")
-            .expect("responder task alive");
-        r
-    }
-
-    async fn handle(&self, client: &AsyncClient, topic: &str, payload: &[u8]) {
-        let Ok(t) = WanTopic::parse(topic) else { return };
-        let store = t.store().clone();
-        let msg = match envelope::decode(payload) {
-            Ok(m) => m,
-            Err(e) => panic!("responder got an undecodable message on {topic}: {e}"),
-        };
-        let reply = {
-            let mut state = self.state.lock().expect("lock");
-            let log = state.entry(store.to_string()).or_default();
-            match msg {
-                Message::Presence(p) => {
-                    log.online = Some(p.online);
-                    None
-                }
-                Message::DownAck(a) => {
-                    log.down_acked = a.applied_up_to.0;
-                    None
-                }
-                Message::UpBatch(_)
-                    if self
-                        .lose_batches
-                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-                        .is_ok() =>
-                {
-                    None
-                }
-                Message::UpBatch(b) => {
-                    self.batches.fetch_add(1, Ordering::Relaxed);
-                    log.backlog = b.backlog;
-                    log.dropped_telemetry = b.dropped_telemetry;
-                    let mut gap = None;
-                    for e in b.events {
-                        if e.seq.0 <= log.hwm {
-                            log.duplicates += 1;
-                        } else if e.seq.0 == log.hwm + 1 {
-                            log.hwm = e.seq.0;
-                            log.events.push(e);
-                        } else {
-                            gap = Some(log.hwm + 1);
-                            break;
-                        }
-                    }
-                    if self.hold_acks.load(Ordering::Acquire) {
-                        None
-                    } else if let Some(from) = gap {
-                        log.resends += 1;
-                        Some(Message::ResendRequest(ResendRequest { from: Seq(from) }))
-                    } else {
-                        Some(Message::AppAck(AppAck {
-                            committed_up_to: Seq(log.hwm),
-                        }))
-                    }
-                }
-                _ => None,
-            }
-        };
-        if let Some(m) = reply {
-            let _ = client
-                .publish(
-                    WanTopic::Ack(store).to_string(),
-                    QoS::AtLeastOnce,
-                    false,
-                    envelope::encode(&m),
-                )
-                .await;
-        }
-    }
-
-    /// What the responder has of `store`.
-    pub fn log(&self, store: &str) -> StoreLog {
-        self.state
-            .lock()
-            .expect("lock")
-            .get(store)
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// Publishes raw bytes (for downlink tests).
-    pub async fn publish(&self, topic: String, payload: Vec<u8>) {
-        self.client
-            .publish(topic, QoS::AtLeastOnce, false, payload)
-            .await
-            .expect("publish queued");
-    }
-}
-
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::SystemTime::now())
 }
 
 /// A free loopback port (bound and released; good enough for tests).

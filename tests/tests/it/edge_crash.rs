@@ -19,7 +19,7 @@ struct Recorded {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_recording_and_sync_loses_nothing_acknowledged_and_renumbers_nothing() {
     let broker = broker();
-    let responder = Responder::start(broker).await;
+    let responder = Responder::start(broker).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = StoreId::parse("s-crash").unwrap();
     // seq -> (event id, sale number) for every sale the agent acknowledged (201).

@@ -86,8 +86,8 @@ fn assert_exactly_once_in_order(log: &storegate_e2e::StoreLog, recorded: &[(Seq,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sales_recorded_while_the_wan_is_down_reach_the_hub_in_order_exactly_once() {
     let broker = broker();
-    let responder = Responder::start(broker).await;
-    let proxy = Proxy::start(broker).await;
+    let responder = Responder::start(broker).await.unwrap();
+    let proxy = Proxy::start(broker).await.unwrap();
     proxy.cut();
     let dir = tempfile::tempdir().unwrap();
     let edge = start(settings(dir.path(), "s-wan", proxy.addr)).await;
@@ -148,8 +148,12 @@ async fn a_broker_restart_that_loses_every_session_loses_nothing() {
     }
     let dir = tempfile::tempdir().unwrap();
     let mut mosquitto = Mosquitto::start(dir.path()).await;
-    let responder = Responder::start(mosquitto.addr).await;
-    let edge = start(settings(&dir.path().join("edge"), "s-restart", mosquitto.addr)).await;
+    let responder = Responder::start(mosquitto.addr).await.unwrap();
+    let mut s = settings(&dir.path().join("edge"), "s-restart", mosquitto.addr);
+    // Batches published after the restart but before the hub re-subscribes
+    // are dropped by the broker; the ack timeout is what recovers them.
+    s.sync.ack_timeout_ms = 1000;
+    let edge = start(s).await;
     wait_until("edge connected", Duration::from_secs(10), || async {
         edge.sync.status.connected.load(Ordering::Acquire)
     })
@@ -187,7 +191,7 @@ async fn a_broker_restart_that_loses_every_session_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_batch_is_answered_with_a_resend_request_and_recovered() {
     let broker = broker();
-    let responder = Responder::start(broker).await;
+    let responder = Responder::start(broker).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut s = settings(dir.path(), "s-lost", broker);
     s.sync.batch_max_events = 10;
@@ -209,7 +213,7 @@ async fn a_lost_batch_is_answered_with_a_resend_request_and_recovered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downlink_is_applied_in_order_idempotently_and_bad_messages_do_not_stop_it() {
     let broker = broker();
-    let responder = Responder::start(broker).await;
+    let responder = Responder::start(broker).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let edge = start(settings(dir.path(), "s-down", broker)).await;
     wait_until("edge connected", Duration::from_secs(10), || async {
@@ -242,20 +246,26 @@ async fn downlink_is_applied_in_order_idempotently_and_bad_messages_do_not_stop_
         effective_to_ms: None,
     });
     let topic = WanTopic::Down(store.clone()).to_string();
-    responder.publish(topic.clone(), b"\x01garbage".to_vec()).await;
+    responder
+        .publish(topic.clone(), b"\x01garbage".to_vec())
+        .await
+        .unwrap();
     responder
         .publish(
             topic.clone(),
             down(vec![(1, samples::down_bodies().remove(0)), (2, price)]),
         )
-        .await;
+        .await
+        .unwrap();
     responder
         .publish(topic.clone(), down(vec![(3, level(40, 0))]))
-        .await;
+        .await
+        .unwrap();
     // A replay and a message from the future (gap at 4).
     responder
         .publish(topic.clone(), down(vec![(1, level(999, 0)), (5, level(7, 0))]))
-        .await;
+        .await
+        .unwrap();
     wait_until(
         "downlink applied up to 3 and acked",
         Duration::from_secs(10),
@@ -279,7 +289,8 @@ async fn downlink_is_applied_in_order_idempotently_and_bad_messages_do_not_stop_
             topic.clone(),
             down(vec![(4, level(38, sold[0].0.0)), (5, level(36, last))]),
         )
-        .await;
+        .await
+        .unwrap();
     wait_until("downlink applied up to 5", Duration::from_secs(10), || async {
         responder.log("s-down").down_acked == 5
     })
@@ -295,8 +306,8 @@ async fn downlink_is_applied_in_order_idempotently_and_bad_messages_do_not_stop_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_is_retained_and_the_last_will_marks_the_store_offline() {
     let broker = broker();
-    let responder = Responder::start(broker).await;
-    let proxy = Proxy::start(broker).await;
+    let responder = Responder::start(broker).await.unwrap();
+    let proxy = Proxy::start(broker).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let edge = start(settings(dir.path(), "s-presence", proxy.addr)).await;
     wait_until("online presence", Duration::from_secs(10), || async {
@@ -324,8 +335,8 @@ async fn presence_is_retained_and_the_last_will_marks_the_store_offline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_budget_telemetry_is_dropped_oldest_first_and_counted_while_sales_are_kept() {
     let broker = broker();
-    let responder = Responder::start(broker).await;
-    let proxy = Proxy::start(broker).await;
+    let responder = Responder::start(broker).await.unwrap();
+    let proxy = Proxy::start(broker).await.unwrap();
     proxy.cut();
     let dir = tempfile::tempdir().unwrap();
     let mut s = settings(dir.path(), "s-budget", proxy.addr);
@@ -397,7 +408,7 @@ async fn over_budget_telemetry_is_dropped_oldest_first_and_counted_while_sales_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_endpoint_reports_outbox_and_link() {
     let broker = broker();
-    let proxy = Proxy::start(broker).await;
+    let proxy = Proxy::start(broker).await.unwrap();
     proxy.cut();
     let dir = tempfile::tempdir().unwrap();
     let edge = start(settings(dir.path(), "s-status", proxy.addr)).await;

@@ -1,0 +1,4 @@
+//! Benchmarks: commands that print figures, each compared with a ceiling
+//! of this machine measured in the same run.
+
+pub mod edge;
