@@ -30,11 +30,19 @@ use tokio_util::sync::CancellationToken;
 use crate::journal::{Journal, JournalError, now_ms};
 use crate::sync::LinkStatus;
 
+static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Renders metrics from `handle`, a recorder the host process installed,
+/// instead of installing one (for processes that run a hub and agents
+/// together). Call before [`crate::start`]; false if one was already chosen.
+pub fn use_metrics(handle: PrometheusHandle) -> bool {
+    METRICS.set(handle).is_ok()
+}
+
 /// The process-wide Prometheus recorder (installed once, shared by every
-/// agent in the process).
+/// agent in the process, unless the host gave one with [`use_metrics`]).
 pub fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
+    METRICS
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new().build_recorder();
             let handle = recorder.handle();

@@ -247,26 +247,7 @@ impl SyncSettings {
     }
 }
 
-/// Splits `mqtt://host:port` (port defaults to 1883).
-pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| format!("{url:?} must start with mqtt://"))?;
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) => (
-            h,
-            p.parse::<u16>()
-                .map_err(|_| format!("{url:?}: port {p:?} is not a number"))?,
-        ),
-        None => (rest, 1883),
-    };
-    if host.is_empty() {
-        return Err(format!("{url:?} has no host"));
-    }
-    Ok((host.trim_matches(['[', ']']).to_owned(), port))
-}
+pub use storegate_protocol::endpoint::parse_mqtt_url;
 
 #[cfg(test)]
 mod tests {
@@ -294,14 +275,5 @@ mod tests {
         s.upstream.url = "http://x".into();
         let e = s.validate().unwrap_err().to_string();
         assert!(e.contains("upstream.url"), "{e}");
-    }
-
-    #[test]
-    fn mqtt_urls_parse() {
-        assert_eq!(parse_mqtt_url("mqtt://h:1884"), Ok(("h".into(), 1884)));
-        assert_eq!(parse_mqtt_url("mqtt://h"), Ok(("h".into(), 1883)));
-        assert_eq!(parse_mqtt_url("mqtt://[::1]:9"), Ok(("::1".into(), 9)));
-        assert!(parse_mqtt_url("mqtt://:9").is_err());
-        assert!(parse_mqtt_url("mqtt://h:x").is_err());
     }
 }

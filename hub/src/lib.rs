@@ -1,6 +1,211 @@
 //! storegate-hub: the central service.
 //!
-//! Built so far: [`broker`], the embedded MQTT broker. Ingestion, the REST
-//! API and the commerce domains are being built.
+//! It ingests every store's events from the MQTT broker (the hub half of
+//! the sync contract), owns stores, devices, stock, users and keys, sends
+//! downlink to stores, and serves the back-office REST API.
+//!
+//! # Modules
+//!
+//! - [`settings`]: TOML + `SG_HUB_*` environment settings.
+//! - [`db`]: SQLite (default) or PostgreSQL through sqlx `Any`; migrations.
+//! - [`broker`]: the embedded rumqttd (default) on a checked address.
+//! - [`mqtt`]: the hub's MQTT link: shared-subscription uplink, ordered
+//!   manual acks after commit, presence, downlink sending.
+//! - [`ingest`]: applies batches idempotently in one transaction each
+//!   group; high-water marks, gaps, discrepancies, stock effects.
+//! - [`downlink`]: the per-store downlink outbox.
+//! - [`quarantine`]: messages that could not be used, with raw bytes.
+//! - [`stores`]: store registry, presence, sync state, devices.
+//! - [`auth`]: users, argon2 passwords, JWTs, API keys, login throttle.
+//! - [`api`]: the REST API (axum, OpenAPI via utoipa).
+//! - [`sql`]: `$N` SQL text helpers for both databases.
+//!
+//! # Entry point
+//!
+//! [`start`] takes settings and a cancellation token, binds everything
+//! (port 0 allowed), and returns a [`Hub`]; the `hub` binary wraps it.
 
+pub mod api;
+pub mod auth;
 pub mod broker;
+pub mod db;
+pub mod downlink;
+pub mod ingest;
+pub mod mqtt;
+pub mod quarantine;
+pub mod settings;
+pub mod sql;
+pub mod stores;
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use settings::Settings;
+
+/// Why the hub could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting is invalid.
+    #[error(transparent)]
+    Settings(#[from] settings::SettingsError),
+    /// The database is unusable.
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    /// A database query at start failed.
+    #[error("database: {0}")]
+    Query(#[from] sqlx::Error),
+    /// The embedded broker did not start.
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
+    /// The bootstrap admin could not be created.
+    #[error("bootstrap admin: {0}")]
+    Bootstrap(#[from] auth::CreateUserError),
+    /// The API could not listen.
+    #[error("REST API cannot listen on {addr}: {source}; change `api.listen` (SG_HUB_API__LISTEN)")]
+    ApiBind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A running hub.
+#[derive(Debug)]
+pub struct Hub {
+    /// Where the REST API listens.
+    pub api_addr: SocketAddr,
+    /// The broker the hub uses (the embedded one's address, or the external one's).
+    pub broker_addr: String,
+    /// The database.
+    pub db: db::Db,
+    /// The MQTT link.
+    pub link: mqtt::Link,
+    /// Cancelled to stop.
+    shutdown: CancellationToken,
+    /// The hub's tasks.
+    tasks: TaskTracker,
+}
+
+static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Renders metrics from `handle`, a recorder the host process installed,
+/// instead of installing one (a process running a hub and edge agents
+/// together installs one recorder and gives it to both). Call before
+/// [`start`]; returns false if a handle was already chosen.
+pub fn use_metrics(handle: PrometheusHandle) -> bool {
+    METRICS.set(handle).is_ok()
+}
+
+/// The process-wide Prometheus recorder (installed on first use unless the
+/// host gave one with [`use_metrics`]).
+pub fn metrics_handle() -> PrometheusHandle {
+    METRICS
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if the host installed a recorder; then ours renders nothing.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Starts a hub. Everything it spawns stops when `shutdown` is cancelled.
+pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Hub, StartError> {
+    let v = settings.validate()?;
+    let metrics = metrics_handle();
+    let db = db::Db::connect(&v.database_url, settings.database.max_connections).await?;
+    db.migrate().await?;
+    let auth = auth::Auth::init(&db, &settings.auth).await?;
+    if let (Some(email), Some(password)) = (
+        settings.auth.bootstrap_admin_email.as_deref(),
+        settings.auth.bootstrap_admin_password.as_deref(),
+    ) && auth::bootstrap_admin(&db, email, password).await?
+    {
+        tracing::info!(email, "bootstrap admin created");
+    }
+
+    let (host, port, broker_addr) = match &v.external_broker {
+        Some((h, p)) => (h.clone(), *p, format!("{h}:{p}")),
+        None => {
+            let config = broker::load_config(settings.broker.config_file.as_deref())?;
+            let addr =
+                broker::start_embedded(config, v.broker_listen, "broker.listen (SG_HUB_BROKER__LISTEN)")?;
+            (addr.ip().to_string(), addr.port(), addr.to_string())
+        }
+    };
+
+    let tasks = TaskTracker::new();
+    let link = mqtt::spawn(
+        mqtt::LinkConfig {
+            host,
+            port,
+            client_id: settings.broker.client_id.clone(),
+            credentials: settings
+                .broker
+                .username
+                .clone()
+                .map(|u| (u, settings.broker.password.clone().unwrap_or_default())),
+            ingest: settings.ingest.clone(),
+            clean_session: settings
+                .broker
+                .clean_session
+                .unwrap_or(v.external_broker.is_none()),
+            abort_after_commit: std::env::var("STOREGATE_FAILPOINT").is_ok_and(|v| v == "abort_after_commit"),
+        },
+        db.clone(),
+        &tasks,
+        shutdown.clone(),
+    );
+
+    let listener = tokio::net::TcpListener::bind(v.api_listen)
+        .await
+        .map_err(|source| StartError::ApiBind {
+            addr: v.api_listen,
+            source,
+        })?;
+    let api_addr = listener.local_addr().map_err(|source| StartError::ApiBind {
+        addr: v.api_listen,
+        source,
+    })?;
+    tasks.spawn(api::serve(
+        listener,
+        api::AppState {
+            db: db.clone(),
+            auth,
+            link: link.clone(),
+            metrics,
+        },
+        shutdown.clone(),
+    ));
+    tasks.close();
+    tracing::info!(api = %api_addr, broker = %broker_addr, database = ?db.kind, "hub started");
+    Ok(Hub {
+        api_addr,
+        broker_addr,
+        db,
+        link,
+        shutdown,
+        tasks,
+    })
+}
+
+impl Hub {
+    /// Cancels the hub and waits until it has stopped.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.tasks.wait().await;
+        self.db.pool.close().await;
+    }
+
+    /// Waits until the hub has stopped (after its token is cancelled).
+    pub async fn stopped(self) {
+        self.tasks.wait().await;
+        self.db.pool.close().await;
+    }
+}

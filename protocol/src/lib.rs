@@ -19,6 +19,7 @@
 //! - [`rpc`]: request/response with correlation id and timeout (card
 //!   authorisation, lookups).
 //! - [`envelope`]: the versioned postcard envelope around all of the above.
+//! - [`endpoint`]: `mqtt://host:port` broker addresses.
 //! - [`device`]: JSON messages on the store LAN device bus, with their schema.
 //! - [`samples`]: one realistic value of every message, for tests, golden
 //!   bytes, simulators and size reports.
@@ -60,6 +61,7 @@
 
 pub mod device;
 pub mod downlink;
+pub mod endpoint;
 pub mod envelope;
 pub mod event;
 pub mod gtin;

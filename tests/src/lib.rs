@@ -28,9 +28,26 @@ pub use storegate_sim::responder::{Responder, StoreLog};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+/// Installs one Prometheus recorder for this process and gives it to both
+/// the hub and the edge libraries (each would otherwise try to install its
+/// own). Idempotent.
+pub fn shared_metrics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_ok() {
+            storegate_hub::use_metrics(handle.clone());
+            storegate_edge::http::use_metrics(handle);
+        }
+    });
+}
 
 /// Starts an embedded rumqttd on a free loopback port.
 pub fn broker() -> SocketAddr {
+    shared_metrics();
     let config = storegate_hub::broker::load_config(None).expect("shipped broker config parses");
     storegate_hub::broker::start_embedded(config, "127.0.0.1:0".parse().expect("addr"), "test")
         .expect("embedded broker starts")
@@ -245,4 +262,381 @@ pub fn http() -> reqwest::Client {
         .timeout(Duration::from_secs(30))
         .build()
         .expect("http client")
+}
+
+/// Which database a hub test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A temp SQLite file.
+    Sqlite,
+    /// A fresh database on the PostgreSQL server in `STOREGATE_TEST_PG`.
+    Postgres,
+}
+
+/// The PostgreSQL server tests use (a maintenance database on it).
+pub fn pg_url() -> String {
+    std::env::var("STOREGATE_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Creates a fresh PostgreSQL database and returns its URL, or `None` when
+/// no server is reachable (skipped outside CI, a failure under CI).
+pub async fn fresh_pg_database() -> Option<String> {
+    use sqlx::Connection;
+    let admin = pg_url();
+    let conn = tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&admin)).await;
+    let mut conn = match conn {
+        Ok(Ok(c)) => c,
+        other => {
+            let why = match other {
+                Ok(Err(e)) => e.to_string(),
+                _ => "timeout".into(),
+            };
+            eprintln!("PostgreSQL at {admin}: {why}");
+            service_or_skip("PostgreSQL", false);
+            return None;
+        }
+    };
+    let name = format!("sg_test_{}", storegate_hub::auth::new_id().to_lowercase());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    let base = admin
+        .rsplit_once('/')
+        .map_or(admin.as_str(), |(b, _)| b)
+        .to_owned();
+    Some(format!("{base}/{name}"))
+}
+
+/// Drops a database made by [`fresh_pg_database`].
+pub async fn drop_pg_database(url: &str) {
+    use sqlx::Connection;
+    let Some((_, name)) = url.rsplit_once('/') else {
+        return;
+    };
+    if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_url()).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await;
+    }
+}
+
+/// The admin every test hub starts with.
+pub const ADMIN_EMAIL: &str = "admin@example.com";
+/// Its password.
+pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
+
+/// A hub running in this process for a test.
+#[derive(Debug)]
+pub struct TestHub {
+    /// The hub.
+    pub hub: storegate_hub::Hub,
+    /// `http://127.0.0.1:port`.
+    pub api: String,
+    /// Its embedded broker.
+    pub broker: SocketAddr,
+    /// The database URL.
+    pub database_url: String,
+    /// An admin access token.
+    pub admin_token: String,
+    /// Keeps the SQLite file alive.
+    _dir: tempfile::TempDir,
+}
+
+/// Hub settings for a test: ports 0, temp dir, the given database.
+pub fn hub_settings(dir: &Path, database_url: &str) -> storegate_hub::Settings {
+    let mut s = storegate_hub::Settings {
+        data_dir: dir.to_path_buf(),
+        ..Default::default()
+    };
+    s.database.url = database_url.to_owned();
+    s.database.max_connections = 8;
+    s.broker.listen = "127.0.0.1:0".into();
+    s.broker.client_id = format!("hub-test-{}", storegate_hub::auth::new_id());
+    s.api.listen = "127.0.0.1:0".into();
+    s.auth.bootstrap_admin_email = Some(ADMIN_EMAIL.into());
+    s.auth.bootstrap_admin_password = Some(ADMIN_PASSWORD.into());
+    s
+}
+
+/// Starts a hub on `backend`; `None` if that backend is unavailable here.
+pub async fn spawn_hub(backend: Backend) -> Option<TestHub> {
+    spawn_hub_with(backend, |_| {}).await
+}
+
+/// Like [`spawn_hub`], with a chance to change settings first.
+pub async fn spawn_hub_with(
+    backend: Backend,
+    tweak: impl FnOnce(&mut storegate_hub::Settings),
+) -> Option<TestHub> {
+    shared_metrics();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database_url = match backend {
+        Backend::Sqlite => format!("sqlite://{}", dir.path().join("hub.db").display()),
+        Backend::Postgres => fresh_pg_database().await?,
+    };
+    let mut settings = hub_settings(dir.path(), &database_url);
+    tweak(&mut settings);
+    let hub = storegate_hub::start(settings, CancellationToken::new())
+        .await
+        .expect("hub starts");
+    let api = format!("http://{}", hub.api_addr);
+    let broker = hub.broker_addr.parse().expect("broker addr");
+    let admin_token = token(&api, ADMIN_EMAIL, ADMIN_PASSWORD)
+        .await
+        .expect("admin logs in");
+    wait_until(
+        "hub subscribed at its broker",
+        Duration::from_secs(10),
+        || async { hub.link.subscribed.load(std::sync::atomic::Ordering::Acquire) },
+    )
+    .await;
+    Some(TestHub {
+        hub,
+        api,
+        broker,
+        database_url,
+        admin_token,
+        _dir: dir,
+    })
+}
+
+impl TestHub {
+    /// Stops the hub and drops its PostgreSQL database.
+    pub async fn stop(self) {
+        let url = self.database_url.clone();
+        self.hub.stop().await;
+        if url.starts_with("postgres") {
+            drop_pg_database(&url).await;
+        }
+    }
+}
+
+/// Logs in with the password grant; returns the access token.
+pub async fn token(api: &str, email: &str, password: &str) -> Result<String, String> {
+    let resp = http()
+        .post(format!("{api}/oauth/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "grant_type=password&username={}&password={}",
+            urlencode(email),
+            urlencode(password)
+        ))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let v: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
+    if status.is_success() {
+        v["access_token"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| v.to_string())
+    } else {
+        Err(format!("{status}: {v}"))
+    }
+}
+
+/// Percent-encodes for a form body.
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A plain MQTT client for tests: publishes raw bytes, collects what
+/// arrives on its subscriptions.
+#[derive(Debug)]
+pub struct MqttPeer {
+    /// The client.
+    pub client: rumqttc::AsyncClient,
+    /// Messages received: (topic, payload).
+    rx: tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+}
+
+impl MqttPeer {
+    /// Connects to `addr` and subscribes to `filters`; returns when subscribed.
+    pub async fn connect(addr: SocketAddr, client_id: &str, filters: &[String]) -> MqttPeer {
+        use rumqttc::{Event, MqttOptions, Packet, QoS};
+        let mut opts = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+        opts.set_max_packet_size(16 << 20, 16 << 20)
+            .set_keep_alive(Duration::from_secs(5));
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 1024);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let filters = filters.to_vec();
+        let c = client.clone();
+        tokio::spawn(async move {
+            let mut ready = Some(ready_tx);
+            let mut pending = 0usize;
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        pending = filters.len();
+                        for f in &filters {
+                            let _ = c.try_subscribe(f.clone(), QoS::AtLeastOnce);
+                        }
+                        if pending == 0
+                            && let Some(r) = ready.take()
+                        {
+                            let _ = r.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        pending = pending.saturating_sub(1);
+                        if pending == 0
+                            && let Some(r) = ready.take()
+                        {
+                            let _ = r.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = tx.send((p.topic.clone(), p.payload.to_vec()));
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready_rx)
+            .await
+            .expect("peer subscribed in time")
+            .expect("peer task alive");
+        MqttPeer { client, rx }
+    }
+
+    /// Publishes QoS 1.
+    pub async fn publish(&self, topic: impl Into<String>, payload: Vec<u8>) {
+        self.client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+            .await
+            .expect("publish queued");
+    }
+
+    /// Publishes QoS 1, retained.
+    pub async fn publish_retained(&self, topic: impl Into<String>, payload: Vec<u8>) {
+        self.client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, true, payload)
+            .await
+            .expect("publish queued");
+    }
+
+    /// The next message, waiting at most `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> Option<(String, Vec<u8>)> {
+        tokio::time::timeout(timeout, self.rx.recv()).await.ok().flatten()
+    }
+}
+
+/// Runs `$body` (an async block taking a [`Backend`]) once per backend,
+/// as `<name>_sqlite` and `<name>_postgres` tests.
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                ($body)($crate::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                ($body)($crate::Backend::Postgres).await
+            }
+        }
+    };
+}
+
+/// The real `hub` binary running as a child process.
+#[derive(Debug)]
+pub struct HubProcess {
+    /// The process.
+    child: Child,
+    /// Its REST API.
+    pub api: SocketAddr,
+    /// Its embedded broker.
+    pub broker: SocketAddr,
+}
+
+impl HubProcess {
+    /// Spawns `hub` on `database_url` with its embedded broker on
+    /// `broker_port`; extra environment in `env`.
+    pub async fn spawn(dir: &Path, database_url: &str, broker_port: u16, env: &[(&str, &str)]) -> HubProcess {
+        let mut cmd = Command::new(bin("hub"));
+        cmd.arg("--database-url")
+            .arg(database_url)
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("--broker-listen")
+            .arg(format!("127.0.0.1:{broker_port}"))
+            .arg("--api-listen")
+            .arg("127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .env("SG_HUB_BROKER__CLIENT_ID", "hub-crash-test")
+            .env("SG_HUB_AUTH__BOOTSTRAP_ADMIN_EMAIL", ADMIN_EMAIL)
+            .env("SG_HUB_AUTH__BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn hub");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let (api, broker) = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.strip_prefix("hub listening api=") {
+                    let (api, broker) = rest.split_once(" broker=").expect("api and broker");
+                    return (
+                        api.parse().expect("api addr"),
+                        broker.parse().expect("broker addr"),
+                    );
+                }
+            }
+            panic!("hub exited before listening");
+        })
+        .await
+        .expect("hub started in time");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let ready = format!("http://{api}/readyz");
+        wait_until(
+            "hub ready (database up, consuming)",
+            Duration::from_secs(30),
+            || {
+                let ready = ready.clone();
+                async move {
+                    http()
+                        .get(&ready)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                }
+            },
+        )
+        .await;
+        HubProcess { child, api, broker }
+    }
+
+    /// Waits for the process to exit by itself.
+    pub async fn exited(mut self, timeout: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .expect("hub exited in time")
+            .expect("wait")
+    }
+
+    /// SIGTERM, then wait.
+    pub async fn terminate(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await;
+    }
 }

@@ -5,3 +5,6 @@
 
 mod edge_crash;
 mod edge_sync;
+mod hub_auth;
+mod hub_crash;
+mod hub_ingest;

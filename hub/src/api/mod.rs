@@ -1,0 +1,529 @@
+//! The REST API (axum), versioned under `/api/v1`.
+//!
+//! - One JSON error shape: `{"error": {"code", "message", "request_id"}}`
+//!   ([`ApiError`]); internals are logged, never returned. The OAuth2
+//!   endpoints (`/oauth/*`) answer errors in RFC 6749's shape instead,
+//!   which OAuth client libraries expect.
+//! - Every route needs a bearer JWT or an API key except `/healthz`,
+//!   `/readyz`, `/oauth/token` and the API description (`/api/v1/openapi.json`,
+//!   `/api/docs`), which hold no data. A handler states its minimum role in
+//!   its signature (`Authed<Operator>`); the same role is its OpenAPI
+//!   security scope, and a test checks every documented route against it.
+//! - Lists are paginated with an opaque `cursor` and a `limit`
+//!   ([`PageParams`], [`Page`]).
+//! - Each request gets an `x-request-id` (kept if the client sent a sane
+//!   one), logged with the request and returned with every error.
+
+pub mod auth_routes;
+pub mod ops;
+pub mod stores;
+pub mod users;
+
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use crate::auth::{Auth, AuthError, Principal, Role};
+use crate::db::Db;
+use crate::mqtt::Link;
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The database.
+    pub db: Db,
+    /// Tokens and keys.
+    pub auth: Auth,
+    /// The MQTT link (readiness, downlink kicks).
+    pub link: Link,
+    /// Prometheus renderer.
+    pub metrics: PrometheusHandle,
+}
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The current request's id, inside a request.
+pub fn request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+/// An API error: status, stable code, human message.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// Text for humans.
+    pub message: String,
+    /// `Retry-After` seconds, for 429.
+    pub retry_after: Option<i64>,
+}
+
+/// The error body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// The error itself.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable code (`unauthorized`, `forbidden`, `not_found`, `invalid`, ...).
+    pub code: String,
+    /// Human-readable message.
+    pub message: String,
+    /// The request's id, to find it in the logs.
+    pub request_id: Option<String>,
+}
+
+impl ApiError {
+    /// An error with `status`, `code` and `message`.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+    /// 400.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    /// 422.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+    }
+    /// 404.
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{} not found", what.into()),
+        )
+    }
+    /// 409.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+    /// 401.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+    /// 403.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+    /// 500, after logging the cause.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, request_id = request_id().unwrap_or_default(), "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the hub's logs",
+        )
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::internal(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.into(),
+                message: self.message,
+                request_id: request_id(),
+            },
+        };
+        let mut resp = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(secs) = self.retry_after
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        resp
+    }
+}
+
+/// Handler result.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// A minimum role, as a type.
+pub trait MinRole: Send + Sync + 'static {
+    /// The role.
+    const ROLE: Role;
+}
+
+/// Any signed-in principal (clients included).
+#[derive(Debug)]
+pub struct Client;
+impl MinRole for Client {
+    const ROLE: Role = Role::Client;
+}
+/// Back-office operators and admins.
+#[derive(Debug)]
+pub struct Operator;
+impl MinRole for Operator {
+    const ROLE: Role = Role::Operator;
+}
+/// Admins only.
+#[derive(Debug)]
+pub struct Admin;
+impl MinRole for Admin {
+    const ROLE: Role = Role::Admin;
+}
+
+/// An authenticated principal with at least role `R`: 401 without valid
+/// credentials, 403 with too small a role.
+#[derive(Debug)]
+pub struct Authed<R: MinRole>(pub Principal, PhantomData<R>);
+
+/// The credential on a request: `Authorization: Bearer ...` or `X-API-Key`.
+pub fn credential(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let mut parts = v.splitn(2, ' ');
+        if parts.next().is_some_and(|s| s.eq_ignore_ascii_case("bearer")) {
+            return parts.next().map(str::trim);
+        }
+        return None;
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+impl<R: MinRole> FromRequestParts<AppState> for Authed<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Some(cred) = credential(&parts.headers) else {
+            return Err(ApiError::unauthorized(
+                "this route needs a bearer token or an API key",
+            ));
+        };
+        let principal = match state.auth.authenticate(&state.db, cred).await {
+            Ok(p) => p,
+            Err(AuthError::Db(e)) => return Err(ApiError::internal(e)),
+            Err(e) => return Err(ApiError::unauthorized(e.to_string())),
+        };
+        if principal.role < R::ROLE {
+            return Err(ApiError::forbidden(format!(
+                "this route needs the {} role; you have {}",
+                R::ROLE,
+                principal.role
+            )));
+        }
+        Ok(Authed(principal, PhantomData))
+    }
+}
+
+/// `?limit=&cursor=` on list routes.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct PageParams {
+    /// Items per page, 1 to 500 (default 50).
+    pub limit: Option<i64>,
+    /// `next_cursor` from the previous page.
+    pub cursor: Option<String>,
+}
+
+impl PageParams {
+    /// The limit, clamped.
+    pub fn limit(&self) -> i64 {
+        self.limit.unwrap_or(50).clamp(1, 500)
+    }
+
+    /// The key to continue after.
+    pub fn after(&self) -> ApiResult<Option<String>> {
+        self.cursor.as_deref().map(decode_cursor).transpose()
+    }
+}
+
+/// A page of items.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// Builds a page from up to `limit + 1` fetched items.
+    pub fn from(mut items: Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> Page<T> {
+        let more = items.len() as i64 > limit;
+        items.truncate(limit.max(0) as usize);
+        let next_cursor = if more {
+            items.last().map(|i| encode_cursor(&key(i)))
+        } else {
+            None
+        };
+        Page { items, next_cursor }
+    }
+}
+
+/// Opaque cursor: hex of the key.
+pub fn encode_cursor(key: &str) -> String {
+    key.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_cursor(c: &str) -> ApiResult<String> {
+    let bad = || ApiError::bad_request("invalid cursor");
+    if !c.len().is_multiple_of(2) || c.len() > 512 {
+        return Err(bad());
+    }
+    let bytes = (0..c.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&c[i..i + 2], 16).map_err(|_| bad()))
+        .collect::<ApiResult<Vec<u8>>>()?;
+    String::from_utf8(bytes).map_err(|_| bad())
+}
+
+/// Assigns the request id, logs the request, and makes the id available to
+/// errors.
+async fn request_context(req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(crate::auth::new_id);
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let started = std::time::Instant::now();
+    let span = tracing::info_span!("http", request_id = %id, %method, %path);
+    let mut resp = REQUEST_ID
+        .scope(
+            id.clone(),
+            tracing::Instrument::instrument(next.run(req), span.clone()),
+        )
+        .await;
+    let status = resp.status().as_u16();
+    span.in_scope(|| {
+        tracing::info!(status, ms = started.elapsed().as_millis() as u64, "request");
+    });
+    metrics::counter!("hub_http_requests_total", "status" => status.to_string()).increment(1);
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+/// The OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "storegate hub API", version = "1", description = "Back office and integration API of the storegate hub."),
+    paths(
+        healthz, readyz, metrics_text,
+        auth_routes::token, auth_routes::introspect, auth_routes::me, auth_routes::logout, auth_routes::change_password,
+        users::create_user, users::list_users, users::get_user, users::update_user,
+        users::create_key, users::list_keys, users::revoke_key,
+        stores::list_stores, stores::get_store, stores::put_store, stores::list_devices, stores::list_events,
+        ops::list_quarantine, ops::get_quarantine, ops::list_discrepancies, ops::resolve_discrepancy, ops::list_audit,
+    ),
+    components(schemas(ErrorBody, ErrorDetail, Role, Principal)),
+    modifiers(&SecurityAddon),
+    tags(
+        (name = "health", description = "Liveness, readiness, metrics"),
+        (name = "auth", description = "Tokens, profile, logout"),
+        (name = "admin", description = "Users and API keys"),
+        (name = "stores", description = "Stores, devices, sync state, events"),
+        (name = "ops", description = "Quarantine, discrepancies, audit log"),
+    )
+)]
+#[derive(Debug)]
+pub struct ApiDoc;
+
+struct SecurityAddon;
+
+impl utoipa::Modify for SecurityAddon {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "Access token from /oauth/token, or an API key. The scope names the minimum role.",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+        );
+    }
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "The process is up")))]
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: the database answers and the hub is consuming from the broker.
+#[utoipa::path(get, path = "/readyz", tag = "health", responses(
+    (status = 200, description = "Ready"), (status = 503, description = "Not ready")))]
+pub async fn readyz(State(s): State<AppState>) -> Response {
+    let db = sqlx::query("SELECT 1").execute(&s.db.pool).await.is_ok();
+    let broker = s.link.subscribed.load(std::sync::atomic::Ordering::Acquire);
+    let status = if db && broker {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(json!({"database": db, "broker": broker}))).into_response()
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "health", security(("bearer" = ["operator"])),
+    responses((status = 200, description = "Prometheus text"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn metrics_text(_: Authed<Operator>, State(s): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn openapi_json() -> Response {
+    Json(ApiDoc::openapi()).into_response()
+}
+
+async fn docs() -> Html<&'static str> {
+    Html(
+        r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>storegate hub API</title></head>
+<body>
+<script id="api-reference" data-url="/api/v1/openapi.json"></script>
+<script src="https://cdn.jsdelivr.net/npm/@scalar/api-reference"></script>
+<noscript>The machine-readable description is at <a href="/api/v1/openapi.json">/api/v1/openapi.json</a>.</noscript>
+</body></html>"#,
+    )
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("route")
+}
+
+/// The whole router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/api/v1/openapi.json", get(openapi_json))
+        .route("/api/docs", get(docs))
+        .merge(auth_routes::routes())
+        .merge(users::routes())
+        .merge(stores::routes())
+        .merge(ops::routes())
+        .fallback(not_found)
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(4 * 1024 * 1024))
+        .layer(middleware::from_fn(request_context))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+    {
+        tracing::error!(error = %e, "api server failed");
+    }
+}
+
+/// Writes an audit event (append-only). Failures are logged: the change
+/// itself has already happened.
+pub async fn audit(
+    db: &Db,
+    actor: &Principal,
+    action: &str,
+    entity: &str,
+    entity_id: &str,
+    detail: serde_json::Value,
+) {
+    let result = sqlx::query(
+        "INSERT INTO audit_log (at_ms, actor, action, entity, entity_id, detail) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(crate::db::now_ms())
+    .bind(format!("{}:{}", actor.kind, actor.subject))
+    .bind(action)
+    .bind(entity)
+    .bind(crate::sql::text(entity_id))
+    .bind(detail.to_string())
+    .execute(&db.pool)
+    .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, action, entity, "audit event not written");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let c = encode_cursor("store-0042");
+        assert_eq!(decode_cursor(&c).unwrap(), "store-0042");
+        assert!(decode_cursor("zz").is_err());
+        assert!(decode_cursor("abc").is_err());
+    }
+
+    #[test]
+    fn pages_know_when_there_is_more() {
+        let p = Page::from(vec![1, 2, 3], 2, |i| i.to_string());
+        assert_eq!(p.items, vec![1, 2]);
+        assert_eq!(p.next_cursor.as_deref().map(decode_cursor).unwrap().unwrap(), "2");
+        let p = Page::from(vec![1, 2], 2, |i| i.to_string());
+        assert!(p.next_cursor.is_none());
+    }
+
+    #[test]
+    fn credentials_come_from_bearer_or_api_key_headers() {
+        let mut h = HeaderMap::new();
+        assert_eq!(credential(&h), None);
+        h.insert("x-api-key", HeaderValue::from_static("sgk_a_b"));
+        assert_eq!(credential(&h), Some("sgk_a_b"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
+        assert_eq!(credential(&h), Some("abc"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(credential(&h), None);
+    }
+}

@@ -1,0 +1,184 @@
+//! Downlink: what the hub sends each store, the mirror image of the uplink.
+//!
+//! Items are written to `downlink` with a per-store seq in the same
+//! transaction as the change that caused them ([`enqueue`]), and sent as
+//! `DownBatch`es until the edge's `DownAck` covers them. Sends happen after
+//! the commit that enqueued, after each `DownAck` that leaves items
+//! pending, when a store comes online, and from a periodic sweep. A sweep
+//! claims a store (a conditional update of `down_sent_ms`), so replicas do
+//! not all resend the same items; a duplicate send is harmless anyway (the
+//! edge applies by seq, idempotently).
+
+use sqlx::{Any, AssertSqlSafe, Row, Transaction};
+use storegate_protocol::downlink::{DownBody, DownItem};
+use storegate_protocol::envelope::{DownBatch, Message, encode};
+use storegate_protocol::topic::WanTopic;
+use storegate_protocol::{Seq, StoreId};
+
+use crate::db::{Db, now_ms};
+use crate::sql;
+
+/// Most bytes of items in one `DownBatch`.
+pub const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// Most items in one `DownBatch`.
+pub const MAX_BATCH_ITEMS: i64 = 500;
+
+/// Appends items for `store` inside `tx`; returns the seqs they got.
+pub async fn enqueue(
+    tx: &mut Transaction<'static, Any>,
+    db: &Db,
+    store: &str,
+    bodies: &[DownBody],
+) -> Result<Vec<Seq>, sqlx::Error> {
+    if bodies.is_empty() {
+        return Ok(Vec::new());
+    }
+    let id = StoreId::parse(store).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+    crate::ingest::ensure_store(tx, &id, now_ms()).await?;
+    let next: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT down_next FROM store_sync WHERE store_id = $1{}",
+        db.for_update()
+    )))
+    .bind(store)
+    .fetch_one(&mut **tx)
+    .await?;
+    let now = now_ms();
+    let mut seqs = Vec::with_capacity(bodies.len());
+    for (i, chunk) in bodies.chunks(sql::CHUNK).enumerate() {
+        let text = sql::values(
+            "INSERT INTO downlink (store_id, seq, body, created_ms)",
+            chunk.len(),
+            4,
+            "",
+        );
+        let mut q = sqlx::query(AssertSqlSafe(text));
+        for (j, body) in chunk.iter().enumerate() {
+            let seq = next + (i * sql::CHUNK + j) as i64;
+            seqs.push(Seq(seq as u64));
+            q = q
+                .bind(store)
+                .bind(seq)
+                .bind(
+                    postcard::to_allocvec(body)
+                        .expect("protocol types have known lengths and no fallible Serialize impls"),
+                )
+                .bind(now);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    sqlx::query("UPDATE store_sync SET down_next = $2 WHERE store_id = $1")
+        .bind(store)
+        .bind(next + bodies.len() as i64)
+        .execute(&mut **tx)
+        .await?;
+    Ok(seqs)
+}
+
+/// Records the edge's ack and deletes what it covers.
+pub async fn acked(db: &Db, store: &StoreId, applied_up_to: Seq) -> Result<(), sqlx::Error> {
+    let mut tx = db.begin().await?;
+    sqlx::query(
+        "UPDATE store_sync SET down_acked = $2 WHERE store_id = $1 AND down_acked < $2 AND $2 < down_next",
+    )
+    .bind(store.as_str())
+    .bind(applied_up_to.0 as i64)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM downlink WHERE store_id = $1 AND seq <= $2")
+        .bind(store.as_str())
+        .bind(applied_up_to.0 as i64)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+/// The encoded `DownBatch` of items pending for `store` after `after`, if any.
+pub async fn pending_batch(db: &Db, store: &StoreId, after: Seq) -> Result<Option<Vec<u8>>, sqlx::Error> {
+    let rows =
+        sqlx::query("SELECT seq, body FROM downlink WHERE store_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
+            .bind(store.as_str())
+            .bind(after.0 as i64)
+            .bind(MAX_BATCH_ITEMS)
+            .fetch_all(&db.pool)
+            .await?;
+    let mut items = Vec::with_capacity(rows.len());
+    let mut bytes = 0usize;
+    for r in rows {
+        let seq: i64 = r.try_get(0)?;
+        let body: Vec<u8> = r.try_get(1)?;
+        if !items.is_empty() && bytes + body.len() > MAX_BATCH_BYTES {
+            break;
+        }
+        bytes += body.len();
+        match postcard::from_bytes::<DownBody>(&body) {
+            Ok(body) => items.push(DownItem {
+                seq: Seq(seq as u64),
+                body,
+            }),
+            Err(e) => {
+                // Written by this hub; unreadable means a bug or corruption.
+                tracing::error!(store = %store, seq, error = %e, "unreadable downlink item");
+                break;
+            }
+        }
+    }
+    if items.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(encode(&Message::DownBatch(DownBatch {
+        store: store.clone(),
+        items,
+    }))))
+}
+
+/// The store's downlink cursor: (acked up to, next seq).
+pub async fn cursor(db: &Db, store: &StoreId) -> Result<(Seq, Seq), sqlx::Error> {
+    let row = sqlx::query("SELECT down_acked, down_next FROM store_sync WHERE store_id = $1")
+        .bind(store.as_str())
+        .fetch_optional(&db.pool)
+        .await?;
+    Ok(match row {
+        Some(r) => (
+            Seq(r.try_get::<i64, _>(0)? as u64),
+            Seq(r.try_get::<i64, _>(1)? as u64),
+        ),
+        None => (Seq(0), Seq(1)),
+    })
+}
+
+/// Stores with items unacked for longer than `older_than_ms`, claimed by
+/// this replica for a resend (the claim is the `down_sent_ms` update).
+pub async fn claim_stale(db: &Db, older_than_ms: i64) -> Result<Vec<StoreId>, sqlx::Error> {
+    let now = now_ms();
+    let rows = sqlx::query(
+        "SELECT store_id FROM store_sync WHERE down_acked + 1 < down_next \
+         AND (down_sent_ms IS NULL OR down_sent_ms < $1) LIMIT 500",
+    )
+    .bind(now - older_than_ms)
+    .fetch_all(&db.pool)
+    .await?;
+    let mut claimed = Vec::new();
+    for r in rows {
+        let store: String = r.try_get(0)?;
+        let done = sqlx::query(
+            "UPDATE store_sync SET down_sent_ms = $2 WHERE store_id = $1 \
+             AND (down_sent_ms IS NULL OR down_sent_ms < $3)",
+        )
+        .bind(store.as_str())
+        .bind(now)
+        .bind(now - older_than_ms)
+        .execute(&db.pool)
+        .await?;
+        if done.rows_affected() == 1
+            && let Ok(s) = StoreId::parse(store)
+        {
+            claimed.push(s);
+        }
+    }
+    Ok(claimed)
+}
+
+/// The topic a store's downlink goes to.
+pub fn topic(store: &StoreId) -> String {
+    WanTopic::Down(store.clone()).to_string()
+}

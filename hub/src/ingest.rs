@@ -1,0 +1,808 @@
+//! Ingestion: the hub half of the sync contract (DESIGN.md §4).
+//!
+//! A group of uplink batches (from one or many stores) is applied in ONE
+//! transaction: for each store the high-water mark is read under a row lock
+//! (PostgreSQL `FOR UPDATE`; SQLite's write lock), events at or below it are
+//! duplicates, a batch that starts above `hwm + 1` is a gap, and new events
+//! are stored with their effects (stock ledger and levels, discrepancies,
+//! device registry) before the mark advances. Only after the commit does
+//! the caller publish the application ack and ack the MQTT message.
+//!
+//! Several replicas may ingest the same store (shared subscriptions split
+//! messages, not stores); the row lock serialises them, and the verdicts
+//! stay right whichever replica commits first.
+//!
+//! Business validation never blocks a stream: an unknown SKU, a price that
+//! disagrees with the catalog or totals that do not add up are stored and
+//! flagged as discrepancies. If applying effects fails outright, the caller
+//! retries with effects off ([`apply`]'s `effects` flag): the events are
+//! stored and flagged, the mark advances, and the store keeps syncing.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use sqlx::{Any, AssertSqlSafe, Row, Transaction};
+use storegate_protocol::envelope::{AppAck, Message, ResendRequest, UpBatch, encode_event};
+use storegate_protocol::event::{Event, EventBody, EventKind};
+use storegate_protocol::{Seq, StoreId};
+
+use crate::db::{Db, now_ms};
+use crate::sql;
+
+/// A decoded batch and the store it came from (checked against the topic).
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// The store (from the topic).
+    pub store: StoreId,
+    /// The batch.
+    pub batch: UpBatch,
+}
+
+/// What became of one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// New events committed; the store is acked up to `hwm`.
+    Committed {
+        /// The new high-water mark.
+        hwm: Seq,
+        /// Events newly stored.
+        applied: u64,
+    },
+    /// Everything was already committed; ack `hwm` again, no effect.
+    Duplicate {
+        /// The mark.
+        hwm: Seq,
+    },
+    /// Events are missing before this batch: ask for them from `hwm + 1`.
+    Gap {
+        /// The mark.
+        hwm: Seq,
+    },
+}
+
+impl Verdict {
+    /// The message to publish on the store's ack topic.
+    pub fn reply(&self) -> Message {
+        match *self {
+            Verdict::Committed { hwm, .. } | Verdict::Duplicate { hwm } => {
+                Message::AppAck(AppAck { committed_up_to: hwm })
+            }
+            Verdict::Gap { hwm } => Message::ResendRequest(ResendRequest { from: hwm.next() }),
+        }
+    }
+}
+
+/// Checks a batch's shape: non-empty, contiguous seqs matching its header.
+/// A batch that fails is quarantined, never applied.
+pub fn validate(b: &UpBatch) -> Result<(), String> {
+    let (Some(first), Some(last)) = (b.events.first(), b.events.last()) else {
+        return Err("batch has no events".into());
+    };
+    if first.seq != b.first || last.seq != b.last {
+        return Err(format!(
+            "header says {}..={} but events run {}..={}",
+            b.first, b.last, first.seq, last.seq
+        ));
+    }
+    if b.first.0 == 0 {
+        return Err("seq 0 is not a sequence number".into());
+    }
+    for pair in b.events.windows(2) {
+        if pair[1].seq.0 != pair[0].seq.0 + 1 {
+            return Err(format!("seq jumps from {} to {}", pair[0].seq, pair[1].seq));
+        }
+    }
+    Ok(())
+}
+
+/// Makes sure a store has its registry and sync rows (stores register
+/// themselves on first contact; an admin names them later).
+pub async fn ensure_store(
+    tx: &mut Transaction<'static, Any>,
+    store: &StoreId,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO stores (store_id, name, created_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+        .bind(store.as_str())
+        .bind(store.as_str())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("INSERT INTO store_sync (store_id) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(store.as_str())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+#[derive(Default)]
+struct SyncUpdate {
+    hwm: i64,
+    backlog: i64,
+    dropped: i64,
+    events: i64,
+    duplicates: i64,
+    resends: i64,
+    batch_seen: bool,
+}
+
+/// A stock movement caused by an edge event.
+pub(crate) struct Movement {
+    location: String,
+    sku: String,
+    delta: i64,
+    kind: &'static str,
+    store: String,
+    seq: i64,
+}
+
+/// A device's latest health report in a group.
+struct DeviceUpdate {
+    kind: String,
+    status: String,
+    detail: String,
+    errors: i64,
+    seen_ms: i64,
+}
+
+struct Discrepancy {
+    store: String,
+    seq: i64,
+    kind: &'static str,
+    detail: String,
+}
+
+/// Applies `batches` in one transaction and returns a verdict per batch.
+/// With `effects` false, events are stored and the mark advances but no
+/// effect is applied (each such event is flagged instead).
+pub async fn apply(db: &Db, batches: &[Batch], effects: bool) -> Result<Vec<Verdict>, sqlx::Error> {
+    let now = now_ms();
+    let mut tx = db.begin().await?;
+    let mut marks: HashMap<StoreId, i64> = HashMap::new();
+    let mut sync: BTreeMap<String, SyncUpdate> = BTreeMap::new();
+    let mut fresh: Vec<(&StoreId, &Event)> = Vec::new();
+    let mut verdicts = Vec::with_capacity(batches.len());
+
+    for b in batches {
+        let hwm = match marks.get(&b.store) {
+            Some(h) => *h,
+            None => {
+                ensure_store(&mut tx, &b.store, now).await?;
+                let h: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+                    "SELECT hwm FROM store_sync WHERE store_id = $1{}",
+                    db.for_update()
+                )))
+                .bind(b.store.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+                marks.insert(b.store.clone(), h);
+                h
+            }
+        };
+        let s = sync.entry(b.store.to_string()).or_default();
+        let (first, last) = (b.batch.first.0 as i64, b.batch.last.0 as i64);
+        if last <= hwm {
+            s.duplicates += b.batch.events.len() as i64;
+            verdicts.push(Verdict::Duplicate { hwm: Seq(hwm as u64) });
+            continue;
+        }
+        if first > hwm + 1 {
+            s.resends += 1;
+            verdicts.push(Verdict::Gap { hwm: Seq(hwm as u64) });
+            continue;
+        }
+        let mut applied = 0u64;
+        for e in &b.batch.events {
+            if (e.seq.0 as i64) <= hwm {
+                s.duplicates += 1;
+            } else {
+                fresh.push((&b.store, e));
+                applied += 1;
+            }
+        }
+        marks.insert(b.store.clone(), last);
+        s.hwm = last;
+        s.backlog = b.batch.backlog as i64;
+        s.dropped = b.batch.dropped_telemetry as i64;
+        s.events += applied as i64;
+        s.batch_seen = true;
+        verdicts.push(Verdict::Committed {
+            hwm: Seq(last as u64),
+            applied,
+        });
+    }
+
+    insert_events(&mut tx, &fresh, now).await?;
+    let discrepancies = if effects {
+        apply_effects(db, &mut tx, &fresh, now).await?
+    } else {
+        fresh
+            .iter()
+            .filter(|(_, e)| !e.body.stock_deltas().is_empty() || e.body.kind() == EventKind::StockCounted)
+            .map(|(store, e)| Discrepancy {
+                store: store.to_string(),
+                seq: e.seq.0 as i64,
+                kind: "effects_not_applied",
+                detail: format!(
+                    "{} stored without its effects after they failed to apply",
+                    e.body.kind()
+                ),
+            })
+            .collect()
+    };
+    insert_discrepancies(&mut tx, &discrepancies, now).await?;
+
+    for (store, s) in &sync {
+        if s.batch_seen {
+            sqlx::query(
+                "UPDATE store_sync SET hwm = $2, last_batch_ms = $3, backlog = $4, dropped_telemetry = $5, \
+                 events_ingested = events_ingested + $6, duplicates = duplicates + $7, \
+                 resend_requests = resend_requests + $8 WHERE store_id = $1",
+            )
+            .bind(store.as_str())
+            .bind(s.hwm)
+            .bind(now)
+            .bind(s.backlog)
+            .bind(s.dropped)
+            .bind(s.events)
+            .bind(s.duplicates)
+            .bind(s.resends)
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            sqlx::query(
+                "UPDATE store_sync SET duplicates = duplicates + $2, resend_requests = resend_requests + $3 \
+                 WHERE store_id = $1",
+            )
+            .bind(store.as_str())
+            .bind(s.duplicates)
+            .bind(s.resends)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    metrics::counter!("hub_ingest_events_total").increment(fresh.len() as u64);
+    metrics::counter!("hub_discrepancies_total").increment(discrepancies.len() as u64);
+    Ok(verdicts)
+}
+
+async fn insert_events(
+    tx: &mut Transaction<'static, Any>,
+    fresh: &[(&StoreId, &Event)],
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    for chunk in fresh.chunks(sql::CHUNK) {
+        let text = sql::values(
+            "INSERT INTO events (store_id, seq, event_id, kind, recorded_ms, ingested_ms, body, ref_id)",
+            chunk.len(),
+            8,
+            "ON CONFLICT DO NOTHING",
+        );
+        let mut q = sqlx::query(AssertSqlSafe(text));
+        for (store, e) in chunk {
+            q = q
+                .bind(store.as_str())
+                .bind(e.seq.0 as i64)
+                .bind(e.id.to_bytes().to_vec())
+                .bind(e.body.kind().as_str())
+                .bind(e.recorded_at_ms)
+                .bind(now)
+                .bind(encode_event(e))
+                .bind(match &e.body {
+                    EventBody::Sale(s) => Some(s.sale_id.to_bytes().to_vec()),
+                    _ => None,
+                });
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+async fn insert_discrepancies(
+    tx: &mut Transaction<'static, Any>,
+    rows: &[Discrepancy],
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    for chunk in rows.chunks(sql::CHUNK) {
+        let text = sql::values(
+            "INSERT INTO discrepancies (store_id, seq, kind, detail, created_ms)",
+            chunk.len(),
+            5,
+            "",
+        );
+        let mut q = sqlx::query(AssertSqlSafe(text));
+        for d in chunk {
+            q = q
+                .bind(d.store.as_str())
+                .bind(d.seq)
+                .bind(d.kind)
+                .bind(sql::text(&d.detail))
+                .bind(now);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// The SKUs an event names.
+fn skus(body: &EventBody) -> Vec<&str> {
+    match body {
+        EventBody::Sale(s) => s.lines.iter().map(|l| l.sku.as_str()).collect(),
+        EventBody::Return(r) => r.lines.iter().map(|l| l.sku.as_str()).collect(),
+        EventBody::StockCounted(c) => c.lines.iter().map(|l| l.sku.as_str()).collect(),
+        EventBody::StockAdjusted(a) => a.lines.iter().map(|l| l.sku.as_str()).collect(),
+        EventBody::GoodsReceived(g) => g.lines.iter().map(|l| l.sku.as_str()).collect(),
+        EventBody::TransferIn(t) | EventBody::TransferOut(t) => {
+            t.lines.iter().map(|l| l.sku.as_str()).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn movement_kind(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Sale => "sale",
+        EventKind::SaleVoided => "void",
+        EventKind::Return => "return",
+        EventKind::StockCounted => "count",
+        EventKind::StockAdjusted => "adjustment",
+        EventKind::GoodsReceived => "receipt",
+        EventKind::TransferOut => "transfer_out",
+        EventKind::TransferIn => "transfer_in",
+        _ => "other",
+    }
+}
+
+/// A catalog price row.
+struct PriceRow {
+    sku: String,
+    scope: String,
+    scope_id: String,
+    price: i64,
+    currency: String,
+    from: i64,
+    to: Option<i64>,
+}
+
+/// The effective catalog price of `sku` at `location` (in `region`) at
+/// time `at`: the most specific scope wins, then the latest start.
+fn effective_price<'a>(
+    prices: &'a [PriceRow],
+    sku: &str,
+    location: &str,
+    region: Option<&str>,
+    at: i64,
+) -> Option<&'a PriceRow> {
+    prices
+        .iter()
+        .filter(|p| p.sku == sku && p.from <= at && p.to.is_none_or(|t| at < t))
+        .filter_map(|p| {
+            let rank = match p.scope.as_str() {
+                "location" if p.scope_id == location => 3,
+                "region" if Some(p.scope_id.as_str()) == region => 2,
+                "all" => 1,
+                _ => return None,
+            };
+            Some((rank, p.from, p))
+        })
+        .max_by_key(|(rank, from, _)| (*rank, *from))
+        .map(|(_, _, p)| p)
+}
+
+async fn apply_effects(
+    db: &Db,
+    tx: &mut Transaction<'static, Any>,
+    fresh: &[(&StoreId, &Event)],
+    now: i64,
+) -> Result<Vec<Discrepancy>, sqlx::Error> {
+    let mut discrepancies = Vec::new();
+    if fresh.is_empty() {
+        return Ok(discrepancies);
+    }
+    // Reads first, one query each for the whole group.
+    let all_skus: Vec<&str> = fresh
+        .iter()
+        .flat_map(|(_, e)| skus(&e.body))
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let mut known: HashSet<String> = HashSet::new();
+    let mut prices: Vec<PriceRow> = Vec::new();
+    for chunk in all_skus.chunks(sql::CHUNK) {
+        let rows = bind_all(
+            sqlx::query(AssertSqlSafe(format!(
+                "SELECT sku FROM products WHERE sku IN {}",
+                sql::list(1, chunk.len())
+            ))),
+            chunk,
+        )
+        .fetch_all(&mut **tx)
+        .await?;
+        for r in rows {
+            known.insert(r.try_get(0)?);
+        }
+        let rows = bind_all(
+            sqlx::query(AssertSqlSafe(format!(
+                "SELECT sku, scope, scope_id, price_minor, currency, effective_from_ms, effective_to_ms \
+                 FROM prices WHERE sku IN {}",
+                sql::list(1, chunk.len())
+            ))),
+            chunk,
+        )
+        .fetch_all(&mut **tx)
+        .await?;
+        for r in rows {
+            prices.push(PriceRow {
+                sku: r.try_get(0)?,
+                scope: r.try_get(1)?,
+                scope_id: r.try_get(2)?,
+                price: r.try_get(3)?,
+                currency: r.try_get(4)?,
+                from: r.try_get(5)?,
+                to: r.try_get(6)?,
+            });
+        }
+    }
+    let stores: Vec<&str> = fresh
+        .iter()
+        .map(|(s, _)| s.as_str())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let mut regions: HashMap<String, String> = HashMap::new();
+    let rows = bind_all(
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT store_id, region FROM stores WHERE region IS NOT NULL AND store_id IN {}",
+            sql::list(1, stores.len())
+        ))),
+        &stores,
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    for r in rows {
+        regions.insert(r.try_get(0)?, r.try_get(1)?);
+    }
+    // Levels needed by counts: a count books `counted - level`.
+    let mut levels: HashMap<(String, String), i64> = HashMap::new();
+    for (store, e) in fresh {
+        if let EventBody::StockCounted(c) = &e.body {
+            for l in &c.lines {
+                if let std::collections::hash_map::Entry::Vacant(slot) =
+                    levels.entry((store.to_string(), l.sku.to_string()))
+                {
+                    let level: Option<i64> = sqlx::query_scalar(
+                        "SELECT on_hand FROM stock_levels WHERE location = $1 AND sku = $2",
+                    )
+                    .bind(slot.key().0.as_str())
+                    .bind(slot.key().1.as_str())
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                    slot.insert(level.unwrap_or(0));
+                }
+            }
+        }
+    }
+
+    // Effects, in seq order within each store.
+    let mut moves: Vec<Movement> = Vec::new();
+    let mut devices: BTreeMap<(String, String), DeviceUpdate> = BTreeMap::new();
+    let mut sale_lines: HashMap<Vec<u8>, Vec<(String, i64)>> = HashMap::new();
+    for (store, e) in fresh {
+        let seq = e.seq.0 as i64;
+        let loc = store.to_string();
+        let mut flag = |kind: &'static str, detail: String| {
+            discrepancies.push(Discrepancy {
+                store: loc.clone(),
+                seq,
+                kind,
+                detail,
+            });
+        };
+        for sku in skus(&e.body) {
+            if !known.contains(sku) {
+                flag(
+                    "unknown_sku",
+                    format!(
+                        "{} names SKU {sku}, which the catalog does not have",
+                        e.body.kind()
+                    ),
+                );
+            }
+        }
+        let mut push =
+            |sku: &str, delta: i64, kind: &'static str, levels: &mut HashMap<(String, String), i64>| {
+                if delta == 0 {
+                    return;
+                }
+                *levels.entry((loc.clone(), sku.to_owned())).or_insert(0) += delta;
+                moves.push(Movement {
+                    location: loc.clone(),
+                    sku: sku.to_owned(),
+                    delta,
+                    kind,
+                    store: loc.clone(),
+                    seq,
+                });
+            };
+        match &e.body {
+            EventBody::Sale(s) => {
+                let region = regions.get(store.as_str()).map(String::as_str);
+                for l in &s.lines {
+                    if known.contains(l.sku.as_str())
+                        && let Some(p) = effective_price(
+                            &prices,
+                            l.sku.as_str(),
+                            store.as_str(),
+                            region,
+                            s.completed_at_ms,
+                        )
+                        && (p.price != l.unit_price.minor || p.currency != l.unit_price.currency.as_str())
+                    {
+                        discrepancies.push(Discrepancy {
+                            store: store.to_string(),
+                            seq,
+                            kind: "price_mismatch",
+                            detail: format!(
+                                "line {} sold {} at {} but the catalog price is {} {}",
+                                l.line_no, l.sku, l.unit_price, p.price, p.currency
+                            ),
+                        });
+                    }
+                }
+                let lines_total: i64 = s.lines.iter().map(|l| l.total.minor).sum();
+                let basket: i64 = s.basket_discounts.iter().map(|d| d.amount.minor).sum();
+                let expected = if s.tax_included {
+                    lines_total - basket
+                } else {
+                    lines_total - basket + s.totals.tax.minor
+                };
+                if expected != s.totals.total.minor {
+                    discrepancies.push(Discrepancy {
+                        store: store.to_string(),
+                        seq,
+                        kind: "totals_mismatch",
+                        detail: format!(
+                            "lines add up to {expected} but the sale total is {}",
+                            s.totals.total.minor
+                        ),
+                    });
+                }
+                sale_lines.insert(
+                    s.sale_id.to_bytes().to_vec(),
+                    s.lines
+                        .iter()
+                        .map(|l| (l.sku.to_string(), l.qty.base_units()))
+                        .collect(),
+                );
+                for (sku, delta) in e.body.stock_deltas() {
+                    push(sku.as_str(), delta, "sale", &mut levels);
+                }
+            }
+            EventBody::SaleVoided(v) if v.restock => {
+                // The sale came earlier in seq order: in this group or before.
+                let key = v.sale_id.to_bytes().to_vec();
+                let lines = match sale_lines.get(&key) {
+                    Some(l) => l.clone(),
+                    None => sale_lines_from_db(tx, store, &key).await?,
+                };
+                if lines.is_empty() {
+                    discrepancies.push(Discrepancy {
+                        store: store.to_string(),
+                        seq,
+                        kind: "void_unknown_sale",
+                        detail: format!("void of sale {} which this store never synced", v.sale_id),
+                    });
+                }
+                for (sku, qty) in lines {
+                    push(&sku, qty, "void", &mut levels);
+                }
+            }
+            EventBody::StockCounted(c) => {
+                for l in &c.lines {
+                    let level = levels
+                        .get(&(loc.clone(), l.sku.to_string()))
+                        .copied()
+                        .unwrap_or(0);
+                    push(l.sku.as_str(), l.counted - level, "count", &mut levels);
+                }
+            }
+            EventBody::DeviceHealth(h) => {
+                let name = |v: serde_json::Result<serde_json::Value>| {
+                    v.ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default()
+                };
+                devices.insert(
+                    (store.to_string(), h.device.to_string()),
+                    DeviceUpdate {
+                        kind: name(serde_json::to_value(h.kind)),
+                        status: name(serde_json::to_value(h.status)),
+                        detail: sql::text(&h.detail),
+                        errors: i64::from(h.error_count),
+                        seen_ms: e.recorded_at_ms,
+                    },
+                );
+            }
+            other => {
+                let kind = movement_kind(other.kind());
+                for (sku, delta) in other.stock_deltas() {
+                    push(sku.as_str(), delta, kind, &mut levels);
+                }
+            }
+        }
+    }
+    if !moves.is_empty() {
+        insert_movements(tx, &moves, now).await?;
+        bump_levels(tx, &moves, now).await?;
+    }
+    for ((store, device), d) in devices {
+        sqlx::query(
+            "INSERT INTO devices (store_id, device_id, kind, status, detail, error_count, last_seen_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (store_id, device_id) DO UPDATE SET \
+             kind = excluded.kind, status = excluded.status, detail = excluded.detail, \
+             error_count = excluded.error_count, last_seen_ms = excluded.last_seen_ms",
+        )
+        .bind(store)
+        .bind(device)
+        .bind(d.kind)
+        .bind(d.status)
+        .bind(d.detail)
+        .bind(d.errors)
+        .bind(d.seen_ms)
+        .execute(&mut **tx)
+        .await?;
+    }
+    let _ = db;
+    Ok(discrepancies)
+}
+
+fn bind_all<'q>(
+    mut q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
+    values: &'q [&'q str],
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
+    for v in values {
+        q = q.bind(*v);
+    }
+    q
+}
+
+async fn sale_lines_from_db(
+    tx: &mut Transaction<'static, Any>,
+    store: &StoreId,
+    sale_id: &[u8],
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let body: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT body FROM events WHERE ref_id = $1 AND store_id = $2 AND kind = 'sale'")
+            .bind(sale_id.to_vec())
+            .bind(store.as_str())
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(
+        match body.map(|b| storegate_protocol::envelope::decode_event(&b)) {
+            Some(Ok(Event {
+                body: EventBody::Sale(s),
+                ..
+            })) => s
+                .lines
+                .iter()
+                .map(|l| (l.sku.to_string(), l.qty.base_units()))
+                .collect(),
+            _ => Vec::new(),
+        },
+    )
+}
+
+async fn insert_movements(
+    tx: &mut Transaction<'static, Any>,
+    moves: &[Movement],
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    for chunk in moves.chunks(sql::CHUNK) {
+        let text = sql::values(
+            "INSERT INTO stock_movements (location, sku, delta, kind, store_id, seq, created_ms)",
+            chunk.len(),
+            7,
+            "",
+        );
+        let mut q = sqlx::query(AssertSqlSafe(text));
+        for m in chunk {
+            q = q
+                .bind(m.location.as_str())
+                .bind(m.sku.as_str())
+                .bind(m.delta)
+                .bind(m.kind)
+                .bind(m.store.as_str())
+                .bind(m.seq)
+                .bind(now);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Adds movements to `stock_levels` (one row per location and SKU per
+/// statement: PostgreSQL refuses to upsert one row twice in a statement).
+pub(crate) async fn bump_levels(
+    tx: &mut Transaction<'static, Any>,
+    moves: &[Movement],
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let mut sums: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+    for m in moves {
+        *sums.entry((m.location.as_str(), m.sku.as_str())).or_insert(0) += m.delta;
+    }
+    let sums: Vec<_> = sums.into_iter().collect();
+    for chunk in sums.chunks(sql::CHUNK) {
+        let text = sql::values(
+            "INSERT INTO stock_levels (location, sku, on_hand, reserved, updated_ms)",
+            chunk.len(),
+            5,
+            "ON CONFLICT (location, sku) DO UPDATE SET on_hand = stock_levels.on_hand + excluded.on_hand, \
+             updated_ms = excluded.updated_ms",
+        );
+        let mut q = sqlx::query(AssertSqlSafe(text));
+        for ((loc, sku), delta) in chunk {
+            q = q.bind(*loc).bind(*sku).bind(*delta).bind(0i64).bind(now);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use storegate_protocol::samples;
+
+    #[test]
+    fn a_batch_must_be_contiguous_and_match_its_header() {
+        let mut b = samples::sale_batch(3, 1);
+        assert!(validate(&b).is_ok());
+        b.last = Seq(9);
+        assert!(validate(&b).unwrap_err().contains("header"));
+        let mut b = samples::sale_batch(3, 1);
+        b.events[1].seq = Seq(5);
+        b.events[2].seq = Seq(6);
+        b.last = Seq(6);
+        assert!(validate(&b).unwrap_err().contains("jumps"));
+        let mut b = samples::sale_batch(1, 1);
+        b.events.clear();
+        assert!(validate(&b).is_err());
+    }
+
+    #[test]
+    fn the_most_specific_effective_price_wins() {
+        let row = |scope: &str, id: &str, price, from, to| PriceRow {
+            sku: "A".into(),
+            scope: scope.into(),
+            scope_id: id.into(),
+            price,
+            currency: "EUR".into(),
+            from,
+            to,
+        };
+        let prices = vec![
+            row("all", "", 100, 0, None),
+            row("all", "", 120, 50, None),
+            row("region", "north", 110, 0, None),
+            row("location", "s1", 90, 0, Some(40)),
+        ];
+        assert_eq!(
+            effective_price(&prices, "A", "s1", Some("north"), 10).map(|p| p.price),
+            Some(90)
+        );
+        assert_eq!(
+            effective_price(&prices, "A", "s1", Some("north"), 45).map(|p| p.price),
+            Some(110)
+        );
+        assert_eq!(
+            effective_price(&prices, "A", "s2", None, 45).map(|p| p.price),
+            Some(100)
+        );
+        assert_eq!(
+            effective_price(&prices, "A", "s2", None, 60).map(|p| p.price),
+            Some(120)
+        );
+        assert!(effective_price(&prices, "B", "s2", None, 60).is_none());
+    }
+}

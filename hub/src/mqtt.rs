@@ -1,0 +1,694 @@
+//! The hub's MQTT link: receives every store's uplink through a shared
+//! subscription, hands batches to ingestion workers, acks MQTT messages in
+//! order after their work is committed, and publishes acks and downlink.
+//!
+//! # Tasks
+//!
+//! - the **event loop** polls rumqttc and never waits on anything else: it
+//!   numbers each incoming QoS 1 message (its *receipt*) and dispatches it;
+//! - **ingestion workers** (`ingest.workers`), each owning a fixed share of
+//!   the stores, so one store's batches are applied in order; each applies
+//!   whatever is queued as one transaction (group commit);
+//! - a **misc worker** for presence and downlink acks;
+//! - the **acker**, which acks MQTT messages strictly in receipt order once
+//!   their work is done (rumqttd disconnects a client that acks out of
+//!   order; acking from the poll loop deadlocked under load);
+//! - the **downlink sweeper**, resending unacked downlink.
+//!
+//! Queues between them are unbounded on purpose: the broker delivers at most
+//! its inflight limit of unacked messages, and acks only follow the work, so
+//! the queues cannot outgrow that limit, and the event loop never blocks on
+//! a worker that is itself waiting for the event loop.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use storegate_protocol::envelope::{self, Message};
+use storegate_protocol::topic::{WanKind, WanTopic};
+use storegate_protocol::{Seq, StoreId};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::db::Db;
+use crate::downlink;
+use crate::ingest::{self, Batch, Verdict};
+use crate::quarantine::{self, Reason};
+use crate::settings::IngestSettings;
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// This replica's stable client id.
+    pub client_id: String,
+    /// Credentials, if any.
+    pub credentials: Option<(String, String)>,
+    /// Ingestion settings.
+    pub ingest: IngestSettings,
+    /// MQTT clean session (see `broker.clean_session`).
+    pub clean_session: bool,
+    /// Test hook (`STOREGATE_FAILPOINT=abort_after_commit`): abort the process
+    /// right after a batch commits, before anything is acked, so crash tests
+    /// can prove a replay has no double effect.
+    pub abort_after_commit: bool,
+}
+
+/// Link state other modules read and use.
+#[derive(Debug, Clone)]
+pub struct Link {
+    /// Publishes acks and downlink.
+    pub client: AsyncClient,
+    /// True while connected.
+    pub connected: Arc<AtomicBool>,
+    /// True once the broker confirmed the subscriptions on this connection:
+    /// the hub is consuming (readiness).
+    pub subscribed: Arc<AtomicBool>,
+    /// Messages received since start.
+    pub received: Arc<AtomicU64>,
+    /// Asks the misc worker to send pending downlink to a store.
+    kick: mpsc::UnboundedSender<Misc>,
+}
+
+impl Link {
+    /// Sends whatever downlink is pending for `store` (after a commit that
+    /// enqueued some).
+    pub fn send_downlink(&self, store: &StoreId) {
+        let _ = self.kick.send(Misc::SendDownlink(store.clone()));
+    }
+}
+
+/// A message's place in the ack order.
+#[derive(Debug)]
+struct Receipt {
+    /// Connection generation; receipts of an older connection are void.
+    generation: u64,
+    /// Position in this connection's receive order.
+    no: u64,
+    /// The message without its payload (for its ack).
+    publish: Publish,
+}
+
+enum AckMsg {
+    /// A new connection: start numbering again.
+    Reset(u64),
+    /// This message's work is committed (or it was quarantined).
+    Done(Receipt),
+}
+
+struct Job {
+    store: StoreId,
+    topic: String,
+    payload: Vec<u8>,
+    receipt: Receipt,
+}
+
+enum Misc {
+    /// A `status` message.
+    Presence(Job),
+    /// A `DownAck` from a store.
+    DownAck(StoreId, Seq, Receipt),
+    /// Send pending downlink to a store.
+    SendDownlink(StoreId),
+}
+
+/// Starts the link's tasks on `tracker`.
+pub fn spawn(cfg: LinkConfig, db: Db, tracker: &TaskTracker, shutdown: CancellationToken) -> Link {
+    let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    let max_packet = cfg.ingest.max_payload_bytes.max(1 << 20) * 8;
+    opts.set_clean_session(cfg.clean_session)
+        .set_manual_acks(true)
+        .set_keep_alive(Duration::from_secs(15))
+        .set_max_packet_size(max_packet, max_packet)
+        .set_inflight(100);
+    if let Some((u, p)) = &cfg.credentials {
+        opts.set_credentials(u.clone(), p.clone());
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, 16 * 1024);
+    let mut net = eventloop.network_options();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
+
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+    let (misc_tx, misc_rx) = mpsc::unbounded_channel();
+    let connected = Arc::new(AtomicBool::new(false));
+    let subscribed = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicU64::new(0));
+    let link = Link {
+        client: client.clone(),
+        connected: connected.clone(),
+        subscribed: subscribed.clone(),
+        received: received.clone(),
+        kick: misc_tx.clone(),
+    };
+
+    tracker.spawn(acker(client.clone(), ack_rx, shutdown.clone()));
+    let mut shards = Vec::new();
+    for i in 0..cfg.ingest.workers {
+        let (tx, rx) = mpsc::unbounded_channel();
+        shards.push(tx);
+        tracker.spawn(worker(
+            Worker {
+                index: i,
+                db: db.clone(),
+                link: link.clone(),
+                acks: ack_tx.clone(),
+                max_group: cfg.ingest.max_group,
+                abort_after_commit: cfg.abort_after_commit,
+            },
+            rx,
+            shutdown.clone(),
+        ));
+    }
+    tracker.spawn(misc_worker(
+        db.clone(),
+        link.clone(),
+        misc_rx,
+        ack_tx.clone(),
+        shutdown.clone(),
+    ));
+    tracker.spawn(sweeper(db.clone(), link.clone(), shutdown.clone()));
+
+    let max_payload = cfg.ingest.max_payload_bytes;
+    tracker.spawn(async move {
+        let mut generation = 0u64;
+        let mut next_no = 0u64;
+        let mut failures = 0u32;
+        let mut awaiting_subacks = 0usize;
+        loop {
+            let ev = tokio::select! {
+                () = shutdown.cancelled() => break,
+                ev = eventloop.poll() => ev,
+            };
+            match ev {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    failures = 0;
+                    generation += 1;
+                    next_no = 0;
+                    let _ = ack_tx.send(AckMsg::Reset(generation));
+                    connected.store(true, Ordering::Release);
+                    metrics::gauge!("hub_broker_connected").set(1.0);
+                    tracing::info!(session_present = ack.session_present, "hub connected to broker");
+                    awaiting_subacks = 0;
+                    for (filter, what) in [
+                        (WanTopic::shared_filter(WanKind::Up), "uplink"),
+                        (WanTopic::filter_all(WanKind::Status), "presence"),
+                    ] {
+                        match client.try_subscribe(filter, QoS::AtLeastOnce) {
+                            Ok(()) => awaiting_subacks += 1,
+                            Err(e) => tracing::error!(error = %e, what, "subscribe not queued"),
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    awaiting_subacks = awaiting_subacks.saturating_sub(1);
+                    if awaiting_subacks == 0 {
+                        subscribed.store(true, Ordering::Release);
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    received.fetch_add(1, Ordering::Relaxed);
+                    let receipt = Receipt {
+                        generation,
+                        no: next_no,
+                        publish: Publish {
+                            payload: Default::default(),
+                            ..p.clone()
+                        },
+                    };
+                    if p.qos != QoS::AtMostOnce {
+                        next_no += 1;
+                    }
+                    dispatch(&db, &shards, &misc_tx, &ack_tx, p, receipt, max_payload);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    subscribed.store(false, Ordering::Release);
+                    if connected.swap(false, Ordering::AcqRel) {
+                        tracing::warn!(error = %e, "hub lost the broker");
+                        metrics::gauge!("hub_broker_connected").set(0.0);
+                    }
+                    failures = failures.saturating_add(1);
+                    let delay = Duration::from_millis(100u64 << failures.min(6)).min(Duration::from_secs(5));
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        let _ = client.try_disconnect();
+    });
+    link
+}
+
+fn dispatch(
+    db: &Db,
+    shards: &[mpsc::UnboundedSender<Job>],
+    misc: &mpsc::UnboundedSender<Misc>,
+    acks: &mpsc::UnboundedSender<AckMsg>,
+    p: Publish,
+    receipt: Receipt,
+    max_payload: usize,
+) {
+    let topic = p.topic.clone();
+    let payload = p.payload.to_vec();
+    let needs_ack = p.qos != QoS::AtMostOnce;
+    let done = move |receipt: Receipt| {
+        if needs_ack {
+            let _ = acks.send(AckMsg::Done(receipt));
+        }
+    };
+    let quarantine_later = |store: Option<String>, reason: Reason, detail: String, receipt: Receipt| {
+        let db = db.clone();
+        let acks = acks.clone();
+        let topic = topic.clone();
+        let payload = payload.clone();
+        tokio::spawn(async move {
+            quarantine::put(&db, &topic, store.as_deref(), reason, &detail, &payload).await;
+            if needs_ack {
+                let _ = acks.send(AckMsg::Done(receipt));
+            }
+        });
+    };
+    let parsed = match WanTopic::parse(&topic) {
+        Ok(t) => t,
+        Err(e) => return quarantine_later(None, Reason::UnknownTopic, e.to_string(), receipt),
+    };
+    let store = parsed.store().clone();
+    if payload.len() > max_payload {
+        return quarantine_later(
+            Some(store.to_string()),
+            Reason::Oversized,
+            format!("{} bytes > ingest.max_payload_bytes {max_payload}", payload.len()),
+            receipt,
+        );
+    }
+    match parsed.kind() {
+        WanKind::Up => match envelope::peek_up_batch(&payload) {
+            Ok(Some(h)) if h.store != store => quarantine_later(
+                Some(store.to_string()),
+                Reason::StoreMismatch,
+                format!("batch from {} on {}'s topic", h.store, store),
+                receipt,
+            ),
+            Ok(Some(_)) => {
+                let shard = shard_of(&store, shards.len());
+                let _ = shards[shard].send(Job {
+                    store,
+                    topic,
+                    payload,
+                    receipt,
+                });
+            }
+            Ok(None) => match envelope::decode(&payload) {
+                Ok(Message::DownAck(a)) => {
+                    let _ = misc.send(Misc::DownAck(store, a.applied_up_to, receipt));
+                }
+                Ok(other) => quarantine_later(
+                    Some(store.to_string()),
+                    Reason::UnexpectedMessage,
+                    format!("{} on an uplink topic", other.name()),
+                    receipt,
+                ),
+                Err(e) => quarantine_later(
+                    Some(store.to_string()),
+                    Reason::Undecodable,
+                    e.to_string(),
+                    receipt,
+                ),
+            },
+            Err(e) => quarantine_later(
+                Some(store.to_string()),
+                Reason::Undecodable,
+                e.to_string(),
+                receipt,
+            ),
+        },
+        WanKind::Status => {
+            let _ = misc.send(Misc::Presence(Job {
+                store,
+                topic,
+                payload,
+                receipt,
+            }));
+        }
+        _ => {
+            // The hub subscribes to nothing else; a broker bridge might.
+            done(receipt);
+        }
+    }
+}
+
+fn shard_of(store: &StoreId, shards: usize) -> usize {
+    // FNV-1a: stable across processes and replicas.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in store.as_str().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % shards.max(1) as u64) as usize
+}
+
+async fn acker(client: AsyncClient, mut rx: mpsc::UnboundedReceiver<AckMsg>, shutdown: CancellationToken) {
+    let mut generation = 0u64;
+    let mut next = 0u64;
+    let mut done: BTreeMap<u64, Publish> = BTreeMap::new();
+    loop {
+        let msg = tokio::select! {
+            () = shutdown.cancelled() => return,
+            m = rx.recv() => match m { Some(m) => m, None => return },
+        };
+        match msg {
+            AckMsg::Reset(g) => {
+                generation = g;
+                next = 0;
+                done.clear();
+            }
+            AckMsg::Done(r) if r.generation == generation => {
+                done.insert(r.no, r.publish);
+                while let Some(p) = done.remove(&next) {
+                    if let Err(e) = client.ack(&p).await {
+                        tracing::warn!(error = %e, "mqtt ack not sent");
+                    }
+                    next += 1;
+                }
+            }
+            AckMsg::Done(_) => {} // from a connection that is gone; the broker redelivers
+        }
+    }
+}
+
+async fn publish(link: &Link, topic: String, payload: Vec<u8>) {
+    if let Err(e) = link.client.publish(topic, QoS::AtLeastOnce, false, payload).await {
+        tracing::warn!(error = %e, "publish not queued");
+    }
+}
+
+/// What an ingestion worker works with.
+struct Worker {
+    /// Its number (logs).
+    index: usize,
+    /// The database.
+    db: Db,
+    /// For publishing acks.
+    link: Link,
+    /// Where finished receipts go.
+    acks: mpsc::UnboundedSender<AckMsg>,
+    /// Most batches per transaction.
+    max_group: usize,
+    /// The crash-test failpoint.
+    abort_after_commit: bool,
+}
+
+async fn worker(w: Worker, mut rx: mpsc::UnboundedReceiver<Job>, shutdown: CancellationToken) {
+    let Worker {
+        index,
+        db,
+        link,
+        acks,
+        max_group,
+        abort_after_commit,
+    } = w;
+    // Committed marks seen by this worker: a batch at or below is a
+    // duplicate without asking the database (marks only grow).
+    let mut marks: HashMap<StoreId, Seq> = HashMap::new();
+    let mut jobs = Vec::with_capacity(max_group);
+    loop {
+        jobs.clear();
+        let n = tokio::select! {
+            () = shutdown.cancelled() => return,
+            n = rx.recv_many(&mut jobs, max_group) => n,
+        };
+        if n == 0 {
+            return;
+        }
+        let mut batches: Vec<(Batch, Receipt)> = Vec::with_capacity(n);
+        for job in jobs.drain(..) {
+            match envelope::decode(&job.payload) {
+                Ok(Message::UpBatch(b)) => {
+                    if let Err(why) = ingest::validate(&b) {
+                        quarantine::put(
+                            &db,
+                            &job.topic,
+                            Some(job.store.as_str()),
+                            Reason::InvalidBatch,
+                            &why,
+                            &job.payload,
+                        )
+                        .await;
+                        let _ = acks.send(AckMsg::Done(job.receipt));
+                        continue;
+                    }
+                    if let Some(mark) = marks.get(&job.store)
+                        && b.last <= *mark
+                    {
+                        metrics::counter!("hub_ingest_batches_total", "result" => "duplicate").increment(1);
+                        let counted = sqlx::query(
+                            "UPDATE store_sync SET duplicates = duplicates + $2 WHERE store_id = $1",
+                        )
+                        .bind(job.store.as_str())
+                        .bind(b.events.len() as i64)
+                        .execute(&db.pool)
+                        .await;
+                        if let Err(e) = counted {
+                            tracing::warn!(error = %e, "duplicate count not stored");
+                        }
+                        let reply = Verdict::Duplicate { hwm: *mark }.reply();
+                        publish(
+                            &link,
+                            WanTopic::Ack(job.store.clone()).to_string(),
+                            envelope::encode(&reply),
+                        )
+                        .await;
+                        let _ = acks.send(AckMsg::Done(job.receipt));
+                        continue;
+                    }
+                    batches.push((
+                        Batch {
+                            store: job.store,
+                            batch: b,
+                        },
+                        job.receipt,
+                    ));
+                }
+                Ok(other) => {
+                    let why = format!("{} where an UpBatch was expected", other.name());
+                    quarantine::put(
+                        &db,
+                        &job.topic,
+                        Some(job.store.as_str()),
+                        Reason::UnexpectedMessage,
+                        &why,
+                        &job.payload,
+                    )
+                    .await;
+                    let _ = acks.send(AckMsg::Done(job.receipt));
+                }
+                Err(e) => {
+                    quarantine::put(
+                        &db,
+                        &job.topic,
+                        Some(job.store.as_str()),
+                        Reason::Undecodable,
+                        &e.to_string(),
+                        &job.payload,
+                    )
+                    .await;
+                    let _ = acks.send(AckMsg::Done(job.receipt));
+                }
+            }
+        }
+        if batches.is_empty() {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let verdicts = apply_with_fallbacks(&db, index, &batches).await;
+        if abort_after_commit
+            && verdicts
+                .iter()
+                .any(|v| matches!(v, Some(Verdict::Committed { .. })))
+        {
+            tracing::error!("failpoint abort_after_commit: aborting after commit, before any ack");
+            std::process::abort();
+        }
+        metrics::histogram!("hub_ingest_group_seconds").record(started.elapsed().as_secs_f64());
+        for ((batch, receipt), verdict) in batches.into_iter().zip(verdicts) {
+            if let Some(v) = verdict {
+                let result = match v {
+                    Verdict::Committed { hwm, .. } => {
+                        marks.insert(batch.store.clone(), hwm);
+                        "committed"
+                    }
+                    Verdict::Duplicate { hwm } => {
+                        marks.insert(batch.store.clone(), hwm);
+                        "duplicate"
+                    }
+                    Verdict::Gap { .. } => "gap",
+                };
+                metrics::counter!("hub_ingest_batches_total", "result" => result).increment(1);
+                publish(
+                    &link,
+                    WanTopic::Ack(batch.store.clone()).to_string(),
+                    envelope::encode(&v.reply()),
+                )
+                .await;
+            }
+            // Acked even when the database failed: the edge still holds the
+            // events and resends them after its ack timeout.
+            let _ = acks.send(AckMsg::Done(receipt));
+        }
+    }
+}
+
+/// Applies a group; on failure each batch alone; on failure again, alone
+/// without effects (stored and flagged, so the store is never stuck). `None`
+/// means the database itself is failing: no ack, the edge will resend.
+async fn apply_with_fallbacks(db: &Db, worker: usize, batches: &[(Batch, Receipt)]) -> Vec<Option<Verdict>> {
+    let group: Vec<Batch> = batches.iter().map(|(b, _)| b.clone()).collect();
+    match ingest::apply(db, &group, true).await {
+        Ok(v) => return v.into_iter().map(Some).collect(),
+        Err(e) if group.len() > 1 => {
+            tracing::warn!(worker, error = %e, batches = group.len(), "group failed; applying batches one by one");
+        }
+        Err(e) => tracing::warn!(worker, error = %e, "batch failed"),
+    }
+    let mut out = Vec::with_capacity(group.len());
+    for b in group {
+        let one = std::slice::from_ref(&b);
+        let verdict = match ingest::apply(db, one, true).await {
+            Ok(mut v) => v.pop(),
+            Err(e) => {
+                tracing::error!(store = %b.store, first = b.batch.first.0, error = %e, "effects failed; storing the events flagged");
+                match ingest::apply(db, one, false).await {
+                    Ok(mut v) => v.pop(),
+                    Err(e) => {
+                        tracing::error!(store = %b.store, error = %e, "cannot store the batch; the edge will resend");
+                        metrics::counter!("hub_ingest_batches_total", "result" => "failed").increment(1);
+                        None
+                    }
+                }
+            }
+        };
+        out.push(verdict);
+    }
+    out
+}
+
+async fn misc_worker(
+    db: Db,
+    link: Link,
+    mut rx: mpsc::UnboundedReceiver<Misc>,
+    acks: mpsc::UnboundedSender<AckMsg>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            () = shutdown.cancelled() => return,
+            m = rx.recv() => match m { Some(m) => m, None => return },
+        };
+        match msg {
+            Misc::Presence(job) => {
+                match envelope::decode(&job.payload) {
+                    Ok(Message::Presence(p)) if p.store == job.store => {
+                        if let Err(e) = crate::stores::presence(&db, &p).await {
+                            tracing::warn!(error = %e, store = %job.store, "presence not stored");
+                        } else if p.online {
+                            send_pending(&db, &link, &job.store).await;
+                        }
+                    }
+                    Ok(other) => {
+                        let why = format!("{} on a status topic", other.name());
+                        quarantine::put(
+                            &db,
+                            &job.topic,
+                            Some(job.store.as_str()),
+                            Reason::UnexpectedMessage,
+                            &why,
+                            &job.payload,
+                        )
+                        .await
+                    }
+                    Err(e) => {
+                        quarantine::put(
+                            &db,
+                            &job.topic,
+                            Some(job.store.as_str()),
+                            Reason::Undecodable,
+                            &e.to_string(),
+                            &job.payload,
+                        )
+                        .await
+                    }
+                }
+                let _ = acks.send(AckMsg::Done(job.receipt));
+            }
+            Misc::DownAck(store, seq, receipt) => {
+                if let Err(e) = downlink::acked(&db, &store, seq).await {
+                    tracing::warn!(error = %e, store = %store, "down ack not stored");
+                }
+                let _ = acks.send(AckMsg::Done(receipt));
+                send_pending(&db, &link, &store).await;
+            }
+            Misc::SendDownlink(store) => send_pending(&db, &link, &store).await,
+        }
+    }
+}
+
+/// Sends the store's next pending downlink batch, if any.
+async fn send_pending(db: &Db, link: &Link, store: &StoreId) {
+    let (acked, _) = match downlink::cursor(db, store).await {
+        Ok(c) => c,
+        Err(e) => return tracing::warn!(error = %e, "downlink cursor unreadable"),
+    };
+    match downlink::pending_batch(db, store, acked).await {
+        Ok(Some(bytes)) => {
+            metrics::counter!("hub_downlink_batches_total").increment(1);
+            publish(link, downlink::topic(store), bytes).await;
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "downlink unreadable"),
+    }
+}
+
+async fn sweeper(db: Db, link: Link, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !link.connected.load(Ordering::Acquire) {
+            continue;
+        }
+        match downlink::claim_stale(&db, 10_000).await {
+            Ok(stores) => {
+                for s in stores {
+                    send_pending(&db, &link, &s).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "downlink sweep failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_are_stable_and_spread() {
+        let s = |x: &str| StoreId::parse(x).unwrap();
+        assert_eq!(shard_of(&s("store-1"), 4), shard_of(&s("store-1"), 4));
+        let used: std::collections::HashSet<usize> =
+            (0..100).map(|i| shard_of(&s(&format!("store-{i}")), 4)).collect();
+        assert_eq!(used.len(), 4);
+    }
+}

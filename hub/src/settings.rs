@@ -1,0 +1,306 @@
+//! Hub settings: defaults, then a TOML file, then `SG_HUB_*` environment
+//! variables (`__` separates sections: `SG_HUB_DATABASE__URL=postgres://...`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Everything the hub can be told.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Where the embedded SQLite database lives (when no URL is given).
+    pub data_dir: PathBuf,
+    /// The database.
+    pub database: DatabaseSettings,
+    /// The MQTT broker.
+    pub broker: BrokerSettings,
+    /// The REST API.
+    pub api: ApiSettings,
+    /// Tokens and passwords.
+    pub auth: AuthSettings,
+    /// Ingestion of store batches.
+    pub ingest: IngestSettings,
+}
+
+/// Which database, and how many connections.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite://path` or `postgres://user@host/db`. Empty: SQLite in
+    /// `data_dir/hub.db`.
+    pub url: String,
+    /// Pool size.
+    pub max_connections: u32,
+}
+
+/// The MQTT broker the hub uses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerSettings {
+    /// `mqtt://host:port` of an external broker (Mosquitto, EMQX). Empty:
+    /// run rumqttd in-process.
+    pub url: String,
+    /// Where the embedded broker listens. Port 0 picks a free port.
+    pub listen: String,
+    /// A rumqttd TOML file for the embedded broker; empty: the built-in
+    /// `broker-config/rumqttd.toml`.
+    pub config_file: Option<PathBuf>,
+    /// This replica's MQTT client id. Stable across restarts so the broker
+    /// keeps its session; unique per replica.
+    pub client_id: String,
+    /// MQTT username, if the broker wants one.
+    pub username: Option<String>,
+    /// MQTT password.
+    pub password: Option<String>,
+    /// MQTT clean session. Default: true on the embedded broker (its
+    /// sessions die with the hub process anyway, and rumqttd 0.20's router
+    /// panics when the last member of a shared-subscription group leaves a
+    /// persistent session with messages unacked), false on an external
+    /// broker (so it keeps the hub's queue while the hub restarts).
+    pub clean_session: Option<bool>,
+}
+
+/// The REST API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Listen address. Port 0 picks a free port.
+    pub listen: String,
+}
+
+/// Tokens, passwords and login throttling.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// HMAC secret for access tokens. Empty: one is generated at first
+    /// start and kept in the database, so every replica shares it.
+    pub jwt_secret: String,
+    /// Access token lifetime in seconds.
+    pub token_ttl_secs: u64,
+    /// Failed logins allowed per account and client address per window.
+    pub max_failed_logins: u32,
+    /// The window, in seconds.
+    pub failed_login_window_secs: u64,
+    /// Creates this admin at start if no admin exists (with the password below).
+    pub bootstrap_admin_email: Option<String>,
+    /// Password for `bootstrap_admin_email`.
+    pub bootstrap_admin_password: Option<String>,
+}
+
+/// Ingestion of store batches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestSettings {
+    /// Parallel ingestion workers; each store always goes to the same one.
+    pub workers: usize,
+    /// Most queued batches a worker applies in one transaction.
+    pub max_group: usize,
+    /// Payloads larger than this are quarantined unread.
+    pub max_payload_bytes: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            data_dir: PathBuf::from("data/hub"),
+            database: DatabaseSettings::default(),
+            broker: BrokerSettings::default(),
+            api: ApiSettings::default(),
+            auth: AuthSettings::default(),
+            ingest: IngestSettings::default(),
+        }
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        DatabaseSettings {
+            url: String::new(),
+            max_connections: 16,
+        }
+    }
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        BrokerSettings {
+            url: String::new(),
+            listen: "127.0.0.1:1884".into(),
+            config_file: None,
+            client_id: "hub-1".into(),
+            username: None,
+            password: None,
+            clean_session: None,
+        }
+    }
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            listen: "127.0.0.1:8080".into(),
+        }
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            jwt_secret: String::new(),
+            token_ttl_secs: 3600,
+            max_failed_logins: 5,
+            failed_login_window_secs: 300,
+            bootstrap_admin_email: None,
+            bootstrap_admin_password: None,
+        }
+    }
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        IngestSettings {
+            workers: 4,
+            max_group: 16,
+            max_payload_bytes: 2 * 1024 * 1024,
+        }
+    }
+}
+
+/// A setting that does not make sense.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The file or environment could not be read or parsed.
+    #[error("settings: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// A value is invalid.
+    #[error("setting `{key}`: {message}")]
+    Invalid {
+        /// Dotted key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Validated addresses.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    /// Database URL (SQLite default filled in).
+    pub database_url: String,
+    /// External broker `(host, port)`, or `None` for the embedded one.
+    pub external_broker: Option<(String, u16)>,
+    /// Embedded broker listen address.
+    pub broker_listen: SocketAddr,
+    /// API listen address.
+    pub api_listen: SocketAddr,
+}
+
+impl Settings {
+    /// Defaults, overridden by `file` (if given) and then by `SG_HUB_*`.
+    pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
+        let mut fig = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(f) = file {
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        fig.merge(Env::prefixed("SG_HUB_").split("__"))
+            .extract()
+            .map_err(|e| SettingsError::Load(Box::new(e)))
+    }
+
+    /// The defaults as TOML, for `--print-default-config`.
+    pub fn default_toml() -> String {
+        toml::to_string_pretty(&Settings::default()).unwrap_or_default()
+    }
+
+    /// Checks every value.
+    pub fn validate(&self) -> Result<Validated, SettingsError> {
+        let invalid = |key, message: String| SettingsError::Invalid { key, message };
+        let database_url = if self.database.url.is_empty() {
+            format!("sqlite://{}", self.data_dir.join("hub.db").display())
+        } else {
+            self.database.url.clone()
+        };
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres:")
+            || database_url.starts_with("postgresql:"))
+        {
+            return Err(invalid(
+                "database.url",
+                format!("{database_url:?}: use sqlite://path or postgres://..."),
+            ));
+        }
+        let external_broker = if self.broker.url.is_empty() {
+            None
+        } else {
+            Some(parse_mqtt_url(&self.broker.url).map_err(|m| invalid("broker.url", m))?)
+        };
+        let broker_listen = self
+            .broker
+            .listen
+            .parse()
+            .map_err(|e| invalid("broker.listen", format!("{:?}: {e}", self.broker.listen)))?;
+        let api_listen = self
+            .api
+            .listen
+            .parse()
+            .map_err(|e| invalid("api.listen", format!("{:?}: {e}", self.api.listen)))?;
+        if self.ingest.workers == 0 || self.ingest.max_group == 0 {
+            return Err(invalid(
+                "ingest.workers / ingest.max_group",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.auth.token_ttl_secs == 0 {
+            return Err(invalid("auth.token_ttl_secs", "must be at least 1".into()));
+        }
+        if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.len() < 32 {
+            return Err(invalid("auth.jwt_secret", "must be at least 32 bytes".into()));
+        }
+        if self.broker.client_id.is_empty() {
+            return Err(invalid("broker.client_id", "must not be empty".into()));
+        }
+        Ok(Validated {
+            database_url,
+            external_broker,
+            broker_listen,
+            api_listen,
+        })
+    }
+}
+
+pub use storegate_protocol::endpoint::parse_mqtt_url;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_print_as_toml_that_loads_back() {
+        let v = Settings::default().validate().unwrap();
+        assert!(v.database_url.starts_with("sqlite://"));
+        assert!(v.external_broker.is_none());
+        let back: Settings = toml::from_str(&Settings::default_toml()).unwrap();
+        assert_eq!(back.api.listen, "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let mut s = Settings::default();
+        s.database.url = "mysql://x".into();
+        assert!(s.validate().unwrap_err().to_string().contains("database.url"));
+        s.database.url = String::new();
+        s.broker.url = "http://x".into();
+        assert!(s.validate().unwrap_err().to_string().contains("broker.url"));
+        s.broker.url = "mqtt://broker:1883".into();
+        assert_eq!(
+            s.validate().unwrap().external_broker,
+            Some(("broker".into(), 1883))
+        );
+        s.auth.jwt_secret = "short".into();
+        assert!(s.validate().unwrap_err().to_string().contains("jwt_secret"));
+    }
+}

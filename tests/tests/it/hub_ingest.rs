@@ -1,0 +1,406 @@
+//! The hub half of the sync contract, driven by a real MQTT client through
+//! the hub's embedded broker, on SQLite and on PostgreSQL.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use storegate_e2e::{Backend, MqttPeer, TestHub, both_backends, http, spawn_hub, spawn_hub_with, wait_until};
+use storegate_protocol::downlink::{DownBody, StockLevel};
+use storegate_protocol::envelope::{self, AppAck, DownAck, Message, Presence, ResendRequest, UpBatch};
+use storegate_protocol::event::{DeviceHealthRecord, DeviceKind, Event, EventBody, HealthStatus};
+use storegate_protocol::topic::WanTopic;
+use storegate_protocol::{DeviceId, EventId, Seq, Sku, StoreId, samples};
+
+pub fn sale_event(seq: u64) -> Event {
+    let mut s = samples::sale(1);
+    s.sale_id = EventId::from_parts(samples::T0_MS as u64, u128::from(seq) << 8);
+    for (i, t) in s.tenders.iter_mut().enumerate() {
+        t.payment_key = EventId::from_parts(samples::T0_MS as u64 + 1, (u128::from(seq) << 8) + i as u128);
+    }
+    Event {
+        id: EventId::from_parts(samples::T0_MS as u64 + 2, u128::from(seq)),
+        seq: Seq(seq),
+        recorded_at_ms: samples::T0_MS,
+        body: EventBody::Sale(s),
+    }
+}
+
+pub fn batch_of(store: &str, events: Vec<Event>) -> Vec<u8> {
+    envelope::encode(&Message::UpBatch(UpBatch {
+        store: StoreId::parse(store).unwrap(),
+        first: events.first().map_or(Seq(0), |e| e.seq),
+        last: events.last().map_or(Seq(0), |e| e.seq),
+        events,
+        backlog: 0,
+        dropped_telemetry: 0,
+    }))
+}
+
+pub fn sales(store: &str, from: u64, to: u64) -> Vec<u8> {
+    batch_of(store, (from..=to).map(sale_event).collect())
+}
+
+pub fn up(store: &str) -> String {
+    WanTopic::Up(StoreId::parse(store).unwrap()).to_string()
+}
+
+pub async fn edge_peer(hub: &TestHub, store: &str) -> MqttPeer {
+    let s = StoreId::parse(store).unwrap();
+    MqttPeer::connect(
+        hub.broker,
+        &format!("edge-{store}"),
+        &[
+            WanTopic::Ack(s.clone()).to_string(),
+            WanTopic::Down(s).to_string(),
+        ],
+    )
+    .await
+}
+
+pub async fn next_reply(peer: &mut MqttPeer) -> Message {
+    let (_, payload) = peer
+        .next(Duration::from_secs(15))
+        .await
+        .expect("a reply from the hub");
+    envelope::decode(&payload).expect("hub replies decode")
+}
+
+pub async fn get(hub: &TestHub, path: &str) -> Value {
+    let resp = http()
+        .get(format!("{}{path}", hub.api))
+        .bearer_auth(&hub.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
+    resp.json().await.unwrap()
+}
+
+fn ack(n: u64) -> Message {
+    Message::AppAck(AppAck {
+        committed_up_to: Seq(n),
+    })
+}
+
+async fn scalar(hub: &TestHub, sql: &'static str, store: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sql)
+        .bind(store)
+        .fetch_one(&hub.hub.db.pool)
+        .await
+        .unwrap()
+}
+
+both_backends!(
+    batches_land_exactly_once_and_a_gap_asks_for_a_resend,
+    |backend: Backend| async move {
+        let Some(hub) = spawn_hub(backend).await else {
+            return;
+        };
+        let mut peer = edge_peer(&hub, "s1").await;
+        peer.publish(up("s1"), sales("s1", 1, 10)).await;
+        assert_eq!(next_reply(&mut peer).await, ack(10));
+        // A replay is acked again without effect.
+        peer.publish(up("s1"), sales("s1", 1, 10)).await;
+        assert_eq!(next_reply(&mut peer).await, ack(10));
+        // Reordered: 21..30 arrives before 11..20.
+        peer.publish(up("s1"), sales("s1", 21, 30)).await;
+        assert_eq!(
+            next_reply(&mut peer).await,
+            Message::ResendRequest(ResendRequest { from: Seq(11) })
+        );
+        peer.publish(up("s1"), sales("s1", 11, 20)).await;
+        assert_eq!(next_reply(&mut peer).await, ack(20));
+        peer.publish(up("s1"), sales("s1", 21, 30)).await;
+        assert_eq!(next_reply(&mut peer).await, ack(30));
+        // Overlapping: only the new part counts.
+        peer.publish(up("s1"), sales("s1", 25, 35)).await;
+        assert_eq!(next_reply(&mut peer).await, ack(35));
+
+        let store = get(&hub, "/api/v1/stores/s1").await;
+        assert_eq!(store["hwm"], 35);
+        assert_eq!(store["events_ingested"], 35);
+        assert_eq!(store["resend_requests"], 1);
+        assert!(store["duplicates"].as_i64().unwrap() >= 10 + 6);
+        let events = get(&hub, "/api/v1/stores/s1/events?limit=500").await;
+        let seqs: Vec<i64> = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["seq"].as_i64().unwrap())
+            .collect();
+        assert_eq!(seqs, (1..=35).collect::<Vec<_>>());
+        assert_eq!(events[0]["kind"], "sale");
+
+        // Each sale sold one of SKU-00000 here: the ledger moved once per sale.
+        let level = scalar(
+            &hub,
+            "SELECT on_hand FROM stock_levels WHERE location = $1 AND sku = 'SKU-00000'",
+            "s1",
+        )
+        .await;
+        let ledger = scalar(&hub, "SELECT CAST(SUM(delta) AS BIGINT) FROM stock_movements WHERE location = $1 AND sku = 'SKU-00000'", "s1").await;
+        assert_eq!((level, ledger), (-35, -35));
+        hub.stop().await;
+    }
+);
+
+both_backends!(
+    bad_messages_are_quarantined_and_ingestion_goes_on,
+    |backend: Backend| async move {
+        let Some(hub) = spawn_hub_with(backend, |s| s.ingest.max_payload_bytes = 8 * 1024).await else {
+            return;
+        };
+        let mut peer = edge_peer(&hub, "s2").await;
+        peer.publish(up("s2"), b"\x01\xff garbage".to_vec()).await;
+        peer.publish(up("s2"), sales("s2", 1, 60)).await; // larger than 8 KiB
+        peer.publish(up("s2"), sales("other", 1, 3)).await; // another store's batch
+        peer.publish("sg/v1/store/bad%id/up", sales("s2", 1, 3)).await; // not a store id
+        peer.publish(up("s2"), envelope::encode(&ack(3))).await; // not uplink
+        let mut bad = UpBatch {
+            store: StoreId::parse("s2").unwrap(),
+            first: Seq(1),
+            last: Seq(9),
+            events: (1..=3).map(sale_event).collect(),
+            backlog: 0,
+            dropped_telemetry: 0,
+        };
+        peer.publish(up("s2"), envelope::encode(&Message::UpBatch(bad.clone())))
+            .await; // header lies
+        bad.last = Seq(3);
+        bad.events[2].seq = Seq(7);
+        peer.publish(up("s2"), envelope::encode(&Message::UpBatch(bad)))
+            .await; // seq jumps
+        // And then a good batch still goes through.
+        peer.publish(up("s2"), sales("s2", 1, 3)).await;
+        assert_eq!(next_reply(&mut peer).await, ack(3));
+
+        let quarantined = || async { storegate_hub::quarantine::count(&hub.hub.db).await.unwrap() };
+        wait_until("seven quarantined messages", Duration::from_secs(10), || async {
+            quarantined().await >= 7
+        })
+        .await;
+        assert_eq!(quarantined().await, 7);
+        let page = get(&hub, "/api/v1/quarantine?limit=5").await;
+        assert_eq!(page["items"].as_array().unwrap().len(), 5);
+        let next = page["next_cursor"].as_str().unwrap();
+        let rest = get(&hub, &format!("/api/v1/quarantine?cursor={next}")).await;
+        let mut reasons: Vec<String> = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(rest["items"].as_array().unwrap())
+            .map(|q| {
+                q["reason"]
+                    .as_str()
+                    .unwrap()
+                    .split(':')
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        reasons.sort();
+        assert_eq!(
+            reasons,
+            [
+                "invalid_batch",
+                "invalid_batch",
+                "oversized",
+                "store_mismatch",
+                "undecodable",
+                "unexpected_message",
+                "unknown_topic"
+            ]
+        );
+        let first = &rest["items"][1];
+        let one = get(&hub, &format!("/api/v1/quarantine/{}", first["id"])).await;
+        assert!(
+            !one["payload_hex"].as_str().unwrap().is_empty(),
+            "raw bytes are kept"
+        );
+        let metrics = http()
+            .get(format!("{}/metrics", hub.api))
+            .bearer_auth(&hub.admin_token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(metrics.contains("hub_quarantined_total"), "{metrics}");
+        hub.stop().await;
+    }
+);
+
+both_backends!(
+    business_discrepancies_are_flagged_and_never_block,
+    |backend: Backend| async move {
+        let Some(hub) = spawn_hub(backend).await else {
+            return;
+        };
+        // The catalog knows SKU-00000 at 5.00 EUR; the store sells it at 1.99
+        // and also sells SKU-00001, which the catalog does not know.
+        sqlx::query(
+        "INSERT INTO products (sku, name, measure, tax_rate_bp, created_ms, updated_ms) VALUES ('SKU-00000', 'Pencil', 'each', 2000, 0, 0)",
+    )
+    .execute(&hub.hub.db.pool)
+    .await
+    .unwrap();
+        sqlx::query(
+        "INSERT INTO prices (sku, scope, scope_id, price_minor, currency, effective_from_ms, created_ms) VALUES ('SKU-00000', 'all', '', 500, 'EUR', 0, 0)",
+    )
+    .execute(&hub.hub.db.pool)
+    .await
+    .unwrap();
+        let mut e = sale_event(1);
+        if let EventBody::Sale(s) = &mut e.body {
+            let mut two = samples::sale(2);
+            two.sale_id = s.sale_id;
+            two.tenders = s.tenders.clone();
+            *s = two;
+            for (i, t) in s.tenders.iter_mut().enumerate() {
+                t.payment_key = EventId::from_parts(9, i as u128);
+            }
+        }
+        let mut peer = edge_peer(&hub, "s3").await;
+        peer.publish(up("s3"), batch_of("s3", vec![e])).await;
+        assert_eq!(
+            next_reply(&mut peer).await,
+            ack(1),
+            "flagged events are still committed"
+        );
+        let page = get(&hub, "/api/v1/discrepancies?store_id=s3").await;
+        let kinds: Vec<&str> = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["kind"].as_str().unwrap())
+            .collect();
+        assert!(kinds.contains(&"price_mismatch"), "{kinds:?}");
+        assert!(kinds.contains(&"unknown_sku"), "{kinds:?}");
+        let id = page["items"][0]["id"].as_i64().unwrap();
+        let resp = http()
+            .post(format!("{}/api/v1/discrepancies/{id}/resolve", hub.api))
+            .bearer_auth(&hub.admin_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204);
+        let open = get(&hub, "/api/v1/discrepancies?store_id=s3").await;
+        assert_eq!(open["items"].as_array().unwrap().len(), kinds.len() - 1);
+        hub.stop().await;
+    }
+);
+
+both_backends!(
+    presence_and_device_health_fill_the_registry,
+    |backend: Backend| async move {
+        let Some(hub) = spawn_hub(backend).await else {
+            return;
+        };
+        let mut peer = edge_peer(&hub, "s4").await;
+        let store = StoreId::parse("s4").unwrap();
+        let presence = |online| {
+            envelope::encode(&Message::Presence(Presence {
+                store: store.clone(),
+                online,
+                agent_version: "9.9.9".into(),
+                protocol_version: 1,
+                at_ms: 0,
+            }))
+        };
+        peer.publish_retained(WanTopic::Status(store.clone()).to_string(), presence(true))
+            .await;
+        let health = Event {
+            id: EventId::from_u128(77),
+            seq: Seq(1),
+            recorded_at_ms: 1234,
+            body: EventBody::DeviceHealth(DeviceHealthRecord {
+                device: DeviceId::parse("scale-1").unwrap(),
+                kind: DeviceKind::Scale,
+                status: HealthStatus::Degraded,
+                detail: "timeout".into(),
+                error_count: 3,
+            }),
+        };
+        peer.publish(up("s4"), batch_of("s4", vec![health])).await;
+        assert_eq!(next_reply(&mut peer).await, ack(1));
+        wait_until("presence stored", Duration::from_secs(10), || async {
+            get(&hub, "/api/v1/stores/s4").await["online"] == true
+        })
+        .await;
+        let s = get(&hub, "/api/v1/stores/s4").await;
+        assert_eq!(s["agent_version"], "9.9.9");
+        let devices = get(&hub, "/api/v1/stores/s4/devices").await;
+        assert_eq!(devices[0]["device_id"], "scale-1");
+        assert_eq!(devices[0]["status"], "degraded");
+        assert_eq!(devices[0]["error_count"], 3);
+        peer.publish_retained(WanTopic::Status(store.clone()).to_string(), presence(false))
+            .await;
+        wait_until("offline stored", Duration::from_secs(10), || async {
+            get(&hub, "/api/v1/stores/s4").await["online"] == false
+        })
+        .await;
+        hub.stop().await;
+    }
+);
+
+both_backends!(
+    downlink_is_sent_until_the_edge_acks_it,
+    |backend: Backend| async move {
+        let Some(hub) = spawn_hub(backend).await else {
+            return;
+        };
+        let mut peer = edge_peer(&hub, "s5").await;
+        let store = StoreId::parse("s5").unwrap();
+        let level = |n| {
+            DownBody::StockLevel(StockLevel {
+                sku: Sku::parse("SKU-1").unwrap(),
+                on_hand: n,
+                reserved: 0,
+                as_of_edge_seq: Seq(0),
+            })
+        };
+        let mut tx = hub.hub.db.begin().await.unwrap();
+        let seqs =
+            storegate_hub::downlink::enqueue(&mut tx, &hub.hub.db, "s5", &[level(1), level(2), level(3)])
+                .await
+                .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(seqs, vec![Seq(1), Seq(2), Seq(3)]);
+        hub.hub.link.send_downlink(&store);
+        let Message::DownBatch(b) = next_reply(&mut peer).await else {
+            panic!("expected a DownBatch")
+        };
+        assert_eq!(b.items.iter().map(|i| i.seq.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+        // The edge applied only up to 2: the rest is sent again.
+        peer.publish(
+            up("s5"),
+            envelope::encode(&Message::DownAck(DownAck {
+                applied_up_to: Seq(2),
+            })),
+        )
+        .await;
+        let Message::DownBatch(b) = next_reply(&mut peer).await else {
+            panic!("expected a DownBatch")
+        };
+        assert_eq!(b.items.iter().map(|i| i.seq.0).collect::<Vec<_>>(), vec![3]);
+        peer.publish(
+            up("s5"),
+            envelope::encode(&Message::DownAck(DownAck {
+                applied_up_to: Seq(3),
+            })),
+        )
+        .await;
+        wait_until("downlink acked and deleted", Duration::from_secs(10), || async {
+            get(&hub, "/api/v1/stores/s5").await["downlink_pending"] == 0
+        })
+        .await;
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM downlink WHERE store_id = 's5'")
+            .fetch_one(&hub.hub.db.pool)
+            .await
+            .unwrap();
+        assert_eq!(left, 0);
+        hub.stop().await;
+    }
+);
