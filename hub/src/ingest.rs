@@ -125,14 +125,16 @@ struct SyncUpdate {
     batch_seen: bool,
 }
 
-/// A stock movement caused by an edge event.
+/// A stock movement caused by edge events: one per group, location, SKU
+/// and kind, with the seq range of the events behind it.
 pub(crate) struct Movement {
     location: String,
     sku: String,
     delta: i64,
     kind: &'static str,
     store: String,
-    seq: i64,
+    seq_from: i64,
+    seq_to: i64,
 }
 
 /// A device's latest health report in a group.
@@ -483,8 +485,8 @@ async fn apply_effects(
         }
     }
 
-    // Effects, in seq order within each store.
-    let mut moves: Vec<Movement> = Vec::new();
+    // Effects, in seq order within each store, summed per location, SKU and kind.
+    let mut moves: BTreeMap<(String, String, &'static str), Movement> = BTreeMap::new();
     let mut devices: BTreeMap<(String, String), DeviceUpdate> = BTreeMap::new();
     let mut sale_lines: HashMap<Vec<u8>, Vec<(String, i64)>> = HashMap::new();
     for (store, e) in fresh {
@@ -515,14 +517,20 @@ async fn apply_effects(
                     return;
                 }
                 *levels.entry((loc.clone(), sku.to_owned())).or_insert(0) += delta;
-                moves.push(Movement {
-                    location: loc.clone(),
-                    sku: sku.to_owned(),
-                    delta,
-                    kind,
-                    store: loc.clone(),
-                    seq,
-                });
+                let m = moves
+                    .entry((loc.clone(), sku.to_owned(), kind))
+                    .or_insert_with(|| Movement {
+                        location: loc.clone(),
+                        sku: sku.to_owned(),
+                        delta: 0,
+                        kind,
+                        store: loc.clone(),
+                        seq_from: seq,
+                        seq_to: seq,
+                    });
+                m.delta += delta;
+                m.seq_from = m.seq_from.min(seq);
+                m.seq_to = m.seq_to.max(seq);
             };
         match &e.body {
             EventBody::Sale(s) => {
@@ -631,6 +639,7 @@ async fn apply_effects(
             }
         }
     }
+    let moves: Vec<Movement> = moves.into_values().filter(|m| m.delta != 0).collect();
     if !moves.is_empty() {
         insert_movements(tx, &moves, now).await?;
         bump_levels(tx, &moves, now).await?;
@@ -699,9 +708,9 @@ async fn insert_movements(
 ) -> Result<(), sqlx::Error> {
     for chunk in moves.chunks(sql::CHUNK) {
         let text = sql::values(
-            "INSERT INTO stock_movements (location, sku, delta, kind, store_id, seq, created_ms)",
+            "INSERT INTO stock_movements (location, sku, delta, kind, store_id, seq_from, seq_to, created_ms)",
             chunk.len(),
-            7,
+            8,
             "",
         );
         let mut q = sqlx::query(AssertSqlSafe(text));
@@ -712,7 +721,8 @@ async fn insert_movements(
                 .bind(m.delta)
                 .bind(m.kind)
                 .bind(m.store.as_str())
-                .bind(m.seq)
+                .bind(m.seq_from)
+                .bind(m.seq_to)
                 .bind(now);
         }
         q.execute(&mut **tx).await?;

@@ -3,10 +3,12 @@
 //! - [`netfault`]: a TCP proxy that cuts and restores a link (a store's WAN).
 //! - [`responder`]: a stand-in for the hub's side of the sync contract, to
 //!   run an edge without a hub.
+//! - [`pg`]: scratch PostgreSQL databases for tests and benchmarks.
 //! - [`stats`]: latency percentiles and table printing for benchmarks.
 //! - [`bench`]: the benchmark commands (`storegate-sim bench ...`).
 
 pub mod bench;
 pub mod netfault;
+pub mod pg;
 pub mod responder;
 pub mod stats;

@@ -273,56 +273,20 @@ pub enum Backend {
     Postgres,
 }
 
-/// The PostgreSQL server tests use (a maintenance database on it).
-pub fn pg_url() -> String {
-    std::env::var("STOREGATE_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
 /// Creates a fresh PostgreSQL database and returns its URL, or `None` when
 /// no server is reachable (skipped outside CI, a failure under CI).
 pub async fn fresh_pg_database() -> Option<String> {
-    use sqlx::Connection;
-    let admin = pg_url();
-    let conn = tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(&admin)).await;
-    let mut conn = match conn {
-        Ok(Ok(c)) => c,
-        other => {
-            let why = match other {
-                Ok(Err(e)) => e.to_string(),
-                _ => "timeout".into(),
-            };
-            eprintln!("PostgreSQL at {admin}: {why}");
+    match storegate_sim::pg::fresh_database("sg_test").await {
+        Ok(url) => Some(url),
+        Err(e) => {
+            eprintln!("{e}");
             service_or_skip("PostgreSQL", false);
-            return None;
+            None
         }
-    };
-    let name = format!("sg_test_{}", storegate_hub::auth::new_id().to_lowercase());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .expect("create test database");
-    let base = admin
-        .rsplit_once('/')
-        .map_or(admin.as_str(), |(b, _)| b)
-        .to_owned();
-    Some(format!("{base}/{name}"))
-}
-
-/// Drops a database made by [`fresh_pg_database`].
-pub async fn drop_pg_database(url: &str) {
-    use sqlx::Connection;
-    let Some((_, name)) = url.rsplit_once('/') else {
-        return;
-    };
-    if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_url()).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&mut conn)
-        .await;
     }
 }
+
+pub use storegate_sim::pg::drop_database as drop_pg_database;
 
 /// The admin every test hub starts with.
 pub const ADMIN_EMAIL: &str = "admin@example.com";

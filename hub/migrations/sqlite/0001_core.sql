@@ -104,15 +104,18 @@ CREATE TABLE prices (
 );
 CREATE INDEX prices_sku ON prices (sku, effective_from_ms);
 
--- The stock ledger: every level is the sum of these rows.
+-- The stock ledger: every level is the sum of these rows. Movements caused
+-- by edge events are booked per sync batch, location, SKU and kind, with the
+-- batch's seq range: the events table holds each event behind them.
 CREATE TABLE stock_movements (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
     location   TEXT    NOT NULL,
     sku        TEXT    NOT NULL,
     delta      INTEGER NOT NULL,                    -- base units (items or grams)
     kind       TEXT    NOT NULL,                    -- sale | return | receipt | adjustment | count | transfer_out | transfer_in | reservation | release | ...
-    store_id   TEXT,                                -- the edge event that caused it, if any
-    seq        INTEGER,
+    store_id   TEXT,                                -- the edge whose events caused it, if any
+    seq_from   INTEGER,                             -- ... from this seq
+    seq_to     INTEGER,                             -- ... to this one (one sync batch)
     reference  TEXT,
     created_ms INTEGER NOT NULL
 );

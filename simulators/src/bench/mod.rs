@@ -2,3 +2,4 @@
 //! of this machine measured in the same run.
 
 pub mod edge;
+pub mod hub;

@@ -23,6 +23,8 @@ enum Command {
 enum Bench {
     /// Edge: durable sale commits at 1/10/50 lanes vs raw SQLite; outbox drain vs raw broker publishes.
     Edge(storegate_sim::bench::edge::EdgeBenchArgs),
+    /// Hub: ingest from many stores into PostgreSQL and SQLite vs a raw batch insert.
+    Hub(storegate_sim::bench::hub::HubBenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -36,9 +38,10 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.command {
-            Command::Bench {
-                which: Bench::Edge(args),
-            } => storegate_sim::bench::edge::run(args).await,
+            Command::Bench { which } => match which {
+                Bench::Edge(args) => storegate_sim::bench::edge::run(args).await,
+                Bench::Hub(args) => storegate_sim::bench::hub::run(args).await,
+            },
         }
     })
 }
