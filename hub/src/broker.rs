@@ -124,13 +124,45 @@ pub fn start_embedded(
 
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+        if mqtt_handshake(addr).is_ok() {
             tracing::info!(%addr, "embedded MQTT broker listening");
             return Ok(addr);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     Err(BrokerError::NotListening(addr))
+}
+
+/// Proves the broker answers MQTT: CONNECT (3.1.1, clean session), expect
+/// CONNACK accepted, DISCONNECT.
+fn mqtt_handshake(addr: SocketAddr) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+    s.set_read_timeout(Some(Duration::from_millis(500)))?;
+    const ID: &[u8] = b"storegate-probe";
+    let mut connect = vec![
+        0x10,
+        (10 + 2 + ID.len()) as u8,
+        0,
+        4,
+        b'M',
+        b'Q',
+        b'T',
+        b'T',
+        4,
+        0x02,
+        0,
+        10,
+    ];
+    connect.extend_from_slice(&[0, ID.len() as u8]);
+    connect.extend_from_slice(ID);
+    s.write_all(&connect)?;
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack)?;
+    if connack[0] != 0x20 || connack[3] != 0 {
+        return Err(std::io::Error::other("broker refused the probe"));
+    }
+    s.write_all(&[0xE0, 0])
 }
 
 #[cfg(test)]

@@ -67,7 +67,8 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rumqttd=warn,rumqttc=warn,sqlx=warn".into()),
+                // rumqttd logs every client disconnect at ERROR; RUST_LOG=rumqttd=info shows it.
+                .unwrap_or_else(|_| "info,rumqttd=off,rumqttc=warn,sqlx=warn".into()),
         )
         .init();
     let mut settings = Settings::load(cli.config.as_deref())?;
