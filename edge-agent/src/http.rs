@@ -68,6 +68,8 @@ pub struct HttpState {
     pub budget_bytes: u64,
     /// Bearer token required on POST routes, if set.
     pub api_token: Option<String>,
+    /// The device registry.
+    pub devices: crate::devices::Devices,
 }
 
 /// The status page.
@@ -101,6 +103,8 @@ pub struct StatusView {
     pub down_applied: u64,
     /// Malformed or unexpected downlink messages rejected.
     pub rejected_downlink: u64,
+    /// Devices: last seen, errors, status.
+    pub devices: std::collections::BTreeMap<String, crate::devices::DeviceState>,
 }
 
 /// Builds the router.
@@ -146,6 +150,7 @@ pub async fn status_view(s: &HttpState) -> Result<StatusView, JournalError> {
         dropped_telemetry: stats.dropped_telemetry,
         down_applied: stats.down_applied,
         rejected_downlink: s.link.rejected.load(std::sync::atomic::Ordering::Relaxed),
+        devices: s.devices.snapshot(),
     })
 }
 

@@ -13,6 +13,14 @@
 //! - [`sync`]: the sync engine (sans-I/O core + rumqttc loop): uplink
 //!   batches, application acks, resends, downlink, presence, RPC.
 //! - [`http`]: local status, metrics and integration API.
+//! - [`lan`]: the store LAN device bus (embedded broker, JSON devices).
+//! - [`pos`]: POS lanes: baskets, tenders, sales, voids, returns.
+//! - [`pricing`]: line amounts, promotions, tax (pure).
+//! - [`catalog`]: reads the catalog replica.
+//! - [`barcode`]: GTIN and GS1 variable-measure decoding (pure).
+//! - [`framing`] / [`scanner`]: serial scanner framing (pure) and driver.
+//! - [`mtsics`] / [`scale`]: MT-SICS scale protocol (pure) and driver.
+//! - [`devices`]: device registry and health, serial port plumbing.
 //!
 //! # Entry point
 //!
@@ -20,8 +28,18 @@
 //! (port 0 allowed) and returns an [`Edge`] handle; the `edge-agent`
 //! binary is a thin wrapper around it.
 
+pub mod barcode;
+pub mod catalog;
+pub mod devices;
+pub mod framing;
 pub mod http;
 pub mod journal;
+pub mod lan;
+pub mod mtsics;
+pub mod pos;
+pub mod pricing;
+pub mod scale;
+pub mod scanner;
 pub mod settings;
 pub mod sync;
 
@@ -52,6 +70,9 @@ pub enum StartError {
     /// The journal could not be opened.
     #[error("journal: {0}")]
     Journal(#[from] JournalError),
+    /// The LAN device bus could not start.
+    #[error("LAN device bus: {0}")]
+    Lan(#[from] storegate_broker::BrokerError),
     /// A listener could not bind.
     #[error("{what}: cannot listen on {addr} ({source}); change `{setting}`")]
     Bind {
@@ -75,6 +96,10 @@ pub struct Edge {
     pub sync: SyncHandle,
     /// Where the local HTTP endpoint listens.
     pub http_addr: SocketAddr,
+    /// Where devices connect (the LAN bus), if it runs.
+    pub lan_addr: Option<SocketAddr>,
+    /// The device registry.
+    pub devices: devices::Devices,
     /// Cancelled to stop.
     shutdown: CancellationToken,
     /// The agent's tasks.
@@ -125,6 +150,96 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ed
         shutdown.clone(),
     );
     tasks.spawn(sync_loop);
+
+    // Devices: serial scales and scanners, the LAN bus, the lanes.
+    let devs = devices::Devices::default();
+    let mut scale_handles = std::collections::HashMap::new();
+    for sc in &settings.scales {
+        let id =
+            storegate_protocol::DeviceId::parse(&sc.id).map_err(|e| settings::SettingsError::Invalid {
+                key: "scales.id",
+                message: e.to_string(),
+            })?;
+        let (handle, driver) = scale::spawn(
+            id,
+            devices::serial_opener(sc.path.clone(), sc.baud),
+            devs.clone(),
+            journal.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(driver);
+        scale_handles.insert(sc.id.clone(), handle);
+    }
+    let mut lan_addr = None;
+    if settings.lan.enabled {
+        let mut lane_scales = std::collections::HashMap::new();
+        let mut scanner_lanes = std::collections::HashMap::new();
+        for lane in &settings.lanes {
+            let Ok(lane_id) = storegate_protocol::LaneId::parse(&lane.id) else {
+                continue;
+            };
+            if let Some(h) = lane.scale.as_ref().and_then(|s| scale_handles.get(s)) {
+                lane_scales.insert(lane_id.clone(), h.clone());
+            }
+            if let Some(dev) = lane
+                .scanner
+                .as_ref()
+                .and_then(|d| storegate_protocol::DeviceId::parse(d).ok())
+            {
+                scanner_lanes.insert(dev, lane_id);
+            }
+        }
+        let ctx = pos::PosCtx {
+            journal: journal.clone(),
+            catalog: catalog::Catalog::new(journal.reader().clone()),
+            sync: sync.clone(),
+            cfg: std::sync::Arc::new(pos::PosConfig {
+                store: v.store.clone(),
+                currency: v.currency,
+                tax_included: settings.pos.tax_included,
+                card_timeout: Duration::from_millis(settings.pos.card_timeout_ms),
+                weigh_timeout: Duration::from_millis(settings.pos.weigh_timeout_ms),
+                offline: pos::OfflineCaps {
+                    enabled: settings.pos.offline_enabled,
+                    per_txn_minor: settings.pos.offline_per_txn_limit_minor,
+                    total_minor: settings.pos.offline_total_limit_minor,
+                    window_secs: settings.pos.offline_window_secs,
+                },
+                layouts: settings.pos.variable_layouts.clone(),
+            }),
+        };
+        let lan = lan::start(
+            lan::LanConfig {
+                store: v.store.clone(),
+                listen: v.lan_listen,
+                scanner_lanes,
+                lane_scales,
+            },
+            ctx,
+            devs.clone(),
+            &tasks,
+            shutdown.clone(),
+        )?;
+        for sc in &settings.scanners {
+            let Ok(id) = storegate_protocol::DeviceId::parse(&sc.id) else {
+                continue;
+            };
+            tasks.spawn(scanner::run(
+                id,
+                devices::serial_opener(sc.path.clone(), sc.baud),
+                scanner::ScannerConfig {
+                    terminator: sc.terminator,
+                    idle: Duration::from_millis(sc.idle_ms.max(1)),
+                },
+                lan.scans.clone(),
+                devs.clone(),
+                journal.clone(),
+                shutdown.clone(),
+            ));
+        }
+        lan_addr = Some(lan.addr);
+    }
+
     tasks.spawn(http::serve(
         listener,
         http::HttpState {
@@ -133,15 +248,18 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ed
             link: sync.status.clone(),
             budget_bytes: settings.journal.outbox_budget_bytes,
             api_token: settings.http.api_token.clone(),
+            devices: devs.clone(),
         },
         shutdown.clone(),
     ));
     tasks.close();
-    tracing::info!(store = %v.store, http = %http_addr, upstream = %settings.upstream.url, "edge agent started");
+    tracing::info!(store = %v.store, http = %http_addr, lan = ?lan_addr, upstream = %settings.upstream.url, "edge agent started");
     Ok(Edge {
         journal,
         sync,
         http_addr,
+        lan_addr,
+        devices: devs,
         shutdown,
         tasks,
         writer,

@@ -29,6 +29,130 @@ pub struct Settings {
     pub journal: JournalSettings,
     /// The local HTTP endpoint (status, metrics, local API).
     pub http: HttpSettings,
+    /// The store LAN device bus.
+    pub lan: LanSettings,
+    /// POS lanes: tax, card and scale timeouts, offline caps, barcodes.
+    pub pos: PosSettings,
+    /// Lanes and the devices bound to them.
+    pub lanes: Vec<LaneSettings>,
+    /// Serial scales (MT-SICS).
+    pub scales: Vec<SerialScaleSettings>,
+    /// Serial barcode scanners.
+    pub scanners: Vec<SerialScannerSettings>,
+}
+
+/// The embedded device bus broker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LanSettings {
+    /// Run it.
+    pub enabled: bool,
+    /// Where devices connect: the store LAN address in production
+    /// (`0.0.0.0:1883`), loopback by default. Port 0 picks a free port.
+    pub listen: String,
+}
+
+/// POS lane behaviour.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PosSettings {
+    /// Shelf prices include tax (EU) or not (US).
+    pub tax_included: bool,
+    /// How long a card authorisation through the hub may take.
+    pub card_timeout_ms: u64,
+    /// How long the scale may take to settle.
+    pub weigh_timeout_ms: u64,
+    /// Offline (store-and-forward) card payments allowed. The hub's config
+    /// `payments.offline.*` overrides these four.
+    pub offline_enabled: bool,
+    /// Most per offline card payment, minor units.
+    pub offline_per_txn_limit_minor: i64,
+    /// Most unsettled offline card payments in all, minor units.
+    pub offline_total_limit_minor: i64,
+    /// Oldest unsettled offline payment allowed, seconds.
+    pub offline_window_secs: i64,
+    /// GS1 variable-measure barcode layouts (prefixes 20-29).
+    pub variable_layouts: Vec<crate::barcode::VariableLayout>,
+}
+
+/// A POS lane.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LaneSettings {
+    /// Lane id (its topics: `store/{store}/pos/{id}/...`).
+    pub id: String,
+    /// The serial scale weighed items go on.
+    #[serde(default)]
+    pub scale: Option<String>,
+    /// A scanner whose scans go into this lane's basket.
+    #[serde(default)]
+    pub scanner: Option<String>,
+}
+
+/// A serial MT-SICS scale.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialScaleSettings {
+    /// Device id.
+    pub id: String,
+    /// Port, e.g. `/dev/ttyUSB0`.
+    pub path: String,
+    /// Baud rate (MT-SICS default 9600, 8N1).
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+}
+
+/// A serial barcode scanner.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialScannerSettings {
+    /// Device id.
+    pub id: String,
+    /// Port, e.g. `/dev/ttyACM0`.
+    pub path: String,
+    /// Baud rate.
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    /// How codes end: cr, lf, cr_lf, stx_etx, none.
+    #[serde(default = "default_terminator")]
+    pub terminator: crate::framing::Terminator,
+    /// A quiet line this long ends a code, ms.
+    #[serde(default = "default_idle")]
+    pub idle_ms: u64,
+}
+
+fn default_baud() -> u32 {
+    9600
+}
+fn default_terminator() -> crate::framing::Terminator {
+    crate::framing::Terminator::CrLf
+}
+fn default_idle() -> u64 {
+    60
+}
+
+impl Default for LanSettings {
+    fn default() -> Self {
+        LanSettings {
+            enabled: true,
+            listen: "127.0.0.1:1885".into(),
+        }
+    }
+}
+
+impl Default for PosSettings {
+    fn default() -> Self {
+        PosSettings {
+            tax_included: true,
+            card_timeout_ms: 3000,
+            weigh_timeout_ms: 3000,
+            offline_enabled: true,
+            offline_per_txn_limit_minor: 10_000,
+            offline_total_limit_minor: 100_000,
+            offline_window_secs: 86_400,
+            variable_layouts: crate::barcode::default_layouts(),
+        }
+    }
 }
 
 /// Connection to the upstream (WAN) MQTT broker.
@@ -99,6 +223,11 @@ impl Default for Settings {
             sync: SyncSettings::default(),
             journal: JournalSettings::default(),
             http: HttpSettings::default(),
+            lan: LanSettings::default(),
+            pos: PosSettings::default(),
+            lanes: Vec::new(),
+            scales: Vec::new(),
+            scanners: Vec::new(),
         }
     }
 }
@@ -178,6 +307,8 @@ pub struct Validated {
     pub client_id: String,
     /// HTTP listen address.
     pub http_listen: SocketAddr,
+    /// LAN bus listen address.
+    pub lan_listen: SocketAddr,
 }
 
 impl Settings {
@@ -224,6 +355,34 @@ impl Settings {
         if self.journal.max_group == 0 {
             return Err(invalid("journal.max_group", "must be at least 1".into()));
         }
+        let lan_listen = self
+            .lan
+            .listen
+            .parse()
+            .map_err(|e| invalid("lan.listen", format!("{:?}: {e}", self.lan.listen)))?;
+        for l in &self.pos.variable_layouts {
+            l.validate().map_err(|m| invalid("pos.variable_layouts", m))?;
+        }
+        for lane in &self.lanes {
+            storegate_protocol::LaneId::parse(&lane.id).map_err(|e| invalid("lanes.id", e.to_string()))?;
+            if let Some(s) = &lane.scale
+                && !self.scales.iter().any(|x| &x.id == s)
+            {
+                return Err(invalid(
+                    "lanes.scale",
+                    format!("lane {} names scale {s:?}, which is not in [[scales]]", lane.id),
+                ));
+            }
+        }
+        for id in self
+            .scales
+            .iter()
+            .map(|s| &s.id)
+            .chain(self.scanners.iter().map(|s| &s.id))
+        {
+            storegate_protocol::DeviceId::parse(id)
+                .map_err(|e| invalid("scales/scanners id", e.to_string()))?;
+        }
         let client_id = self
             .upstream
             .client_id
@@ -236,6 +395,7 @@ impl Settings {
             upstream_port,
             client_id,
             http_listen,
+            lan_listen,
         })
     }
 }

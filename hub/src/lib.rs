@@ -8,7 +8,6 @@
 //!
 //! - [`settings`]: TOML + `SG_HUB_*` environment settings.
 //! - [`db`]: SQLite (default) or PostgreSQL through sqlx `Any`; migrations.
-//! - [`broker`]: the embedded rumqttd (default) on a checked address.
 //! - [`mqtt`]: the hub's MQTT link: shared-subscription uplink, ordered
 //!   manual acks after commit, presence, downlink sending.
 //! - [`ingest`]: applies batches idempotently in one transaction each
@@ -27,7 +26,6 @@
 
 pub mod api;
 pub mod auth;
-pub mod broker;
 pub mod db;
 pub mod downlink;
 pub mod ingest;
@@ -60,7 +58,7 @@ pub enum StartError {
     Query(#[from] sqlx::Error),
     /// The embedded broker did not start.
     #[error(transparent)]
-    Broker(#[from] broker::BrokerError),
+    Broker(#[from] storegate_broker::BrokerError),
     /// The bootstrap admin could not be created.
     #[error("bootstrap admin: {0}")]
     Bootstrap(#[from] auth::CreateUserError),
@@ -133,9 +131,15 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Hu
     let (host, port, broker_addr) = match &v.external_broker {
         Some((h, p)) => (h.clone(), *p, format!("{h}:{p}")),
         None => {
-            let config = broker::load_config(settings.broker.config_file.as_deref())?;
-            let addr =
-                broker::start_embedded(config, v.broker_listen, "broker.listen (SG_HUB_BROKER__LISTEN)")?;
+            let config = storegate_broker::load_config(
+                settings.broker.config_file.as_deref(),
+                storegate_broker::HUB_CONFIG,
+            )?;
+            let addr = storegate_broker::start_embedded(
+                config,
+                v.broker_listen,
+                "broker.listen (SG_HUB_BROKER__LISTEN)",
+            )?;
             (addr.ip().to_string(), addr.port(), addr.to_string())
         }
     };

@@ -74,4 +74,4 @@ pub mod topic;
 pub use envelope::{DecodeError, Message, PROTOCOL_VERSION, decode, encode};
 pub use gtin::{Gtin, GtinError};
 pub use ids::{DeviceId, EventId, IdError, LaneId, Seq, Sku, StoreId};
-pub use money::{Currency, Measure, Money, Qty};
+pub use money::{Currency, Measure, Money, MoneyError, Qty};

@@ -1,5 +1,7 @@
 //! storegate-sim: simulators, fault injection and benchmarks.
 //!
+//! - [`devices`]: an MT-SICS scale and a barcode scanner on pseudo-terminals.
+//! - [`lane`]: a POS lane client over the store's device bus.
 //! - [`netfault`]: a TCP proxy that cuts and restores a link (a store's WAN).
 //! - [`responder`]: a stand-in for the hub's side of the sync contract, to
 //!   run an edge without a hub.
@@ -8,6 +10,8 @@
 //! - [`bench`]: the benchmark commands (`storegate-sim bench ...`).
 
 pub mod bench;
+pub mod devices;
+pub mod lane;
 pub mod netfault;
 pub mod pg;
 pub mod responder;

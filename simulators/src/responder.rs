@@ -51,6 +51,12 @@ pub struct Responder {
     pub undecodable: Arc<AtomicU64>,
     /// Whether accepted events are kept in the logs.
     keep_events: bool,
+    /// Card authorisations answer after this many ms (to test deadlines).
+    pub rpc_delay_ms: Arc<AtomicU64>,
+    /// Card authorisations for amounts ending in these minor units are declined.
+    pub decline_cents: u64,
+    /// RPC requests seen: (store, request).
+    pub rpc_seen: Arc<Mutex<Vec<(String, storegate_protocol::rpc::RpcRequest)>>>,
     /// The next this-many batches are ignored, as if lost on the way.
     pub lose_batches: Arc<AtomicU64>,
     /// For publishing downlink in tests.
@@ -85,6 +91,9 @@ impl Responder {
             lose_batches: Arc::default(),
             undecodable: Arc::default(),
             keep_events,
+            rpc_delay_ms: Arc::default(),
+            decline_cents: 13,
+            rpc_seen: Arc::default(),
             client: client.clone(),
         };
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -94,7 +103,14 @@ impl Responder {
             loop {
                 match eventloop.poll().await {
                     Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
-                        for k in [WanKind::Up, WanKind::Status] {
+                        for k in [
+                            WanKind::Up,
+                            WanKind::Status,
+                            WanKind::Rpc(
+                                storegate_protocol::topic::RpcSide::Edge,
+                                storegate_protocol::topic::RpcLeg::Req,
+                            ),
+                        ] {
                             if let Err(e) = client.try_subscribe(WanTopic::filter_all(k), QoS::AtLeastOnce) {
                                 tracing::error!(error = %e, "responder: subscribe not queued");
                             }
@@ -127,6 +143,9 @@ impl Responder {
         {
             // Counting mode: the header says everything needed to ack.
             return self.ack_header(client, store, h).await;
+        }
+        if let Ok(Message::RpcRequest(req)) = envelope::decode(payload) {
+            return self.answer_rpc(client, store, req).await;
         }
         let msg = match envelope::decode(payload) {
             Ok(m) => m,
@@ -198,6 +217,57 @@ impl Responder {
                 )
                 .await;
         }
+    }
+
+    /// Answers like a hub with an always-available card provider: declines
+    /// amounts ending in `decline_cents`, authorises the rest.
+    async fn answer_rpc(
+        &self,
+        client: &AsyncClient,
+        store: StoreId,
+        req: storegate_protocol::rpc::RpcRequest,
+    ) {
+        use storegate_protocol::rpc::{RpcCall, RpcErrorCode, RpcResponse, RpcResult};
+        if let Ok(mut seen) = self.rpc_seen.lock() {
+            seen.push((store.to_string(), req.clone()));
+        }
+        let delay = self.rpc_delay_ms.load(Ordering::Acquire);
+        let result = match &req.call {
+            RpcCall::CardAuthorize {
+                amount, payment_key, ..
+            } => {
+                if amount.minor.unsigned_abs() % 100 == self.decline_cents {
+                    RpcResult::CardDeclined {
+                        reason: "do not honour".into(),
+                    }
+                } else {
+                    RpcResult::CardAuthorized {
+                        authorization_id: format!("auth-{payment_key}"),
+                        auth_code: "OK1234".into(),
+                    }
+                }
+            }
+            RpcCall::CardVoid { .. } => RpcResult::CardVoided,
+            _ => RpcResult::Error {
+                code: RpcErrorCode::NotFound,
+                message: "the stand-in hub answers card calls only".into(),
+            },
+        };
+        let topic = WanTopic::Rpc(
+            store,
+            storegate_protocol::topic::RpcSide::Edge,
+            storegate_protocol::topic::RpcLeg::Res,
+        )
+        .to_string();
+        let bytes = envelope::encode(&Message::RpcResponse(RpcResponse {
+            correlation_id: req.correlation_id,
+            result,
+        }));
+        let client = client.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            let _ = client.publish(topic, QoS::AtLeastOnce, false, bytes).await;
+        });
     }
 
     async fn ack_header(&self, client: &AsyncClient, store: StoreId, h: UpBatchHeader) {

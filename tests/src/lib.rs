@@ -48,8 +48,9 @@ pub fn shared_metrics() {
 /// Starts an embedded rumqttd on a free loopback port.
 pub fn broker() -> SocketAddr {
     shared_metrics();
-    let config = storegate_hub::broker::load_config(None).expect("shipped broker config parses");
-    storegate_hub::broker::start_embedded(config, "127.0.0.1:0".parse().expect("addr"), "test")
+    let config = storegate_broker::load_config(None, storegate_broker::HUB_CONFIG)
+        .expect("shipped broker config parses");
+    storegate_broker::start_embedded(config, "127.0.0.1:0".parse().expect("addr"), "test")
         .expect("embedded broker starts")
 }
 
@@ -211,6 +212,8 @@ impl EdgeProcess {
             .arg(format!("mqtt://{upstream}"))
             .arg("--http-listen")
             .arg("127.0.0.1:0")
+            .arg("--lan-listen")
+            .arg("127.0.0.1:0")
             .env("RUST_LOG", "warn")
             .env("SG_EDGE_SYNC__BACKOFF_INITIAL_MS", "50")
             .env("SG_EDGE_SYNC__BACKOFF_MAX_MS", "500")
@@ -225,7 +228,8 @@ impl EdgeProcess {
         let mut lines = BufReader::new(stdout).lines();
         let http = tokio::time::timeout(Duration::from_secs(30), async {
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(addr) = line.strip_prefix("edge-agent listening http=") {
+                if let Some(rest) = line.strip_prefix("edge-agent listening http=") {
+                    let addr = rest.split_whitespace().next().unwrap_or(rest);
                     return addr.parse::<SocketAddr>().expect("addr");
                 }
             }

@@ -28,6 +28,9 @@ struct Cli {
     /// Local HTTP endpoint address (overrides the file).
     #[arg(long)]
     http_listen: Option<String>,
+    /// Device bus (LAN broker) address (overrides the file).
+    #[arg(long)]
+    lan_listen: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,12 +58,18 @@ fn main() -> anyhow::Result<()> {
     if let Some(h) = cli.http_listen {
         settings.http.listen = h;
     }
+    if let Some(l) = cli.lan_listen {
+        settings.lan.listen = l;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
         let edge = storegate_edge::start(settings, shutdown.clone()).await?;
         // Machine-readable line for supervisors and tests that bind port 0.
-        println!("edge-agent listening http={}", edge.http_addr);
+        match edge.lan_addr {
+            Some(lan) => println!("edge-agent listening http={} lan={lan}", edge.http_addr),
+            None => println!("edge-agent listening http={}", edge.http_addr),
+        }
         tokio::spawn(stop_on_signal(shutdown));
         edge.stopped().await;
         anyhow::Ok(())

@@ -217,6 +217,7 @@ async fn drain(
     };
     settings.upstream.url = format!("mqtt://{broker}");
     settings.http.listen = "127.0.0.1:0".into();
+    settings.lan.enabled = false;
     let shutdown = CancellationToken::new();
     let edge = storegate_edge::start(settings, shutdown.clone()).await?;
     let total = edge.journal.stats().next_seq - 1;
@@ -366,8 +367,8 @@ pub async fn run(args: EdgeBenchArgs) -> anyhow::Result<()> {
     println!();
 
     let broker = {
-        let config = storegate_hub::broker::load_config(None)?;
-        storegate_hub::broker::start_embedded(config, "127.0.0.1:0".parse()?, "bench")?
+        let config = storegate_broker::load_config(None, storegate_broker::HUB_CONFIG)?;
+        storegate_broker::start_embedded(config, "127.0.0.1:0".parse()?, "bench")?
     };
     let (raw_events, raw_took) = raw_publish(dir.path(), broker, args.drain_events, args.lines).await?;
     let (drained, drain_took) = drain(dir.path(), broker, args.drain_events, args.lines).await?;

@@ -23,6 +23,7 @@ fn settings(dir: &std::path::Path, store: &str, upstream: std::net::SocketAddr) 
     };
     s.upstream.url = format!("mqtt://{upstream}");
     s.http.listen = "127.0.0.1:0".into();
+    s.lan.listen = "127.0.0.1:0".into();
     s.sync.backoff_initial_ms = 20;
     s.sync.backoff_max_ms = 200;
     s.upstream.keep_alive_secs = 5;

@@ -3,8 +3,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod devices;
 mod edge_crash;
 mod edge_sync;
 mod hub_auth;
 mod hub_crash;
 mod hub_ingest;
+mod pos;

@@ -1,4 +1,9 @@
-//! The embedded MQTT broker (rumqttd in-process), the hub's default.
+//! storegate-broker: the broker configurations (this directory's TOML
+//! files) and the embedded rumqttd starter the hub (WAN broker) and the edge
+//! agent (store LAN device bus) share.
+//!
+//! Mosquitto and EMQX configurations for production sit beside this crate
+//! (`mosquitto.conf`, `acl`, `EMQX.md`).
 //!
 //! rumqttd has no shutdown API and does not report a failed bind (it logs
 //! and the server thread ends). So [`start_embedded`] binds the address
@@ -11,8 +16,10 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// The broker configuration compiled into the hub.
-pub const DEFAULT_CONFIG: &str = include_str!("../../broker-config/rumqttd.toml");
+/// The hub's embedded broker configuration (`rumqttd.toml`).
+pub const HUB_CONFIG: &str = include_str!("../rumqttd.toml");
+/// The edge agent's store LAN bus configuration (`rumqttd-lan.toml`).
+pub const LAN_CONFIG: &str = include_str!("../rumqttd-lan.toml");
 
 /// Why the embedded broker did not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,8 +49,9 @@ pub enum BrokerError {
     NotListening(SocketAddr),
 }
 
-/// Parses a rumqttd TOML configuration (`file`, or the compiled-in default).
-pub fn load_config(file: Option<&Path>) -> Result<rumqttd::Config, BrokerError> {
+/// Parses a rumqttd TOML configuration: `file`, or `builtin` (one of the
+/// configurations compiled in, [`HUB_CONFIG`] or [`LAN_CONFIG`]).
+pub fn load_config(file: Option<&Path>, builtin: &str) -> Result<rumqttd::Config, BrokerError> {
     let (path, text) = match file {
         Some(p) => (
             p.display().to_string(),
@@ -52,10 +60,7 @@ pub fn load_config(file: Option<&Path>) -> Result<rumqttd::Config, BrokerError> 
                 message: e.to_string(),
             })?,
         ),
-        None => (
-            "(built in) broker-config/rumqttd.toml".to_owned(),
-            DEFAULT_CONFIG.to_owned(),
-        ),
+        None => ("(built in) broker-config".to_owned(), builtin.to_owned()),
     };
     let config: rumqttd::Config = toml::from_str(&text).map_err(|e| BrokerError::Config {
         path: path.clone(),
@@ -170,17 +175,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_shipped_config_parses() {
-        let c = load_config(None).unwrap();
-        assert!(c.router.max_connections > 1000);
-        assert!(c.v4.is_some());
+    fn the_shipped_configs_parse() {
+        for builtin in [HUB_CONFIG, LAN_CONFIG] {
+            let c = load_config(None, builtin).unwrap();
+            assert!(c.router.max_connections > 1000);
+            assert!(c.v4.is_some());
+        }
     }
 
     #[test]
     fn a_taken_port_names_the_setting() {
         let held = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = held.local_addr().unwrap();
-        let e = start_embedded(load_config(None).unwrap(), addr, "broker.listen").unwrap_err();
+        let e = start_embedded(load_config(None, HUB_CONFIG).unwrap(), addr, "broker.listen").unwrap_err();
         let text = e.to_string();
         assert!(text.contains("broker.listen"), "{text}");
     }
@@ -188,7 +195,7 @@ mod tests {
     #[test]
     fn port_zero_starts_a_broker_that_accepts_connections() {
         let addr = start_embedded(
-            load_config(None).unwrap(),
+            load_config(None, HUB_CONFIG).unwrap(),
             "127.0.0.1:0".parse().unwrap(),
             "broker.listen",
         )

@@ -1,0 +1,421 @@
+//! The store LAN device bus: an embedded MQTT broker that scanners, scales,
+//! handhelds and POS lanes talk JSON to (topics and messages in
+//! `storegate_protocol::{topic, device}`), so they keep working when the WAN
+//! is down, and the dispatcher that serves them.
+//!
+//! - POS requests go to the lane's actor (one task per lane, requests in
+//!   order); the reply goes to the lane's reply topic. A request that cannot
+//!   be parsed still gets an error reply, with its id if one can be read.
+//! - A scan from a scanner bound to a lane (by configuration, or the scan's
+//!   `lane` field) adds the item to that lane's basket and the lane gets the
+//!   basket; other scans are answered on the device's reply topic. Every
+//!   scan is recorded as telemetry with what came of it.
+//! - Weights and health reports update the device registry and are
+//!   recorded as telemetry; task updates are recorded as business events.
+//! - Tasks the hub sends down are published on `store/{store}/task`.
+//!
+//! Bad input never stops the bus: malformed JSON, unknown barcodes and
+//! garbled serial frames each get a clear error and a counter.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde::Serialize;
+use storegate_protocol::device::{
+    self, BusError, DeviceReply, ErrorCode, HealthMsg, PosReply, PosRequest, PosResult, ScanMsg, WeightMsg,
+};
+use storegate_protocol::downlink::DownBody;
+use storegate_protocol::event::{DeviceKind, EventBody, ScanOutcome, ScanRecord, TaskUpdate, WeightRecord};
+use storegate_protocol::topic::{DeviceChannel, LanTopic};
+use storegate_protocol::{DeviceId, LaneId, StoreId};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::barcode;
+use crate::devices::{Devices, report};
+use crate::framing::Frame;
+use crate::pos::{Lane, PosCtx};
+use crate::scale::ScaleHandle;
+
+/// What the bus needs to run.
+#[derive(Debug, Clone)]
+pub struct LanConfig {
+    /// This store.
+    pub store: StoreId,
+    /// Where the embedded broker listens.
+    pub listen: SocketAddr,
+    /// Scanner device -> the lane its scans go to.
+    pub scanner_lanes: HashMap<DeviceId, LaneId>,
+    /// Lane -> its scale.
+    pub lane_scales: HashMap<LaneId, ScaleHandle>,
+}
+
+/// Messages for a lane's actor.
+enum LaneMsg {
+    /// A POS request's raw JSON.
+    Request(Vec<u8>),
+    /// A scan from the lane's scanner.
+    Scan(String),
+}
+
+/// The running bus.
+#[derive(Debug, Clone)]
+pub struct Lan {
+    /// Where devices connect.
+    pub addr: SocketAddr,
+    /// Serial scanners send their frames here.
+    pub scans: mpsc::Sender<(DeviceId, Frame)>,
+}
+
+/// Starts the broker and the dispatcher.
+pub fn start(
+    cfg: LanConfig,
+    ctx: PosCtx,
+    devices: Devices,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) -> Result<Lan, storegate_broker::BrokerError> {
+    let config = storegate_broker::load_config(None, storegate_broker::LAN_CONFIG)?;
+    let addr = storegate_broker::start_embedded(config, cfg.listen, "lan.listen (SG_EDGE_LAN__LISTEN)")?;
+    let mut opts = MqttOptions::new(
+        format!("edge-{}-lan", cfg.store),
+        addr.ip().to_string(),
+        addr.port(),
+    );
+    opts.set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(opts, 4096);
+    let mut net = eventloop.network_options();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
+    let (scans_tx, mut scans_rx) = mpsc::channel::<(DeviceId, Frame)>(1024);
+
+    let d = Dispatcher {
+        cfg: cfg.clone(),
+        ctx: ctx.clone(),
+        devices,
+        client: client.clone(),
+        lanes: HashMap::new(),
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let mut applied = ctx.sync.subscribe_applied();
+    let store = cfg.store.clone();
+    let tasks_client = client.clone();
+    let stop = shutdown.clone();
+    tracker.spawn(async move {
+        let task_topic = LanTopic::Tasks(store).to_string();
+        loop {
+            let batch = tokio::select! {
+                () = stop.cancelled() => return,
+                r = applied.recv() => match r {
+                    Ok(b) => b,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "task forwarding lagged");
+                        continue;
+                    }
+                    Err(_) => return,
+                },
+            };
+            for body in &batch.applied {
+                let json = match body {
+                    DownBody::TaskAssigned(t) => device::to_json(t),
+                    DownBody::TaskCancelled { task_id } => {
+                        device::to_json(&serde_json::json!({"task_id": task_id, "status": "cancelled"}))
+                    }
+                    _ => continue,
+                };
+                let _ = tasks_client
+                    .publish(task_topic.clone(), QoS::AtLeastOnce, false, json)
+                    .await;
+            }
+        }
+    });
+
+    tracker.spawn(async move {
+        let mut d = d;
+        loop {
+            tokio::select! {
+                () = d.shutdown.cancelled() => break,
+                Some((dev, frame)) = scans_rx.recv() => d.serial_scan(dev, frame).await,
+                ev = eventloop.poll() => match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        for f in LanTopic::inbound_filters(&d.cfg.store) {
+                            if let Err(e) = d.client.try_subscribe(f, QoS::AtLeastOnce) {
+                                tracing::error!(error = %e, "lan subscribe not queued");
+                            }
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => d.incoming(&p.topic, &p.payload).await,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "lan bus connection lost; reconnecting");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                },
+            }
+        }
+    });
+    Ok(Lan {
+        addr,
+        scans: scans_tx,
+    })
+}
+
+struct Dispatcher {
+    cfg: LanConfig,
+    ctx: PosCtx,
+    devices: Devices,
+    client: AsyncClient,
+    lanes: HashMap<LaneId, mpsc::UnboundedSender<LaneMsg>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+fn publish_json<T: Serialize>(client: &AsyncClient, topic: String, msg: &T) {
+    if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, device::to_json(msg)) {
+        tracing::warn!(error = %e, "lan reply not queued");
+    }
+}
+
+impl Dispatcher {
+    fn lane(&mut self, lane: &LaneId) -> mpsc::UnboundedSender<LaneMsg> {
+        if let Some(tx) = self.lanes.get(lane) {
+            return tx.clone();
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut actor = Lane::new(
+            lane.clone(),
+            self.cfg.lane_scales.get(lane).cloned(),
+            self.ctx.clone(),
+        );
+        let reply_topic = LanTopic::PosReply(self.cfg.store.clone(), lane.clone()).to_string();
+        let client = self.client.clone();
+        let shutdown = self.shutdown.clone();
+        self.tracker.spawn(async move {
+            let mut scans = 0u64;
+            loop {
+                let msg = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    m = rx.recv() => match m { Some(m) => m, None => return },
+                };
+                let reply = match msg {
+                    LaneMsg::Request(payload) => match device::parse_json::<PosRequest>(&payload) {
+                        Ok(req) => {
+                            let started = std::time::Instant::now();
+                            let r = actor.handle(req.op).await;
+                            metrics::histogram!("edge_pos_request_seconds")
+                                .record(started.elapsed().as_secs_f64());
+                            reply(Some(req.id), r)
+                        }
+                        Err(e) => {
+                            metrics::counter!("edge_lan_malformed_total").increment(1);
+                            PosReply::err(device::salvage_request_id(&payload), e)
+                        }
+                    },
+                    LaneMsg::Scan(code) => {
+                        scans += 1;
+                        reply(Some(format!("scan-{scans}")), actor.scan(code).await)
+                    }
+                };
+                // Awaiting here is safe: the bus loop never waits on lanes.
+                let _ = client
+                    .publish(
+                        reply_topic.clone(),
+                        QoS::AtLeastOnce,
+                        false,
+                        device::to_json(&reply),
+                    )
+                    .await;
+            }
+        });
+        self.lanes.insert(lane.clone(), tx.clone());
+        tx
+    }
+
+    async fn incoming(&mut self, topic: &str, payload: &[u8]) {
+        let parsed = match LanTopic::parse(topic) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "message on an unknown LAN topic ignored");
+                return;
+            }
+        };
+        match parsed {
+            LanTopic::PosRequest(store, lane) if store == self.cfg.store => {
+                let _ = self.lane(&lane).send(LaneMsg::Request(payload.to_vec()));
+            }
+            LanTopic::Device(store, dev, ch) if store == self.cfg.store => {
+                self.device(dev, ch, payload).await
+            }
+            LanTopic::TaskUpdate(store) if store == self.cfg.store => {
+                match device::parse_json::<TaskUpdate>(payload) {
+                    Ok(update) => {
+                        if let Err(e) = self
+                            .ctx
+                            .journal
+                            .record(EventBody::TaskUpdated(update), None)
+                            .await
+                        {
+                            tracing::error!(error = %e, "task update not recorded");
+                        }
+                    }
+                    Err(e) => {
+                        metrics::counter!("edge_lan_malformed_total").increment(1);
+                        tracing::warn!(error = %e.message, "malformed task update");
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn device_reply(&self, dev: &DeviceId, reply: &DeviceReply) {
+        let topic = LanTopic::Device(self.cfg.store.clone(), dev.clone(), DeviceChannel::Reply).to_string();
+        publish_json(&self.client, topic, reply);
+    }
+
+    async fn device(&mut self, dev: DeviceId, ch: DeviceChannel, payload: &[u8]) {
+        let journal = &self.ctx.journal;
+        match ch {
+            DeviceChannel::Scan => match device::parse_json::<ScanMsg>(payload) {
+                Ok(scan) => self.scan(dev, scan.code, scan.symbology, scan.lane).await,
+                Err(e) => self.malformed(&dev, DeviceKind::Scanner, e),
+            },
+            DeviceChannel::Weight => match device::parse_json::<WeightMsg>(payload) {
+                Ok(w) => {
+                    report(journal, &dev, self.devices.seen(&dev, DeviceKind::Scale));
+                    let body = EventBody::Weight(WeightRecord {
+                        device: dev,
+                        milligrams: w.milligrams,
+                        stable: w.stable,
+                    });
+                    let _ = journal.record(body, None).await;
+                }
+                Err(e) => self.malformed(&dev, DeviceKind::Scale, e),
+            },
+            DeviceChannel::Health => match device::parse_json::<HealthMsg>(payload) {
+                Ok(h) => report(
+                    journal,
+                    &dev,
+                    self.devices.reported(&dev, h.kind, h.status, h.detail),
+                ),
+                Err(e) => self.malformed(&dev, DeviceKind::Other, e),
+            },
+            DeviceChannel::Reply => {}
+        }
+    }
+
+    fn malformed(&self, dev: &DeviceId, kind: DeviceKind, e: BusError) {
+        metrics::counter!("edge_lan_malformed_total").increment(1);
+        report(
+            &self.ctx.journal,
+            dev,
+            self.devices.error(dev, kind, e.message.clone()),
+        );
+        self.device_reply(
+            dev,
+            &DeviceReply {
+                ok: false,
+                error: Some(e),
+                sku: None,
+            },
+        );
+    }
+
+    async fn serial_scan(&mut self, dev: DeviceId, frame: Frame) {
+        match frame {
+            Frame::Code(code) => {
+                let (aim, _) = barcode::split_aim(&code);
+                let symbology = aim.map(str::to_owned);
+                self.scan(dev, code, symbology, None).await;
+            }
+            Frame::Garbage(why) => {
+                // Already counted against the device by the driver; record it.
+                let body = EventBody::Scan(ScanRecord {
+                    device: dev,
+                    lane: None,
+                    code: String::new(),
+                    symbology: None,
+                    outcome: ScanOutcome::Invalid { reason: why },
+                });
+                let _ = self.ctx.journal.record(body, None).await;
+            }
+        }
+    }
+
+    async fn scan(&mut self, dev: DeviceId, code: String, symbology: Option<String>, lane: Option<LaneId>) {
+        report(
+            &self.ctx.journal,
+            &dev,
+            self.devices.seen(&dev, DeviceKind::Scanner),
+        );
+        let lane = lane.or_else(|| self.cfg.scanner_lanes.get(&dev).cloned());
+        let outcome = match barcode::decode(&code, &self.ctx.cfg.layouts) {
+            Err(e) => ScanOutcome::Invalid {
+                reason: e.to_string(),
+            },
+            Ok(s) => {
+                let key = match s.decoded {
+                    barcode::Decoded::Gtin(g) => g.to_gtin14(),
+                    barcode::Decoded::Variable { item_gtin, .. } => format!("{item_gtin:0>14}"),
+                };
+                match self.ctx.catalog.by_gtin14(&key).await {
+                    Ok(Some(p)) => ScanOutcome::Matched { sku: p.sku },
+                    _ => ScanOutcome::Unknown,
+                }
+            }
+        };
+        let body = EventBody::Scan(ScanRecord {
+            device: dev.clone(),
+            lane: lane.clone(),
+            code: code.clone(),
+            symbology,
+            outcome: outcome.clone(),
+        });
+        let _ = self.ctx.journal.record(body, None).await;
+        if let Some(lane) = lane {
+            let _ = self.lane(&lane).send(LaneMsg::Scan(code));
+            return;
+        }
+        let reply = match outcome {
+            ScanOutcome::Matched { sku } => DeviceReply {
+                ok: true,
+                error: None,
+                sku: Some(sku),
+            },
+            ScanOutcome::Unknown => DeviceReply {
+                ok: false,
+                error: Some(BusError::new(
+                    ErrorCode::UnknownBarcode,
+                    format!("no product has barcode {code}"),
+                )),
+                sku: None,
+            },
+            ScanOutcome::Invalid { reason } => DeviceReply {
+                ok: false,
+                error: Some(BusError::new(ErrorCode::InvalidBarcode, reason)),
+                sku: None,
+            },
+        };
+        self.device_reply(&dev, &reply);
+    }
+}
+
+fn reply(id: Option<String>, r: Result<PosResult, BusError>) -> PosReply {
+    match r {
+        Ok(result) => PosReply {
+            id,
+            ok: true,
+            result: Some(result),
+            error: None,
+        },
+        Err(e) => {
+            metrics::counter!("edge_pos_errors_total", "code" => format!("{:?}", e.code)).increment(1);
+            PosReply::err(id, e)
+        }
+    }
+}
