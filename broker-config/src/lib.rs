@@ -76,13 +76,28 @@ pub fn load_config(file: Option<&Path>, builtin: &str) -> Result<rumqttd::Config
     Ok(config)
 }
 
+pub use rumqttd::Notification;
+pub use rumqttd::local::{LinkRx, LinkTx};
+
 /// Starts rumqttd with `config`, its first v4 server listening on `listen`
 /// (port 0: a free port). Returns the address it listens on.
 pub fn start_embedded(
-    mut config: rumqttd::Config,
+    config: rumqttd::Config,
     listen: SocketAddr,
     setting: &'static str,
 ) -> Result<SocketAddr, BrokerError> {
+    start_embedded_with_link(config, listen, setting, None).map(|(addr, _)| addr)
+}
+
+/// Like [`start_embedded`], and also returns an in-process client link named
+/// `link` (no TCP: no Nagle delays, no socket). The link publishes and
+/// subscribes at QoS 0, which in-process loses nothing.
+pub fn start_embedded_with_link(
+    mut config: rumqttd::Config,
+    listen: SocketAddr,
+    setting: &'static str,
+    link: Option<&str>,
+) -> Result<(SocketAddr, Option<(LinkTx, LinkRx)>), BrokerError> {
     let probe = TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
         addr: listen,
         setting,
@@ -113,10 +128,17 @@ pub fn start_embedded(
     config.console = None;
     config.metrics = None;
 
+    let mut broker = rumqttd::Broker::new(config);
+    let link = match link {
+        Some(id) => Some(broker.link(id).map_err(|e| BrokerError::Config {
+            path: "in-process link".into(),
+            message: e.to_string(),
+        })?),
+        None => None,
+    };
     std::thread::Builder::new()
         .name("rumqttd".into())
         .spawn(move || {
-            let mut broker = rumqttd::Broker::new(config);
             if let Err(e) = broker.start() {
                 tracing::error!(error = %e, "embedded broker stopped");
             }
@@ -131,7 +153,7 @@ pub fn start_embedded(
     while Instant::now() < deadline {
         if mqtt_handshake(addr).is_ok() {
             tracing::info!(%addr, "embedded MQTT broker listening");
-            return Ok(addr);
+            return Ok((addr, link));
         }
         std::thread::sleep(Duration::from_millis(20));
     }

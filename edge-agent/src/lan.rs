@@ -6,6 +6,9 @@
 //! - POS requests go to the lane's actor (one task per lane, requests in
 //!   order); the reply goes to the lane's reply topic. A request that cannot
 //!   be parsed still gets an error reply, with its id if one can be read.
+//!   Requests are idempotent by id: a lane remembers its last 64 replies and
+//!   answers a repeated id (a client retry, a QoS 1 redelivery) with the
+//!   first reply instead of doing the work again.
 //! - A scan from a scanner bound to a lane (by configuration, or the scan's
 //!   `lane` field) adds the item to that lane's basket and the lane gets the
 //!   basket; other scans are answered on the device's reply topic. Every
@@ -13,16 +16,18 @@
 //! - Weights and health reports update the device registry and are
 //!   recorded as telemetry; task updates are recorded as business events.
 //! - Tasks the hub sends down are published on `store/{store}/task`.
+//! - The agent talks to its own broker through rumqttd's in-process link,
+//!   not TCP (rumqttd does not set TCP_NODELAY on its sockets; small
+//!   messages between broker and agent met 40 ms delayed-ACK stalls).
 //!
 //! Bad input never stops the bus: malformed JSON, unknown barcodes and
 //! garbled serial frames each get a clear error and a counter.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use serde::Serialize;
+use storegate_broker::{LinkTx, Notification};
 use storegate_protocol::device::{
     self, BusError, DeviceReply, ErrorCode, HealthMsg, PosReply, PosRequest, PosResult, ScanMsg, WeightMsg,
 };
@@ -40,6 +45,9 @@ use crate::framing::Frame;
 use crate::pos::{Lane, PosCtx};
 use crate::scale::ScaleHandle;
 
+/// Replies a lane remembers, by request id.
+const REPLY_CACHE: usize = 64;
+
 /// What the bus needs to run.
 #[derive(Debug, Clone)]
 pub struct LanConfig {
@@ -51,6 +59,36 @@ pub struct LanConfig {
     pub scanner_lanes: HashMap<DeviceId, LaneId>,
     /// Lane -> its scale.
     pub lane_scales: HashMap<LaneId, ScaleHandle>,
+}
+
+/// Publishes through the in-process link (shared by the dispatcher and the lanes).
+#[derive(Clone)]
+struct Bus(Arc<Mutex<LinkTx>>);
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bus")
+    }
+}
+
+impl Bus {
+    fn publish(&self, topic: String, payload: Vec<u8>) {
+        let result = match self.0.lock() {
+            Ok(mut tx) => tx.publish(topic, payload).map(|_| ()).map_err(|e| e.to_string()),
+            Err(_) => Err("link lock poisoned".into()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "lan publish failed");
+        }
+    }
+}
+
+/// What the dispatcher hears.
+enum Inbound {
+    /// A message on the bus.
+    Mqtt(String, Vec<u8>),
+    /// A frame from a serial scanner.
+    Serial(DeviceId, Frame),
 }
 
 /// Messages for a lane's actor.
@@ -79,35 +117,67 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> Result<Lan, storegate_broker::BrokerError> {
     let config = storegate_broker::load_config(None, storegate_broker::LAN_CONFIG)?;
-    let addr = storegate_broker::start_embedded(config, cfg.listen, "lan.listen (SG_EDGE_LAN__LISTEN)")?;
-    let mut opts = MqttOptions::new(
-        format!("edge-{}-lan", cfg.store),
-        addr.ip().to_string(),
-        addr.port(),
-    );
-    opts.set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(opts, 4096);
-    let mut net = eventloop.network_options();
-    net.set_tcp_nodelay(true);
-    eventloop.set_network_options(net);
+    let link_id = format!("edge-{}-lan", cfg.store);
+    let (addr, link) = storegate_broker::start_embedded_with_link(
+        config,
+        cfg.listen,
+        "lan.listen (SG_EDGE_LAN__LISTEN)",
+        Some(&link_id),
+    )?;
+    let (mut link_tx, mut link_rx) = link.ok_or_else(|| storegate_broker::BrokerError::Config {
+        path: "in-process link".into(),
+        message: "the broker gave no link".into(),
+    })?;
+    for f in LanTopic::inbound_filters(&cfg.store) {
+        if let Err(e) = link_tx.subscribe(f) {
+            tracing::error!(error = %e, "lan subscribe failed");
+        }
+    }
+    let bus = Bus(Arc::new(Mutex::new(link_tx)));
+    let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Inbound>();
     let (scans_tx, mut scans_rx) = mpsc::channel::<(DeviceId, Frame)>(1024);
 
-    let d = Dispatcher {
-        cfg: cfg.clone(),
-        ctx: ctx.clone(),
-        devices,
-        client: client.clone(),
-        lanes: HashMap::new(),
-        tracker: tracker.clone(),
-        shutdown: shutdown.clone(),
-    };
-    let mut applied = ctx.sync.subscribe_applied();
-    let store = cfg.store.clone();
-    let tasks_client = client.clone();
+    // Serial scanner frames into the inbox.
+    let tx = inbox_tx.clone();
+    tracker.spawn(async move {
+        while let Some((dev, frame)) = scans_rx.recv().await {
+            if tx.send(Inbound::Serial(dev, frame)).is_err() {
+                return;
+            }
+        }
+    });
+    // Bus messages into the inbox.
     let stop = shutdown.clone();
     tracker.spawn(async move {
-        let task_topic = LanTopic::Tasks(store).to_string();
+        loop {
+            let n = tokio::select! {
+                () = stop.cancelled() => return,
+                n = link_rx.next() => n,
+            };
+            match n {
+                Ok(Some(Notification::Forward(f))) => {
+                    let topic = String::from_utf8_lossy(&f.publish.topic).into_owned();
+                    if inbox_tx
+                        .send(Inbound::Mqtt(topic, f.publish.payload.to_vec()))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "lan link closed");
+                    return;
+                }
+            }
+        }
+    });
+    // Tasks from the hub to the devices.
+    let mut applied = ctx.sync.subscribe_applied();
+    let task_topic = LanTopic::Tasks(cfg.store.clone()).to_string();
+    let tasks_bus = bus.clone();
+    let stop = shutdown.clone();
+    tracker.spawn(async move {
         loop {
             let batch = tokio::select! {
                 () = stop.cancelled() => return,
@@ -128,34 +198,29 @@ pub fn start(
                     }
                     _ => continue,
                 };
-                let _ = tasks_client
-                    .publish(task_topic.clone(), QoS::AtLeastOnce, false, json)
-                    .await;
+                tasks_bus.publish(task_topic.clone(), json);
             }
         }
     });
-
+    // The dispatcher.
+    let mut d = Dispatcher {
+        cfg,
+        ctx,
+        devices,
+        bus,
+        lanes: HashMap::new(),
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+    };
     tracker.spawn(async move {
-        let mut d = d;
         loop {
-            tokio::select! {
+            let msg = tokio::select! {
                 () = d.shutdown.cancelled() => break,
-                Some((dev, frame)) = scans_rx.recv() => d.serial_scan(dev, frame).await,
-                ev = eventloop.poll() => match ev {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        for f in LanTopic::inbound_filters(&d.cfg.store) {
-                            if let Err(e) = d.client.try_subscribe(f, QoS::AtLeastOnce) {
-                                tracing::error!(error = %e, "lan subscribe not queued");
-                            }
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => d.incoming(&p.topic, &p.payload).await,
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "lan bus connection lost; reconnecting");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                },
+                m = inbox.recv() => match m { Some(m) => m, None => break },
+            };
+            match msg {
+                Inbound::Mqtt(topic, payload) => d.incoming(&topic, &payload).await,
+                Inbound::Serial(dev, frame) => d.serial_scan(dev, frame).await,
             }
         }
     });
@@ -169,16 +234,10 @@ struct Dispatcher {
     cfg: LanConfig,
     ctx: PosCtx,
     devices: Devices,
-    client: AsyncClient,
+    bus: Bus,
     lanes: HashMap<LaneId, mpsc::UnboundedSender<LaneMsg>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
-}
-
-fn publish_json<T: Serialize>(client: &AsyncClient, topic: String, msg: &T) {
-    if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, device::to_json(msg)) {
-        tracing::warn!(error = %e, "lan reply not queued");
-    }
 }
 
 impl Dispatcher {
@@ -193,43 +252,47 @@ impl Dispatcher {
             self.ctx.clone(),
         );
         let reply_topic = LanTopic::PosReply(self.cfg.store.clone(), lane.clone()).to_string();
-        let client = self.client.clone();
+        let bus = self.bus.clone();
         let shutdown = self.shutdown.clone();
         self.tracker.spawn(async move {
             let mut scans = 0u64;
+            // The last replies, by request id: a repeated id is answered again, not redone.
+            let mut replied: VecDeque<(String, Vec<u8>)> = VecDeque::with_capacity(REPLY_CACHE);
             loop {
                 let msg = tokio::select! {
                     () = shutdown.cancelled() => return,
                     m = rx.recv() => match m { Some(m) => m, None => return },
                 };
-                let reply = match msg {
+                let bytes = match msg {
                     LaneMsg::Request(payload) => match device::parse_json::<PosRequest>(&payload) {
                         Ok(req) => {
+                            if let Some((_, bytes)) = replied.iter().find(|(id, _)| *id == req.id) {
+                                metrics::counter!("edge_pos_repeated_requests_total").increment(1);
+                                bus.publish(reply_topic.clone(), bytes.clone());
+                                continue;
+                            }
                             let started = std::time::Instant::now();
                             let r = actor.handle(req.op).await;
                             metrics::histogram!("edge_pos_request_seconds")
                                 .record(started.elapsed().as_secs_f64());
-                            reply(Some(req.id), r)
+                            let bytes = device::to_json(&reply(Some(req.id.clone()), r));
+                            if replied.len() == REPLY_CACHE {
+                                replied.pop_front();
+                            }
+                            replied.push_back((req.id, bytes.clone()));
+                            bytes
                         }
                         Err(e) => {
                             metrics::counter!("edge_lan_malformed_total").increment(1);
-                            PosReply::err(device::salvage_request_id(&payload), e)
+                            device::to_json(&PosReply::err(device::salvage_request_id(&payload), e))
                         }
                     },
                     LaneMsg::Scan(code) => {
                         scans += 1;
-                        reply(Some(format!("scan-{scans}")), actor.scan(code).await)
+                        device::to_json(&reply(Some(format!("scan-{scans}")), actor.scan(code).await))
                     }
                 };
-                // Awaiting here is safe: the bus loop never waits on lanes.
-                let _ = client
-                    .publish(
-                        reply_topic.clone(),
-                        QoS::AtLeastOnce,
-                        false,
-                        device::to_json(&reply),
-                    )
-                    .await;
+                bus.publish(reply_topic.clone(), bytes);
             }
         });
         self.lanes.insert(lane.clone(), tx.clone());
@@ -275,7 +338,7 @@ impl Dispatcher {
 
     fn device_reply(&self, dev: &DeviceId, reply: &DeviceReply) {
         let topic = LanTopic::Device(self.cfg.store.clone(), dev.clone(), DeviceChannel::Reply).to_string();
-        publish_json(&self.client, topic, reply);
+        self.bus.publish(topic, device::to_json(reply));
     }
 
     async fn device(&mut self, dev: DeviceId, ch: DeviceChannel, payload: &[u8]) {

@@ -49,6 +49,14 @@
 //!
 //! A request that cannot be parsed at all still gets a reply, with `id`
 //! null when no id could be read and `error.code` = `malformed_request`.
+//!
+//! Requests are idempotent by `id`: a lane remembers its last 64 replies
+//! and answers a repeated id with the first reply, without doing the work
+//! again. So publish requests at QoS 0 (the reply is the acknowledgment)
+//! and, if no reply comes in time, send the same request with the same id
+//! again. QoS 1 works too, but the embedded broker then sends its PUBACK and
+//! the reply as two small writes, and without TCP_NODELAY on its sockets
+//! the reply can wait up to 40 ms for the client's delayed ACK.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

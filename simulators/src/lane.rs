@@ -106,7 +106,8 @@ impl LaneClient {
     }
 
     /// Sends raw bytes as a request with `id` and waits for the reply with
-    /// that id (for malformed-input tests).
+    /// that id (for malformed-input tests and retries). Requests go at QoS 0:
+    /// the reply acknowledges them, and a retry with the same id is safe.
     pub async fn raw(&mut self, id: String, payload: Vec<u8>) -> anyhow::Result<PosReply> {
         let (tx, rx) = oneshot::channel();
         self.pending
@@ -114,7 +115,7 @@ impl LaneClient {
             .map_err(|_| anyhow::anyhow!("poisoned"))?
             .insert(id, tx);
         self.client
-            .publish(self.req_topic.clone(), QoS::AtLeastOnce, false, payload)
+            .publish(self.req_topic.clone(), QoS::AtMostOnce, false, payload)
             .await?;
         Ok(tokio::time::timeout(Duration::from_secs(15), rx)
             .await

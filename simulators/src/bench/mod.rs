@@ -3,3 +3,4 @@
 
 pub mod edge;
 pub mod hub;
+pub mod pos;

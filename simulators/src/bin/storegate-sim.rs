@@ -1,6 +1,17 @@
 //! `storegate-sim`: simulators, load generator and benchmarks.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
+use storegate_edge::framing::Terminator;
+use storegate_protocol::device::{PosOp, PosResult, ScanMsg};
+use storegate_protocol::topic::{DeviceChannel, LanTopic};
+use storegate_protocol::{DeviceId, LaneId, StoreId};
+use storegate_sim::devices::{ScaleState, open_pty, scan, serve_scale};
+use tokio_util::sync::CancellationToken;
 
 /// storegate simulators and benchmarks.
 #[derive(Debug, Parser)]
@@ -12,6 +23,77 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// A Mettler Toledo MT-SICS scale on a pseudo-terminal (prints its path).
+    Scale {
+        /// Weight on the platter, grams.
+        #[arg(long, default_value_t = 1250)]
+        grams: i64,
+    },
+    /// A barcode scanner: on a pseudo-terminal (default) or publishing to an
+    /// edge's device bus.
+    Scanner {
+        /// Codes to scan, in turn (default: the demo catalog's).
+        #[arg(long, value_delimiter = ',')]
+        codes: Vec<String>,
+        /// Pause between scans, ms.
+        #[arg(long, default_value_t = 1000)]
+        every_ms: u64,
+        /// Terminator on the serial line: cr, lf, cr-lf, stx-etx, none.
+        #[arg(long, default_value = "cr-lf")]
+        terminator: String,
+        /// Publish scans to this device bus (host:port) instead of a pty.
+        #[arg(long)]
+        lan: Option<std::net::SocketAddr>,
+        /// Store id, with --lan.
+        #[arg(long, default_value = "store-0001")]
+        store: String,
+        /// Device id, with --lan.
+        #[arg(long, default_value = "scanner-sim")]
+        device: String,
+    },
+    /// A POS lane running baskets from the demo catalog against an edge's device bus.
+    Lane {
+        /// The edge's device bus, host:port.
+        #[arg(long, default_value = "127.0.0.1:1885")]
+        lan: std::net::SocketAddr,
+        /// Store id.
+        #[arg(long, default_value = "store-0001")]
+        store: String,
+        /// Lane id.
+        #[arg(long, default_value = "1")]
+        lane: String,
+        /// Baskets to run.
+        #[arg(long, default_value_t = 5)]
+        baskets: usize,
+    },
+    /// A whole store: an edge agent with a scale and scanner on ptys per lane,
+    /// and shoppers, against the hub's broker.
+    Store {
+        /// The hub's broker.
+        #[arg(long, default_value = "mqtt://127.0.0.1:1884")]
+        upstream: String,
+        /// Store id.
+        #[arg(long, default_value = "store-0001")]
+        store: String,
+        /// Lanes.
+        #[arg(long, default_value_t = 4)]
+        lanes: usize,
+        /// Baskets per lane per minute.
+        #[arg(long, default_value_t = 6.0)]
+        rate: f64,
+        /// Journal directory (default: a temp dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Load the demo catalog into the edge (when the hub has no catalog).
+        #[arg(long)]
+        local_catalog: bool,
+        /// Edge HTTP endpoint.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        http_listen: String,
+        /// Edge device bus.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        lan_listen: String,
+    },
     /// Benchmarks that print figures against this machine's own ceilings.
     Bench {
         #[command(subcommand)]
@@ -25,6 +107,23 @@ enum Bench {
     Edge(storegate_sim::bench::edge::EdgeBenchArgs),
     /// Hub: ingest from many stores into PostgreSQL and SQLite vs a raw batch insert.
     Hub(storegate_sim::bench::hub::HubBenchArgs),
+    /// POS: scan and completion latency with many busy lanes on one edge.
+    Pos(storegate_sim::bench::pos::PosBenchArgs),
+}
+
+fn terminator(s: &str) -> anyhow::Result<Terminator> {
+    Ok(match s {
+        "cr" => Terminator::Cr,
+        "lf" => Terminator::Lf,
+        "cr-lf" | "crlf" => Terminator::CrLf,
+        "stx-etx" => Terminator::StxEtx,
+        "none" => Terminator::None,
+        other => anyhow::bail!("unknown terminator {other:?}"),
+    })
+}
+
+async fn until_ctrl_c() {
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,7 +140,117 @@ fn main() -> anyhow::Result<()> {
             Command::Bench { which } => match which {
                 Bench::Edge(args) => storegate_sim::bench::edge::run(args).await,
                 Bench::Hub(args) => storegate_sim::bench::hub::run(args).await,
+                Bench::Pos(args) => storegate_sim::bench::pos::run(args).await,
             },
+            Command::Scale { grams } => {
+                let pty = open_pty()?;
+                println!("MT-SICS scale on {} ({} g on the platter); Ctrl-C to stop", pty.path, grams);
+                let state = Arc::new(ScaleState::default());
+                state.milligrams.store(grams * 1000, Ordering::Release);
+                let stop = CancellationToken::new();
+                tokio::spawn(serve_scale(pty.master, state, stop.clone()));
+                until_ctrl_c().await;
+                stop.cancel();
+                Ok(())
+            }
+            Command::Scanner { codes, every_ms, terminator: t, lan, store, device } => {
+                let codes = if codes.is_empty() {
+                    storegate_sim::catalog::products().into_iter().map(|p| p.code).collect()
+                } else {
+                    codes
+                };
+                let every = Duration::from_millis(every_ms);
+                match lan {
+                    Some(addr) => {
+                        let topic = LanTopic::Device(StoreId::parse(store)?, DeviceId::parse(device)?, DeviceChannel::Scan).to_string();
+                        let opts = rumqttc::MqttOptions::new(format!("scanner-sim-{}", rand::random::<u32>()), addr.ip().to_string(), addr.port());
+                        let (client, mut el) = rumqttc::AsyncClient::new(opts, 64);
+                        tokio::spawn(async move { while el.poll().await.is_ok() {} });
+                        for code in codes.iter().cycle() {
+                            let msg = ScanMsg { code: code.clone(), symbology: None, lane: None };
+                            client.publish(topic.clone(), rumqttc::QoS::AtLeastOnce, false, serde_json::to_vec(&msg)?).await?;
+                            println!("scanned {code}");
+                            tokio::select! { () = until_ctrl_c() => return Ok(()), () = tokio::time::sleep(every) => {} }
+                        }
+                        Ok(())
+                    }
+                    None => {
+                        let t = terminator(&t)?;
+                        let mut pty = open_pty()?;
+                        println!("scanner on {}; Ctrl-C to stop", pty.path);
+                        for code in codes.iter().cycle() {
+                            scan(&mut pty.master, code, t).await?;
+                            tokio::select! { () = until_ctrl_c() => return Ok(()), () = tokio::time::sleep(every) => {} }
+                        }
+                        Ok(())
+                    }
+                }
+            }
+            Command::Lane { lan, store, lane, baskets } => {
+                let mut client = storegate_sim::lane::LaneClient::connect(lan, &StoreId::parse(store)?, &LaneId::parse(lane)?).await?;
+                let products = storegate_sim::catalog::products();
+                for b in 0..baskets {
+                    for k in 0..3 {
+                        let p = &products[(b * 3 + k) % products.len()];
+                        let r = client.request(PosOp::AddItem { code: Some(p.code.clone()), sku: None, qty: None, grams: None }).await?;
+                        if let Some(e) = r.error {
+                            println!("  {}: {:?} {}", p.sku, e.code, e.message);
+                        }
+                    }
+                    let due = match client.request(PosOp::Totals).await?.result {
+                        Some(PosResult::Basket(b)) => b.due,
+                        _ => 0,
+                    };
+                    client.request(PosOp::TenderCash { amount: due }).await?;
+                    match client.request(PosOp::Complete).await? {
+                        r if r.ok => {
+                            if let Some(PosResult::Sale(s)) = r.result {
+                                println!("sale {} seq {} total {} {}", s.sale_id, s.seq, s.total, s.currency);
+                            }
+                        }
+                        r => println!("complete failed: {:?}", r.error),
+                    }
+                }
+                Ok(())
+            }
+            Command::Store { upstream, store, lanes, rate, data_dir, local_catalog, http_listen, lan_listen } => {
+                let tmp = tempfile::tempdir()?;
+                let sim = storegate_sim::store::start(storegate_sim::store::StoreConfig {
+                    store: store.clone(),
+                    upstream,
+                    data_dir: data_dir.unwrap_or_else(|| tmp.path().to_path_buf()),
+                    lanes,
+                    local_catalog,
+                    baskets_per_minute: rate,
+                    card_share: 0.6,
+                    http_listen,
+                    lan_listen,
+                })
+                .await?;
+                println!(
+                    "store {store}: status http://{}/status, device bus {:?}; Ctrl-C to stop",
+                    sim.edge.http_addr, sim.edge.lan_addr
+                );
+                loop {
+                    tokio::select! {
+                        () = until_ctrl_c() => break,
+                        () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    }
+                    let st = sim.edge.journal.stats();
+                    println!(
+                        "sales {:>6}  items {:>7}  offline cards {:>4}  outbox {:>6}  acked {:>7}  errors {:?}",
+                        sim.stats.sales.load(Ordering::Relaxed),
+                        sim.stats.items.load(Ordering::Relaxed),
+                        sim.stats.offline_cards.load(Ordering::Relaxed),
+                        st.outbox_depth,
+                        st.acked_up_to,
+                        sim.stats.errors.lock().map(|e| e.clone()).unwrap_or_default()
+                    );
+                }
+                sim.stop.cancel();
+                sim.edge.stopped().await;
+                Ok(())
+            }
         }
     })
 }

@@ -492,6 +492,17 @@ async fn bad_input_gets_clear_errors_and_the_lane_keeps_working() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_request_id_gets_the_first_reply_without_doing_it_twice() {
+    let mut s = shop("s-retry", |_| {}).await;
+    let req = format!(r#"{{"id":"same","op":"add_item","code":"{PENCIL}","qty":1}}"#);
+    let first = s.lane.raw("same".into(), req.clone().into_bytes()).await.unwrap();
+    let again = s.lane.raw("same".into(), req.into_bytes()).await.unwrap();
+    assert_eq!(first, again);
+    let b = basket(ok(s.lane.request(PosOp::Totals).await.unwrap()));
+    assert_eq!(b.lines.len(), 1, "the retry did not add a second pencil");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn voids_and_returns_against_a_receipt() {
     let mut s = shop("s-returns", |_| {}).await;
     ok(s.lane.request(add(PENCIL, Some(3))).await.unwrap());
