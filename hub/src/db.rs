@@ -73,12 +73,20 @@ fn redact(url: &str) -> String {
 }
 
 /// Every migration: version, description, SQLite text, PostgreSQL text.
-const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
-    1,
-    "core",
-    include_str!("../migrations/sqlite/0001_core.sql"),
-    include_str!("../migrations/postgres/0001_core.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    (
+        1,
+        "core",
+        include_str!("../migrations/sqlite/0001_core.sql"),
+        include_str!("../migrations/postgres/0001_core.sql"),
+    ),
+    (
+        2,
+        "commerce",
+        include_str!("../migrations/sqlite/0002_commerce.sql"),
+        include_str!("../migrations/postgres/0002_commerce.sql"),
+    ),
+];
 
 fn migrations(kind: DbKind) -> Migrator {
     Migrator::with_migrations(

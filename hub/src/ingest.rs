@@ -22,11 +22,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 use storegate_protocol::envelope::{AppAck, Message, ResendRequest, UpBatch, encode_event};
-use storegate_protocol::event::{Event, EventBody, EventKind};
+use storegate_protocol::event::{CardAuth, Event, EventBody, EventKind, Tender, TenderMethod};
 use storegate_protocol::{Seq, StoreId};
 
+use crate::catalog::{PriceRow, effective_price};
 use crate::db::{Db, now_ms};
-use crate::sql;
+use crate::payments::NewPayment;
+use crate::{orders, payments, sql, stock, tasks};
 
 /// A decoded batch and the store it came from (checked against the topic).
 #[derive(Debug, Clone)]
@@ -355,42 +357,6 @@ fn movement_kind(kind: EventKind) -> &'static str {
     }
 }
 
-/// A catalog price row.
-struct PriceRow {
-    sku: String,
-    scope: String,
-    scope_id: String,
-    price: i64,
-    currency: String,
-    from: i64,
-    to: Option<i64>,
-}
-
-/// The effective catalog price of `sku` at `location` (in `region`) at
-/// time `at`: the most specific scope wins, then the latest start.
-fn effective_price<'a>(
-    prices: &'a [PriceRow],
-    sku: &str,
-    location: &str,
-    region: Option<&str>,
-    at: i64,
-) -> Option<&'a PriceRow> {
-    prices
-        .iter()
-        .filter(|p| p.sku == sku && p.from <= at && p.to.is_none_or(|t| at < t))
-        .filter_map(|p| {
-            let rank = match p.scope.as_str() {
-                "location" if p.scope_id == location => 3,
-                "region" if Some(p.scope_id.as_str()) == region => 2,
-                "all" => 1,
-                _ => return None,
-            };
-            Some((rank, p.from, p))
-        })
-        .max_by_key(|(rank, from, _)| (*rank, *from))
-        .map(|(_, _, p)| p)
-}
-
 async fn apply_effects(
     db: &Db,
     tx: &mut Transaction<'static, Any>,
@@ -643,7 +609,13 @@ async fn apply_effects(
     if !moves.is_empty() {
         insert_movements(tx, &moves, now).await?;
         bump_levels(tx, &moves, now).await?;
+        let dirty: Vec<(&str, &str)> = moves
+            .iter()
+            .map(|m| (m.location.as_str(), m.sku.as_str()))
+            .collect();
+        stock::mark_dirty(tx, &dirty).await?;
     }
+    commerce_effects(db, tx, fresh, now).await?;
     for ((store, device), d) in devices {
         sqlx::query(
             "INSERT INTO devices (store_id, device_id, kind, status, detail, error_count, last_seen_ms) \
@@ -661,8 +633,180 @@ async fn apply_effects(
         .execute(&mut **tx)
         .await?;
     }
-    let _ = db;
     Ok(discrepancies)
+}
+
+fn tender_row(
+    store: &StoreId,
+    order_id: Option<&str>,
+    sale_id: Option<&[u8]>,
+    t: &Tender,
+    refund: bool,
+) -> NewPayment {
+    let key = t.payment_key.to_string();
+    let (method, status, captured, card, reference, detail, offline) = match &t.method {
+        TenderMethod::Cash { .. } if refund => ("cash", "refunded", 0, None, None, String::new(), false),
+        TenderMethod::Cash { .. } => (
+            "cash",
+            "captured",
+            t.amount.minor,
+            None,
+            None,
+            String::new(),
+            false,
+        ),
+        TenderMethod::Card(c) | TenderMethod::GiftCard(c) => {
+            let gift = matches!(t.method, TenderMethod::GiftCard(_));
+            let method = if gift { "gift_card" } else { "card" };
+            let (reference, detail, offline) = match &c.auth {
+                CardAuth::Online {
+                    authorization_id,
+                    auth_code,
+                } => (Some(authorization_id.clone()), auth_code.clone(), false),
+                CardAuth::StoreAndForward { .. } => (None, "store-and-forward".to_owned(), true),
+            };
+            let (status, captured) = if refund {
+                ("refund_pending", 0)
+            } else if gift && !offline {
+                // Taken off the balance when the lane asked.
+                ("captured", t.amount.minor)
+            } else {
+                ("pending_capture", 0)
+            };
+            (
+                method,
+                status,
+                captured,
+                Some(c.card.clone()),
+                reference,
+                detail,
+                offline,
+            )
+        }
+    };
+    NewPayment {
+        id: key.clone(),
+        key,
+        order_id: order_id.map(str::to_owned),
+        store_id: Some(store.to_string()),
+        sale_id: sale_id.map(<[u8]>::to_vec),
+        method,
+        status,
+        amount: t.amount,
+        captured,
+        card_token: card.as_ref().map(|c| c.token.as_str().to_owned()),
+        card_last4: card.as_ref().map(|c| c.last4.as_str().to_owned()),
+        provider_ref: reference,
+        offline,
+        parent_id: None,
+        detail,
+    }
+}
+
+/// Orders and payments from sales, voids and returns; payment voids; task
+/// progress. Same transaction as the events.
+async fn commerce_effects(
+    db: &Db,
+    tx: &mut Transaction<'static, Any>,
+    fresh: &[(&StoreId, &Event)],
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let mut orders_rows = Vec::new();
+    let mut pays = Vec::new();
+    let mut voided = Vec::new();
+    let mut payment_voids = Vec::new();
+    let mut task_updates = Vec::new();
+    for (store, e) in fresh {
+        match &e.body {
+            EventBody::Sale(s) => {
+                let id = s.sale_id.to_string();
+                let sale = s.sale_id.to_bytes();
+                for t in &s.tenders {
+                    pays.push(tender_row(store, Some(&id), Some(&sale), t, false));
+                }
+                orders_rows.push((id, *store, e.seq.0 as i64, sale.to_vec(), s));
+            }
+            EventBody::SaleVoided(v) => {
+                let id = v.sale_id.to_string();
+                for t in &v.refunds {
+                    pays.push(tender_row(store, Some(&id), None, t, true));
+                }
+                voided.push(id);
+            }
+            EventBody::Return(r) => {
+                let id = r.original_sale.map(|s| s.to_string());
+                for t in &r.refunds {
+                    pays.push(tender_row(store, id.as_deref(), None, t, true));
+                }
+            }
+            EventBody::PaymentVoided(v) => payment_voids.push((*store, v.payment_key.to_string())),
+            EventBody::TaskUpdated(u) => task_updates.push((*store, u)),
+            _ => {}
+        }
+    }
+    for chunk in orders_rows.chunks(sql::CHUNK) {
+        let text = sql::values(
+            "INSERT INTO orders (id, kind, status, customer_id, location, currency, subtotal_minor, discount_minor, tax_minor, \
+             total_minor, sale_id, store_id, seq, created_ms, updated_ms)",
+            chunk.len(),
+            15,
+            "ON CONFLICT DO NOTHING",
+        );
+        let mut q = sqlx::query(AssertSqlSafe(text));
+        for (id, store, seq, sale, s) in chunk {
+            q = q
+                .bind(id.as_str())
+                .bind("store")
+                .bind("completed")
+                .bind(s.customer.as_deref().map(sql::text))
+                .bind(store.as_str())
+                .bind(s.totals.total.currency.as_str())
+                .bind(s.totals.subtotal.minor)
+                .bind(s.totals.discount.minor)
+                .bind(s.totals.tax.minor)
+                .bind(s.totals.total.minor)
+                .bind(sale.clone())
+                .bind(store.as_str())
+                .bind(*seq)
+                .bind(s.completed_at_ms)
+                .bind(now);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    payments::upsert_rows(tx, &pays).await?;
+    for id in voided {
+        sqlx::query("UPDATE orders SET status = 'voided', updated_ms = $2 WHERE id = $1 AND kind = 'store'")
+            .bind(id.as_str())
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("INSERT INTO order_status_history (order_id, status, at_ms, note) VALUES ($1, 'voided', $2, 'voided at the till')")
+            .bind(id.as_str())
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+    }
+    for (store, key) in payment_voids {
+        if !payments::transition(tx, &key, &["authorized"], "void_pending").await? {
+            // Unknown yet (or already settled): a tombstone stops a late
+            // authorisation from being kept; settled ones stay as they are.
+            sqlx::query(
+                "INSERT INTO payments (id, payment_key, store_id, method, status, amount_minor, currency, detail, created_ms, updated_ms) \
+                 VALUES ($1, $1, $2, 'card', 'voided', 0, 'XXX', 'voided at the lane', $3, $3) ON CONFLICT DO NOTHING",
+            )
+            .bind(key.as_str())
+            .bind(store.as_str())
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    for (store, u) in task_updates {
+        if let Some(applied) = tasks::apply_update(tx, db, store.as_str(), u).await? {
+            orders::on_task_update(tx, store.as_str(), &applied).await?;
+        }
+    }
+    Ok(())
 }
 
 fn bind_all<'q>(
@@ -778,41 +922,5 @@ mod tests {
         let mut b = samples::sale_batch(1, 1);
         b.events.clear();
         assert!(validate(&b).is_err());
-    }
-
-    #[test]
-    fn the_most_specific_effective_price_wins() {
-        let row = |scope: &str, id: &str, price, from, to| PriceRow {
-            sku: "A".into(),
-            scope: scope.into(),
-            scope_id: id.into(),
-            price,
-            currency: "EUR".into(),
-            from,
-            to,
-        };
-        let prices = vec![
-            row("all", "", 100, 0, None),
-            row("all", "", 120, 50, None),
-            row("region", "north", 110, 0, None),
-            row("location", "s1", 90, 0, Some(40)),
-        ];
-        assert_eq!(
-            effective_price(&prices, "A", "s1", Some("north"), 10).map(|p| p.price),
-            Some(90)
-        );
-        assert_eq!(
-            effective_price(&prices, "A", "s1", Some("north"), 45).map(|p| p.price),
-            Some(110)
-        );
-        assert_eq!(
-            effective_price(&prices, "A", "s2", None, 45).map(|p| p.price),
-            Some(100)
-        );
-        assert_eq!(
-            effective_price(&prices, "A", "s2", None, 60).map(|p| p.price),
-            Some(120)
-        );
-        assert!(effective_price(&prices, "B", "s2", None, 60).is_none());
     }
 }

@@ -11,7 +11,20 @@
 //! - [`mqtt`]: the hub's MQTT link: shared-subscription uplink, ordered
 //!   manual acks after commit, presence, downlink sending.
 //! - [`ingest`]: applies batches idempotently in one transaction each
-//!   group; high-water marks, gaps, discrepancies, stock effects.
+//!   group; high-water marks, gaps, discrepancies, stock, order, payment
+//!   and task effects.
+//! - [`catalog`]: products, barcodes, suppliers, categories, prices,
+//!   promotions, CSV; replication to edges (snapshot, then deltas).
+//! - [`stock`]: levels and the movement ledger, reservations, pushes of
+//!   levels to edges.
+//! - [`orders`]: store sales and online orders; the durable order saga.
+//! - [`allocation`]: rules that pick the fulfilling location.
+//! - [`payments`]: provider interface and simulated provider, gift cards,
+//!   lane RPC authorisations, capture/void/refund worker, exceptions.
+//! - [`shipping`]: carriers, zones, rates, shipments, tracking.
+//! - [`tasks`]: tasks for stores' devices.
+//! - [`idempotency`]: `Idempotency-Key` handling.
+//! - [`audit`]: the append-only audit log.
 //! - [`downlink`]: the per-store downlink outbox.
 //! - [`quarantine`]: messages that could not be used, with raw bytes.
 //! - [`stores`]: store registry, presence, sync state, devices.
@@ -24,16 +37,25 @@
 //! [`start`] takes settings and a cancellation token, binds everything
 //! (port 0 allowed), and returns a [`Hub`]; the `hub` binary wraps it.
 
+pub mod allocation;
 pub mod api;
+pub mod audit;
 pub mod auth;
+pub mod catalog;
 pub mod db;
 pub mod downlink;
+pub mod idempotency;
 pub mod ingest;
 pub mod mqtt;
+pub mod orders;
+pub mod payments;
 pub mod quarantine;
 pub mod settings;
+pub mod shipping;
 pub mod sql;
+pub mod stock;
 pub mod stores;
+pub mod tasks;
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -113,6 +135,13 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// Test hook: `STOREGATE_FAILPOINT=name` makes the hub abort at that point
+/// so crash tests can prove recovery (`abort_after_commit`,
+/// `abort_after_authorize`).
+fn failpoint(name: &str) -> bool {
+    std::env::var("STOREGATE_FAILPOINT").is_ok_and(|v| v == name)
+}
+
 /// Starts a hub. Everything it spawns stops when `shutdown` is cancelled.
 pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Hub, StartError> {
     let v = settings.validate()?;
@@ -145,6 +174,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Hu
     };
 
     let tasks = TaskTracker::new();
+    let (rpc_tx, rpc_rx) = tokio::sync::mpsc::unbounded_channel();
     let link = mqtt::spawn(
         mqtt::LinkConfig {
             host,
@@ -160,12 +190,60 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Hu
                 .broker
                 .clean_session
                 .unwrap_or(v.external_broker.is_none()),
-            abort_after_commit: std::env::var("STOREGATE_FAILPOINT").is_ok_and(|v| v == "abort_after_commit"),
+            abort_after_commit: failpoint("abort_after_commit"),
+            rpc: Some(rpc_tx),
         },
         db.clone(),
         &tasks,
         shutdown.clone(),
     );
+
+    let currency = storegate_protocol::Currency::parse(&settings.commerce.currency).map_err(|e| {
+        settings::SettingsError::Invalid {
+            key: "commerce.currency",
+            message: e.to_string(),
+        }
+    })?;
+    let payments = payments::Payments {
+        db: db.clone(),
+        provider: std::sync::Arc::new(payments::SimProvider::new(
+            db.clone(),
+            std::time::Duration::from_millis(settings.commerce.sim_latency_ms),
+            settings.commerce.sim_decline_cents,
+        )),
+        timeout: std::time::Duration::from_millis(settings.commerce.provider_timeout_ms),
+    };
+    let commerce = orders::Commerce {
+        db: db.clone(),
+        payments: payments.clone(),
+        settings: settings.commerce.clone(),
+        currency,
+        link: link.clone(),
+        abort_after_authorize: failpoint("abort_after_authorize"),
+    };
+    tasks.spawn(payments::rpc_loop(
+        payments.clone(),
+        link.clone(),
+        rpc_rx,
+        shutdown.clone(),
+    ));
+    tasks.spawn(payments::worker(
+        payments,
+        link.clone(),
+        std::time::Duration::from_millis(250),
+        shutdown.clone(),
+    ));
+    tasks.spawn(orders::worker(
+        commerce.clone(),
+        std::time::Duration::from_millis(500),
+        shutdown.clone(),
+    ));
+    tasks.spawn(stock::pusher(
+        db.clone(),
+        link.clone(),
+        std::time::Duration::from_millis(settings.commerce.stock_push_interval_ms),
+        shutdown.clone(),
+    ));
 
     let listener = tokio::net::TcpListener::bind(v.api_listen)
         .await
@@ -184,6 +262,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Hu
             auth,
             link: link.clone(),
             metrics,
+            commerce,
         },
         shutdown.clone(),
     ));

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use storegate_protocol::envelope::{self, Message};
-use storegate_protocol::topic::{WanKind, WanTopic};
+use storegate_protocol::topic::{RpcLeg, RpcSide, WanKind, WanTopic};
 use storegate_protocol::{Seq, StoreId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -58,6 +58,21 @@ pub struct LinkConfig {
     /// right after a batch commits, before anything is acked, so crash tests
     /// can prove a replay has no double effect.
     pub abort_after_commit: bool,
+    /// Where RPC requests from edges go (answered by the commerce side);
+    /// `None`: the hub does not subscribe to them.
+    pub rpc: Option<mpsc::UnboundedSender<RpcJob>>,
+}
+
+/// An RPC request from a store, with when it arrived (deadlines are
+/// measured from here: clocks across machines are not trusted).
+#[derive(Debug)]
+pub struct RpcJob {
+    /// The store.
+    pub store: StoreId,
+    /// The raw payload.
+    pub payload: Vec<u8>,
+    /// Arrival.
+    pub received: std::time::Instant,
 }
 
 /// Link state other modules read and use.
@@ -176,6 +191,7 @@ pub fn spawn(cfg: LinkConfig, db: Db, tracker: &TaskTracker, shutdown: Cancellat
     tracker.spawn(sweeper(db.clone(), link.clone(), shutdown.clone()));
 
     let max_payload = cfg.ingest.max_payload_bytes;
+    let rpc = cfg.rpc.clone();
     tracker.spawn(async move {
         let mut generation = 0u64;
         let mut next_no = 0u64;
@@ -196,10 +212,17 @@ pub fn spawn(cfg: LinkConfig, db: Db, tracker: &TaskTracker, shutdown: Cancellat
                     metrics::gauge!("hub_broker_connected").set(1.0);
                     tracing::info!(session_present = ack.session_present, "hub connected to broker");
                     awaiting_subacks = 0;
-                    for (filter, what) in [
+                    let mut filters = vec![
                         (WanTopic::shared_filter(WanKind::Up), "uplink"),
                         (WanTopic::filter_all(WanKind::Status), "presence"),
-                    ] {
+                    ];
+                    if rpc.is_some() {
+                        filters.push((
+                            WanTopic::shared_filter(WanKind::Rpc(RpcSide::Edge, RpcLeg::Req)),
+                            "rpc",
+                        ));
+                    }
+                    for (filter, what) in filters {
                         match client.try_subscribe(filter, QoS::AtLeastOnce) {
                             Ok(()) => awaiting_subacks += 1,
                             Err(e) => tracing::error!(error = %e, what, "subscribe not queued"),
@@ -225,7 +248,16 @@ pub fn spawn(cfg: LinkConfig, db: Db, tracker: &TaskTracker, shutdown: Cancellat
                     if p.qos != QoS::AtMostOnce {
                         next_no += 1;
                     }
-                    dispatch(&db, &shards, &misc_tx, &ack_tx, p, receipt, max_payload);
+                    dispatch(
+                        &db,
+                        &shards,
+                        &misc_tx,
+                        &ack_tx,
+                        rpc.as_ref(),
+                        p,
+                        receipt,
+                        max_payload,
+                    );
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -248,11 +280,13 @@ pub fn spawn(cfg: LinkConfig, db: Db, tracker: &TaskTracker, shutdown: Cancellat
     link
 }
 
+#[allow(clippy::too_many_arguments)]
 fn dispatch(
     db: &Db,
     shards: &[mpsc::UnboundedSender<Job>],
     misc: &mpsc::UnboundedSender<Misc>,
     acks: &mpsc::UnboundedSender<AckMsg>,
+    rpc: Option<&mpsc::UnboundedSender<RpcJob>>,
     p: Publish,
     receipt: Receipt,
     max_payload: usize,
@@ -338,6 +372,17 @@ fn dispatch(
                 payload,
                 receipt,
             }));
+        }
+        WanKind::Rpc(RpcSide::Edge, RpcLeg::Req) if rpc.is_some() => {
+            if let Some(rpc) = rpc {
+                let _ = rpc.send(RpcJob {
+                    store,
+                    payload,
+                    received: std::time::Instant::now(),
+                });
+            }
+            // An RPC is not durable: the lane times out and falls back.
+            done(receipt);
         }
         _ => {
             // The hub subscribes to nothing else; a broker bridge might.
@@ -600,6 +645,9 @@ async fn misc_worker(
                         if let Err(e) = crate::stores::presence(&db, &p).await {
                             tracing::warn!(error = %e, store = %job.store, "presence not stored");
                         } else if p.online {
+                            if let Err(e) = crate::catalog::snapshot_if_new(&db, &job.store).await {
+                                tracing::warn!(error = %e, store = %job.store, "catalog snapshot not queued; retried at next presence");
+                            }
                             send_pending(&db, &link, &job.store).await;
                         }
                     }

@@ -24,6 +24,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// Ingestion of store batches.
     pub ingest: IngestSettings,
+    /// Orders, stock pushes and payments.
+    pub commerce: CommerceSettings,
 }
 
 /// Which database, and how many connections.
@@ -103,6 +105,45 @@ pub struct IngestSettings {
     pub max_payload_bytes: usize,
 }
 
+/// Orders, stock pushes and payments.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommerceSettings {
+    /// ISO currency of online orders.
+    pub currency: String,
+    /// Whether catalog prices include tax (EU style) or tax is added.
+    pub tax_included: bool,
+    /// How long a worker owns a saga step before another may resume it, ms.
+    pub saga_lease_ms: u64,
+    /// How often changed stock levels are pushed down to stores, ms.
+    pub stock_push_interval_ms: u64,
+    /// Longest wait for the payment provider, ms.
+    pub provider_timeout_ms: u64,
+    /// Simulated provider: added latency per call, ms.
+    pub sim_latency_ms: u64,
+    /// Simulated provider: amounts whose minor units end in these two
+    /// digits are declined (also cards whose token starts with `decline`;
+    /// tokens starting with `timeout` never get an answer).
+    pub sim_decline_cents: u8,
+    /// Weight of a product with no `weight_grams` attribute, for shipping.
+    pub default_item_grams: i64,
+}
+
+impl Default for CommerceSettings {
+    fn default() -> Self {
+        CommerceSettings {
+            currency: "EUR".into(),
+            tax_included: true,
+            saga_lease_ms: 10_000,
+            stock_push_interval_ms: 2_000,
+            provider_timeout_ms: 5_000,
+            sim_latency_ms: 0,
+            sim_decline_cents: 13,
+            default_item_grams: 500,
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -112,6 +153,7 @@ impl Default for Settings {
             api: ApiSettings::default(),
             auth: AuthSettings::default(),
             ingest: IngestSettings::default(),
+            commerce: CommerceSettings::default(),
         }
     }
 }
@@ -259,6 +301,18 @@ impl Settings {
         }
         if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.len() < 32 {
             return Err(invalid("auth.jwt_secret", "must be at least 32 bytes".into()));
+        }
+        if storegate_protocol::Currency::parse(&self.commerce.currency).is_err() {
+            return Err(invalid(
+                "commerce.currency",
+                format!("{:?} is not a three-letter ISO code", self.commerce.currency),
+            ));
+        }
+        if self.commerce.saga_lease_ms < 100 || self.commerce.stock_push_interval_ms < 10 {
+            return Err(invalid(
+                "commerce.saga_lease_ms / commerce.stock_push_interval_ms",
+                "too small (at least 100 and 10 ms)".into(),
+            ));
         }
         if self.broker.client_id.is_empty() {
             return Err(invalid("broker.client_id", "must not be empty".into()));

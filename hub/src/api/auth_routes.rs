@@ -309,7 +309,7 @@ pub struct PasswordChange {
 pub async fn change_password(
     Authed(p, ..): Authed<Client>,
     State(s): State<AppState>,
-    Json(req): Json<PasswordChange>,
+    super::Body(req): super::Body<PasswordChange>,
 ) -> ApiResult<StatusCode> {
     if p.kind != "user" {
         return Err(ApiError::bad_request("only users have passwords"));

@@ -15,14 +15,18 @@
 //!   one), logged with the request and returned with every error.
 
 pub mod auth_routes;
+pub mod catalog;
 pub mod ops;
+pub mod orders;
+pub mod payments;
+pub mod stock;
 pub mod stores;
 pub mod users;
 
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -49,6 +53,8 @@ pub struct AppState {
     pub link: Link,
     /// Prometheus renderer.
     pub metrics: PrometheusHandle,
+    /// Orders, payments, stock.
+    pub commerce: crate::orders::Commerce,
 }
 
 tokio::task_local! {
@@ -242,6 +248,66 @@ impl<R: MinRole> FromRequestParts<AppState> for Authed<R> {
     }
 }
 
+/// A JSON request body whose errors (bad JSON, wrong content type,
+/// missing fields) come back in the API's error shape.
+#[derive(Debug)]
+pub struct Body<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(e) => Err(ApiError::new(e.status(), "invalid_body", e.body_text())),
+        }
+    }
+}
+
+/// Parses a JSON body already read as bytes (routes that also hash it).
+pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            format!("request body: {e}"),
+        )
+    })
+}
+
+impl ApiError {
+    /// The error's status and JSON body, for responses that are stored
+    /// (idempotency) before they are sent.
+    pub fn to_parts(&self) -> (u16, String) {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.into(),
+                message: self.message.clone(),
+                request_id: request_id(),
+            },
+        };
+        (
+            self.status.as_u16(),
+            serde_json::to_string(&body).unwrap_or_default(),
+        )
+    }
+}
+
+/// A JSON response from a stored status and body.
+pub fn json_response(status: u16, body: String, replayed: bool) -> Response {
+    let mut resp = (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response();
+    if replayed {
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    resp
+}
+
 /// `?limit=&cursor=` on list routes.
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct PageParams {
@@ -345,6 +411,19 @@ async fn request_context(req: Request, next: Next) -> Response {
         users::create_key, users::list_keys, users::revoke_key,
         stores::list_stores, stores::get_store, stores::put_store, stores::list_devices, stores::list_events,
         ops::list_quarantine, ops::get_quarantine, ops::list_discrepancies, ops::resolve_discrepancy, ops::list_audit,
+        catalog::list_products, catalog::get_product, catalog::put_product, catalog::delete_product,
+        catalog::export_products, catalog::import_products, catalog::list_prices, catalog::add_price,
+        catalog::export_prices, catalog::import_prices, catalog::list_suppliers, catalog::put_supplier,
+        catalog::list_categories, catalog::put_category, catalog::list_promotions, catalog::put_promotion,
+        catalog::delete_promotion,
+        stock::list_levels, stock::list_movements, stock::verify, stock::adjust, stock::receive, stock::transfer,
+        stock::count, stock::put_threshold, stock::availability, stock::regions,
+        orders::create_order, orders::list_orders, orders::get_order, orders::cancel_order, orders::get_rules,
+        orders::put_rules, orders::list_carriers, orders::put_carrier, orders::put_zone, orders::list_rates,
+        orders::put_rate, orders::quote, orders::get_shipment, orders::shipment_event, orders::list_tasks,
+        orders::get_task, orders::create_task, orders::list_favourites, orders::add_favourite, orders::remove_favourite,
+        payments::list_payments, payments::get_payment, payments::capture, payments::void, payments::refund,
+        payments::list_exceptions, payments::resolve_exception, payments::issue_gift_card, payments::get_gift_card,
     ),
     components(schemas(ErrorBody, ErrorDetail, Role, Principal)),
     modifiers(&SecurityAddon),
@@ -354,6 +433,12 @@ async fn request_context(req: Request, next: Next) -> Response {
         (name = "admin", description = "Users and API keys"),
         (name = "stores", description = "Stores, devices, sync state, events"),
         (name = "ops", description = "Quarantine, discrepancies, audit log"),
+        (name = "catalog", description = "Products, barcodes, prices, suppliers, categories, promotions, CSV"),
+        (name = "stock", description = "Levels, ledger, adjustments, receipts, transfers, counts, thresholds"),
+        (name = "orders", description = "Online and store orders, allocation rules, favourites"),
+        (name = "payments", description = "Payments, refunds, exceptions, gift cards"),
+        (name = "shipping", description = "Carriers, zones, rates, shipments"),
+        (name = "tasks", description = "Tasks for stores' devices"),
     )
 )]
 #[derive(Debug)]
@@ -447,6 +532,10 @@ pub fn router(state: AppState) -> Router {
         .merge(users::routes())
         .merge(stores::routes())
         .merge(ops::routes())
+        .merge(catalog::routes())
+        .merge(stock::routes())
+        .merge(orders::routes())
+        .merge(payments::routes())
         .fallback(not_found)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(4 * 1024 * 1024))
         .layer(middleware::from_fn(request_context))

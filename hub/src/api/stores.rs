@@ -67,7 +67,7 @@ pub async fn put_store(
     Authed(p, ..): Authed<Admin>,
     State(s): State<AppState>,
     Path(id): Path<String>,
-    Json(req): Json<StoreInput>,
+    super::Body(req): super::Body<StoreInput>,
 ) -> ApiResult<Json<StoreView>> {
     let id = StoreId::parse(id).map_err(|e| ApiError::invalid(e.to_string()))?;
     if !matches!(req.kind.as_str(), "store" | "warehouse") {

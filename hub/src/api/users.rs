@@ -71,7 +71,7 @@ pub struct NewUser {
 pub async fn create_user(
     Authed(p, ..): Authed<Admin>,
     State(s): State<AppState>,
-    Json(req): Json<NewUser>,
+    super::Body(req): super::Body<NewUser>,
 ) -> ApiResult<(StatusCode, Json<UserView>)> {
     let user = auth::create_user(&s.db, &req.email, &req.name, &req.password, req.role)
         .await
@@ -143,7 +143,7 @@ pub async fn update_user(
     Authed(p, ..): Authed<Admin>,
     State(s): State<AppState>,
     Path(id): Path<String>,
-    Json(req): Json<UserPatch>,
+    super::Body(req): super::Body<UserPatch>,
 ) -> ApiResult<Json<UserView>> {
     let user = auth::user_by_id(&s.db, &id)
         .await?
@@ -193,7 +193,7 @@ pub struct NewKey {
 pub async fn create_key(
     Authed(p, ..): Authed<Admin>,
     State(s): State<AppState>,
-    Json(req): Json<NewKey>,
+    super::Body(req): super::Body<NewKey>,
 ) -> ApiResult<(StatusCode, Json<NewApiKey>)> {
     if req.name.trim().is_empty() {
         return Err(ApiError::invalid("name the key"));

@@ -1,0 +1,539 @@
+//! Stock routes: levels, the ledger, adjustments, receipts, transfers,
+//! counts, low-stock thresholds, availability, and a ledger check.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use sqlx::{AssertSqlSafe, Row};
+use storegate_protocol::Sku;
+use utoipa::{IntoParams, ToSchema};
+
+use super::catalog::actor;
+use super::{ApiError, ApiResult, AppState, Authed, Body, Client, ErrorBody, Operator, Page};
+use crate::stock::{self, Booking, LevelView, Mismatch, MovementView};
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/stock", get(list_levels))
+        .route("/api/v1/stock/movements", get(list_movements))
+        .route("/api/v1/stock/verify", get(verify))
+        .route("/api/v1/stock/adjustments", post(adjust))
+        .route("/api/v1/stock/receipts", post(receive))
+        .route("/api/v1/stock/transfers", post(transfer))
+        .route("/api/v1/stock/counts", post(count))
+        .route("/api/v1/stock/thresholds", put(put_threshold))
+        .route("/api/v1/products/{sku}/availability", get(availability))
+        .route("/api/v1/regions", get(regions))
+}
+
+/// Level filters.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct LevelQuery {
+    /// One location.
+    pub location: Option<String>,
+    /// One product.
+    pub sku: Option<String>,
+    /// Only levels below their threshold.
+    pub low: Option<bool>,
+    /// Items per page (1 to 500, default 50).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Stock levels (on hand, reserved, available, threshold).
+#[utoipa::path(get, path = "/api/v1/stock", tag = "stock", security(("bearer" = ["operator"])), params(LevelQuery),
+    responses((status = 200, body = Page<LevelView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list_levels(
+    _: Authed<Operator>,
+    State(s): State<AppState>,
+    Query(q): Query<LevelQuery>,
+) -> ApiResult<Json<Page<LevelView>>> {
+    let page = super::PageParams {
+        limit: q.limit,
+        cursor: q.cursor,
+    };
+    let after = page.after()?;
+    let items = stock::levels(
+        &s.db,
+        q.location.as_deref(),
+        q.sku.as_deref(),
+        q.low.unwrap_or(false),
+        after.as_deref(),
+        page.limit() + 1,
+    )
+    .await?;
+    Ok(Json(Page::from(items, page.limit(), |l| {
+        format!("{}/{}", l.location, l.sku)
+    })))
+}
+
+/// Ledger filters.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct MovementQuery {
+    /// The location.
+    pub location: String,
+    /// The product.
+    pub sku: String,
+    /// Items per page (1 to 500, default 50).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// The movement ledger of one location and SKU, oldest first: its sums
+/// are the level.
+#[utoipa::path(get, path = "/api/v1/stock/movements", tag = "stock", security(("bearer" = ["operator"])), params(MovementQuery),
+    responses((status = 200, body = Page<MovementView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list_movements(
+    _: Authed<Operator>,
+    State(s): State<AppState>,
+    Query(q): Query<MovementQuery>,
+) -> ApiResult<Json<Page<MovementView>>> {
+    let page = super::PageParams {
+        limit: q.limit,
+        cursor: q.cursor,
+    };
+    let after = match page.after()? {
+        Some(c) => c.parse().map_err(|_| ApiError::bad_request("invalid cursor"))?,
+        None => 0,
+    };
+    let items = stock::movements(&s.db, &q.location, &q.sku, after, page.limit() + 1).await?;
+    Ok(Json(Page::from(items, page.limit(), |m| m.id.to_string())))
+}
+
+/// Levels that disagree with the sum of their ledger rows (always empty
+/// unless something is badly wrong).
+#[utoipa::path(get, path = "/api/v1/stock/verify", tag = "stock", security(("bearer" = ["operator"])),
+    responses((status = 200, body = Vec<Mismatch>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn verify(_: Authed<Operator>, State(s): State<AppState>) -> ApiResult<Json<Vec<Mismatch>>> {
+    Ok(Json(stock::verify(&s.db).await?))
+}
+
+/// A signed change of one SKU.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeltaLine {
+    /// Product.
+    pub sku: String,
+    /// Base units (items or grams); negative takes stock away.
+    pub delta: i64,
+}
+
+/// A quantity of one SKU.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QtyLine {
+    /// Product.
+    pub sku: String,
+    /// Base units, positive.
+    pub qty: i64,
+}
+
+/// An adjustment (damage, theft, found goods, corrections).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct Adjustment {
+    /// Location.
+    pub location: String,
+    /// Why (`damaged`, `expired`, `theft`, `found`, `correction`...).
+    pub reason: String,
+    /// The changes.
+    pub lines: Vec<DeltaLine>,
+}
+
+/// A delivery from a supplier.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct Receipt {
+    /// Receiving location.
+    pub location: String,
+    /// Supplier id.
+    pub supplier: Option<String>,
+    /// Delivery note number.
+    pub reference: Option<String>,
+    /// What arrived.
+    pub lines: Vec<QtyLine>,
+}
+
+/// Goods moved between locations.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TransferInput {
+    /// From.
+    pub from: String,
+    /// To.
+    pub to: String,
+    /// What moves.
+    pub lines: Vec<QtyLine>,
+}
+
+/// A count: what is on the shelf. The difference to the level is booked.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CountInput {
+    /// Location.
+    pub location: String,
+    /// Counted lines.
+    pub lines: Vec<CountLine>,
+}
+
+/// One counted SKU.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CountLine {
+    /// Product.
+    pub sku: String,
+    /// Base units on the shelf.
+    pub counted: i64,
+}
+
+/// What a stock operation booked.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Booked {
+    /// An id for the operation (the ledger rows' reference).
+    pub reference: String,
+    /// Rows booked.
+    pub movements: usize,
+}
+
+async fn check(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    locations: &[&str],
+    skus: &[&str],
+) -> ApiResult<()> {
+    if skus.is_empty() || skus.len() > 1000 {
+        return Err(ApiError::invalid("1 to 1000 lines"));
+    }
+    for l in locations {
+        let kind: Option<String> = sqlx::query_scalar("SELECT kind FROM stores WHERE store_id = $1")
+            .bind(*l)
+            .fetch_optional(&mut **tx)
+            .await?;
+        if kind.is_none() {
+            return Err(ApiError::invalid(format!(
+                "location {l} does not exist (register it with PUT /api/v1/stores/{l})"
+            )));
+        }
+    }
+    for s in skus {
+        Sku::parse(*s).map_err(|e| ApiError::invalid(format!("sku {s:?}: {e}")))?;
+        let found: Option<String> = sqlx::query_scalar("SELECT sku FROM products WHERE sku = $1")
+            .bind(*s)
+            .fetch_optional(&mut **tx)
+            .await?;
+        if found.is_none() {
+            return Err(ApiError::invalid(format!("product {s} does not exist")));
+        }
+    }
+    Ok(())
+}
+
+async fn book_all(
+    actor: &str,
+    action: &str,
+    mut tx: sqlx::Transaction<'static, sqlx::Any>,
+    bookings: Vec<Booking>,
+    detail: serde_json::Value,
+    reference: String,
+) -> ApiResult<(StatusCode, Json<Booked>)> {
+    stock::book(&mut tx, &bookings).await?;
+    let loc = bookings.first().map(|b| b.location.clone()).unwrap_or_default();
+    crate::audit::record(&mut tx, actor, action, "location", &loc, detail).await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Booked {
+            reference,
+            movements: bookings.iter().filter(|b| b.delta != 0).count(),
+        }),
+    ))
+}
+
+/// Books an adjustment.
+#[utoipa::path(post, path = "/api/v1/stock/adjustments", tag = "stock", security(("bearer" = ["operator"])), request_body = Adjustment,
+    responses((status = 201, body = Booked), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn adjust(
+    Authed(p, ..): Authed<Operator>,
+    State(s): State<AppState>,
+    Body(a): Body<Adjustment>,
+) -> ApiResult<(StatusCode, Json<Booked>)> {
+    if a.reason.trim().is_empty() {
+        return Err(ApiError::invalid("an adjustment needs a reason"));
+    }
+    let mut tx = s.db.begin().await?;
+    let skus: Vec<&str> = a.lines.iter().map(|l| l.sku.as_str()).collect();
+    check(&mut tx, &[&a.location], &skus).await?;
+    let reference = crate::auth::new_id();
+    let bookings = a
+        .lines
+        .iter()
+        .map(|l| Booking {
+            location: a.location.clone(),
+            sku: l.sku.clone(),
+            delta: l.delta,
+            kind: "adjustment",
+            reference: Some(format!("{}: {}", reference, a.reason)),
+        })
+        .collect();
+    let detail = serde_json::json!({"reason": a.reason, "lines": a.lines, "reference": reference});
+    book_all(&actor(&p), "stock_adjusted", tx, bookings, detail, reference).await
+}
+
+/// Books a delivery from a supplier.
+#[utoipa::path(post, path = "/api/v1/stock/receipts", tag = "stock", security(("bearer" = ["operator"])), request_body = Receipt,
+    responses((status = 201, body = Booked), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn receive(
+    Authed(p, ..): Authed<Operator>,
+    State(s): State<AppState>,
+    Body(r): Body<Receipt>,
+) -> ApiResult<(StatusCode, Json<Booked>)> {
+    if r.lines.iter().any(|l| l.qty <= 0) {
+        return Err(ApiError::invalid("received quantities must be positive"));
+    }
+    let mut tx = s.db.begin().await?;
+    let skus: Vec<&str> = r.lines.iter().map(|l| l.sku.as_str()).collect();
+    check(&mut tx, &[&r.location], &skus).await?;
+    let reference = r.reference.clone().unwrap_or_else(crate::auth::new_id);
+    let bookings = r
+        .lines
+        .iter()
+        .map(|l| Booking {
+            location: r.location.clone(),
+            sku: l.sku.clone(),
+            delta: l.qty,
+            kind: "receipt",
+            reference: Some(reference.clone()),
+        })
+        .collect();
+    let detail = serde_json::json!({"supplier": r.supplier, "lines": r.lines, "reference": reference});
+    book_all(&actor(&p), "goods_received", tx, bookings, detail, reference).await
+}
+
+/// Moves goods from one location to another (out and in at once). Only
+/// available stock can leave.
+#[utoipa::path(post, path = "/api/v1/stock/transfers", tag = "stock", security(("bearer" = ["operator"])), request_body = TransferInput,
+    responses((status = 201, body = Booked), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn transfer(
+    Authed(p, ..): Authed<Operator>,
+    State(s): State<AppState>,
+    Body(t): Body<TransferInput>,
+) -> ApiResult<(StatusCode, Json<Booked>)> {
+    if t.from == t.to {
+        return Err(ApiError::invalid("from and to must differ"));
+    }
+    if t.lines.iter().any(|l| l.qty <= 0) {
+        return Err(ApiError::invalid("transferred quantities must be positive"));
+    }
+    let mut tx = s.db.begin().await?;
+    let skus: Vec<&str> = t.lines.iter().map(|l| l.sku.as_str()).collect();
+    check(&mut tx, &[&t.from, &t.to], &skus).await?;
+    for l in &t.lines {
+        let available: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT on_hand - reserved FROM stock_levels WHERE location = $1 AND sku = $2{}",
+            s.db.for_update()
+        )))
+        .bind(t.from.as_str())
+        .bind(l.sku.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        .unwrap_or(0);
+        if available < l.qty {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "out_of_stock",
+                format!("{} has {available} of {} available, not {}", t.from, l.sku, l.qty),
+            ));
+        }
+    }
+    let reference = crate::auth::new_id();
+    let mut bookings = Vec::new();
+    for l in &t.lines {
+        bookings.push(Booking {
+            location: t.from.clone(),
+            sku: l.sku.clone(),
+            delta: -l.qty,
+            kind: "transfer_out",
+            reference: Some(reference.clone()),
+        });
+        bookings.push(Booking {
+            location: t.to.clone(),
+            sku: l.sku.clone(),
+            delta: l.qty,
+            kind: "transfer_in",
+            reference: Some(reference.clone()),
+        });
+    }
+    let detail = serde_json::json!({"from": t.from, "to": t.to, "lines": t.lines, "reference": reference});
+    book_all(&actor(&p), "stock_transferred", tx, bookings, detail, reference).await
+}
+
+/// Books a count: `counted - on_hand` per line.
+#[utoipa::path(post, path = "/api/v1/stock/counts", tag = "stock", security(("bearer" = ["operator"])), request_body = CountInput,
+    responses((status = 201, body = Booked), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn count(
+    Authed(p, ..): Authed<Operator>,
+    State(s): State<AppState>,
+    Body(c): Body<CountInput>,
+) -> ApiResult<(StatusCode, Json<Booked>)> {
+    if c.lines.iter().any(|l| l.counted < 0) {
+        return Err(ApiError::invalid("counted quantities cannot be negative"));
+    }
+    let mut tx = s.db.begin().await?;
+    let skus: Vec<&str> = c.lines.iter().map(|l| l.sku.as_str()).collect();
+    check(&mut tx, &[&c.location], &skus).await?;
+    let reference = crate::auth::new_id();
+    let mut bookings = Vec::new();
+    for l in &c.lines {
+        let level: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT on_hand FROM stock_levels WHERE location = $1 AND sku = $2{}",
+            s.db.for_update()
+        )))
+        .bind(c.location.as_str())
+        .bind(l.sku.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        .unwrap_or(0);
+        bookings.push(Booking {
+            location: c.location.clone(),
+            sku: l.sku.clone(),
+            delta: l.counted - level,
+            kind: "count",
+            reference: Some(reference.clone()),
+        });
+    }
+    let detail = serde_json::json!({"lines": bookings.iter().map(|b| serde_json::json!({"sku": b.sku, "delta": b.delta})).collect::<Vec<_>>(), "reference": reference});
+    book_all(&actor(&p), "stock_counted", tx, bookings, detail, reference).await
+}
+
+/// A low-stock threshold.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+pub struct Threshold {
+    /// Location.
+    pub location: String,
+    /// Product.
+    pub sku: String,
+    /// Warn when available stock is below this; `null` removes it.
+    pub min_level: Option<i64>,
+}
+
+/// Sets (or removes) a low-stock threshold; `GET /api/v1/stock?low=true`
+/// lists what is below.
+#[utoipa::path(put, path = "/api/v1/stock/thresholds", tag = "stock", security(("bearer" = ["operator"])), request_body = Threshold,
+    responses((status = 204, description = "Saved"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn put_threshold(
+    Authed(p, ..): Authed<Operator>,
+    State(s): State<AppState>,
+    Body(t): Body<Threshold>,
+) -> ApiResult<StatusCode> {
+    let mut tx = s.db.begin().await?;
+    check(&mut tx, &[&t.location], &[&t.sku]).await?;
+    match t.min_level {
+        Some(m) if m >= 0 => {
+            sqlx::query(
+                "INSERT INTO stock_thresholds (location, sku, min_level) VALUES ($1, $2, $3) \
+                 ON CONFLICT (location, sku) DO UPDATE SET min_level = excluded.min_level",
+            )
+            .bind(t.location.as_str())
+            .bind(t.sku.as_str())
+            .bind(m)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Some(_) => return Err(ApiError::invalid("min_level cannot be negative")),
+        None => {
+            sqlx::query("DELETE FROM stock_thresholds WHERE location = $1 AND sku = $2")
+                .bind(t.location.as_str())
+                .bind(t.sku.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    crate::audit::record(
+        &mut tx,
+        &actor(&p),
+        "threshold_saved",
+        "location",
+        &t.location,
+        serde_json::to_value(&t).unwrap_or_default(),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Where a product is available.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Availability {
+    /// Location.
+    pub location: String,
+    /// store or warehouse.
+    pub kind: String,
+    /// Its region.
+    pub region: Option<String>,
+    /// Available units.
+    pub available: i64,
+}
+
+/// Where a product can be bought or collected now.
+#[utoipa::path(get, path = "/api/v1/products/{sku}/availability", tag = "stock", security(("bearer" = ["client"])),
+    params(("sku" = String, Path, description = "SKU")),
+    responses((status = 200, body = Vec<Availability>), (status = 401, body = ErrorBody)))]
+pub async fn availability(
+    _: Authed<Client>,
+    State(s): State<AppState>,
+    Path(sku): Path<String>,
+) -> ApiResult<Json<Vec<Availability>>> {
+    let rows = sqlx::query(
+        "SELECT l.location, s.kind, s.region, l.on_hand - l.reserved FROM stock_levels l \
+         JOIN stores s ON s.store_id = l.location WHERE l.sku = $1 AND l.on_hand - l.reserved > 0 ORDER BY l.location",
+    )
+    .bind(sku.as_str())
+    .fetch_all(&s.db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Availability {
+                location: r.try_get(0)?,
+                kind: r.try_get(1)?,
+                region: r.try_get(2)?,
+                available: r.try_get(3)?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .map(Json)
+        .map_err(ApiError::from)
+}
+
+/// A region.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RegionView {
+    /// Name.
+    pub region: String,
+    /// Its shipping zone, if set.
+    pub zone: Option<String>,
+    /// Stores and warehouses in it.
+    pub locations: Vec<String>,
+}
+
+/// Regions with their locations and shipping zone.
+#[utoipa::path(get, path = "/api/v1/regions", tag = "stock", security(("bearer" = ["operator"])),
+    responses((status = 200, body = Vec<RegionView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn regions(_: Authed<Operator>, State(s): State<AppState>) -> ApiResult<Json<Vec<RegionView>>> {
+    let rows = sqlx::query(
+        "SELECT s.region, z.zone, s.store_id FROM stores s LEFT JOIN shipping_zones z ON z.region = s.region \
+         WHERE s.region IS NOT NULL ORDER BY s.region, s.store_id",
+    )
+    .fetch_all(&s.db.pool)
+    .await?;
+    let mut out: Vec<RegionView> = Vec::new();
+    for r in rows {
+        let region: String = r.try_get(0)?;
+        let loc: String = r.try_get(2)?;
+        match out.last_mut() {
+            Some(last) if last.region == region => last.locations.push(loc),
+            _ => out.push(RegionView {
+                region,
+                zone: r.try_get(1)?,
+                locations: vec![loc],
+            }),
+        }
+    }
+    Ok(Json(out))
+}

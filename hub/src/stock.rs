@@ -1,0 +1,516 @@
+//! Global stock: per location and SKU, `on_hand` and `reserved`, each the
+//! sum of its rows in the append-only `stock_movements` ledger.
+//!
+//! - On-hand movements: `sale`, `void`, `return`, `receipt`, `adjustment`,
+//!   `count`, `transfer_out`, `transfer_in`, `fulfilment` (goods of an
+//!   online order leaving), `other`.
+//! - Reservation movements: `reservation` (+) and `release` (-) move
+//!   `reserved` only. `available = on_hand - reserved`.
+//!
+//! Every function here writes the ledger row and the level in the caller's
+//! transaction, and marks the (location, SKU) dirty so that
+//! [`push_dirty`] sends the new level down to the store's edge with the
+//! edge seq it includes (DESIGN.md §4).
+//!
+//! Reservations never oversell: [`reserve`] is one conditional `UPDATE ...
+//! WHERE on_hand - reserved >= qty`, atomic on both databases.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Serialize;
+use sqlx::{Any, AnyConnection, AssertSqlSafe, Row, Transaction};
+use storegate_protocol::downlink::{DownBody, StockLevel};
+use storegate_protocol::{Seq, Sku, StoreId};
+use utoipa::ToSchema;
+
+use crate::db::{Db, now_ms};
+use crate::sql;
+
+/// Movement kinds that move `reserved` rather than `on_hand`.
+pub const RESERVATION_KINDS: [&str; 2] = ["reservation", "release"];
+
+/// An on-hand movement to book.
+#[derive(Debug, Clone)]
+pub struct Booking {
+    /// Location (store or warehouse id).
+    pub location: String,
+    /// The product.
+    pub sku: String,
+    /// Signed base units.
+    pub delta: i64,
+    /// Ledger kind (see the module docs).
+    pub kind: &'static str,
+    /// Free reference (order id, receipt number, transfer id...).
+    pub reference: Option<String>,
+}
+
+async fn ledger(
+    conn: &mut AnyConnection,
+    location: &str,
+    sku: &str,
+    delta: i64,
+    kind: &str,
+    reference: Option<&str>,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO stock_movements (location, sku, delta, kind, reference, created_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(location)
+    .bind(sku)
+    .bind(delta)
+    .bind(kind)
+    .bind(reference.map(sql::text))
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Books on-hand movements: ledger rows, levels, dirty marks.
+pub async fn book(conn: &mut AnyConnection, bookings: &[Booking]) -> Result<(), sqlx::Error> {
+    let now = now_ms();
+    for b in bookings.iter().filter(|b| b.delta != 0) {
+        ledger(
+            conn,
+            &b.location,
+            &b.sku,
+            b.delta,
+            b.kind,
+            b.reference.as_deref(),
+            now,
+        )
+        .await?;
+        sqlx::query(
+            "INSERT INTO stock_levels (location, sku, on_hand, reserved, updated_ms) VALUES ($1, $2, $3, 0, $4) \
+             ON CONFLICT (location, sku) DO UPDATE SET on_hand = stock_levels.on_hand + excluded.on_hand, \
+             updated_ms = excluded.updated_ms",
+        )
+        .bind(b.location.as_str())
+        .bind(b.sku.as_str())
+        .bind(b.delta)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    let pairs: Vec<(&str, &str)> = bookings
+        .iter()
+        .filter(|b| b.delta != 0)
+        .map(|b| (b.location.as_str(), b.sku.as_str()))
+        .collect();
+    mark_dirty(conn, &pairs).await
+}
+
+/// Reserves `qty` of `sku` at `location` if that much is available.
+/// Returns false (and changes nothing) otherwise.
+pub async fn reserve(
+    conn: &mut AnyConnection,
+    location: &str,
+    sku: &str,
+    qty: i64,
+    reference: &str,
+) -> Result<bool, sqlx::Error> {
+    if qty <= 0 {
+        return Ok(qty == 0);
+    }
+    let now = now_ms();
+    let done = sqlx::query(
+        "UPDATE stock_levels SET reserved = reserved + $3, updated_ms = $4 \
+         WHERE location = $1 AND sku = $2 AND on_hand - reserved >= $3",
+    )
+    .bind(location)
+    .bind(sku)
+    .bind(qty)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    if done {
+        ledger(conn, location, sku, qty, "reservation", Some(reference), now).await?;
+        mark_dirty(conn, &[(location, sku)]).await?;
+    }
+    Ok(done)
+}
+
+/// Releases a reservation made by [`reserve`].
+pub async fn release(
+    conn: &mut AnyConnection,
+    location: &str,
+    sku: &str,
+    qty: i64,
+    reference: &str,
+) -> Result<(), sqlx::Error> {
+    if qty == 0 {
+        return Ok(());
+    }
+    let now = now_ms();
+    sqlx::query(
+        "UPDATE stock_levels SET reserved = reserved - $3, updated_ms = $4 WHERE location = $1 AND sku = $2",
+    )
+    .bind(location)
+    .bind(sku)
+    .bind(qty)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    ledger(conn, location, sku, -qty, "release", Some(reference), now).await?;
+    mark_dirty(conn, &[(location, sku)]).await
+}
+
+/// Reserved goods leave: the reservation is released and on-hand drops.
+pub async fn fulfil(
+    conn: &mut AnyConnection,
+    location: &str,
+    sku: &str,
+    qty: i64,
+    reference: &str,
+) -> Result<(), sqlx::Error> {
+    release(conn, location, sku, qty, reference).await?;
+    book(
+        conn,
+        &[Booking {
+            location: location.into(),
+            sku: sku.into(),
+            delta: -qty,
+            kind: "fulfilment",
+            reference: Some(reference.into()),
+        }],
+    )
+    .await
+}
+
+/// Marks levels as changed, for [`push_dirty`].
+pub async fn mark_dirty(conn: &mut AnyConnection, pairs: &[(&str, &str)]) -> Result<(), sqlx::Error> {
+    let unique: Vec<(&str, &str)> = pairs
+        .iter()
+        .copied()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for chunk in unique.chunks(sql::CHUNK) {
+        let text = sql::values(
+            "INSERT INTO stock_dirty (location, sku)",
+            chunk.len(),
+            2,
+            "ON CONFLICT DO NOTHING",
+        );
+        let mut q = sqlx::query(AssertSqlSafe(text));
+        for (l, s) in chunk {
+            q = q.bind(*l).bind(*s);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Current on-hand of one SKU at one location (0 if never stocked).
+pub async fn on_hand(conn: &mut AnyConnection, location: &str, sku: &str) -> Result<i64, sqlx::Error> {
+    Ok(
+        sqlx::query_scalar("SELECT on_hand FROM stock_levels WHERE location = $1 AND sku = $2")
+            .bind(location)
+            .bind(sku)
+            .fetch_optional(&mut *conn)
+            .await?
+            .unwrap_or(0),
+    )
+}
+
+/// Levels of one location as `StockLevel` items, with the edge seq they
+/// include. Call inside a transaction that holds the store's `store_sync`
+/// row (so the mark and the levels belong together).
+pub async fn level_items(
+    tx: &mut Transaction<'static, Any>,
+    location: &str,
+    skus: Option<&[String]>,
+    hwm: i64,
+) -> Result<Vec<DownBody>, sqlx::Error> {
+    let rows = match skus {
+        Some(skus) => {
+            let mut rows = Vec::new();
+            for chunk in skus.chunks(sql::CHUNK) {
+                let mut q = sqlx::query(AssertSqlSafe(format!(
+                    "SELECT sku, on_hand, reserved FROM stock_levels WHERE location = $1 AND sku IN {}",
+                    sql::list(2, chunk.len())
+                )))
+                .bind(location);
+                for s in chunk {
+                    q = q.bind(s.as_str());
+                }
+                rows.extend(q.fetch_all(&mut **tx).await?);
+            }
+            rows
+        }
+        None => {
+            sqlx::query("SELECT sku, on_hand, reserved FROM stock_levels WHERE location = $1 ORDER BY sku")
+                .bind(location)
+                .fetch_all(&mut **tx)
+                .await?
+        }
+    };
+    let mut items = Vec::with_capacity(rows.len());
+    for r in rows {
+        let sku: String = r.try_get(0)?;
+        let Ok(sku) = Sku::parse(sku) else { continue };
+        items.push(DownBody::StockLevel(StockLevel {
+            sku,
+            on_hand: r.try_get(1)?,
+            reserved: r.try_get(2)?,
+            as_of_edge_seq: Seq(hwm.max(0) as u64),
+        }));
+    }
+    Ok(items)
+}
+
+/// Sends changed levels down: for each location with dirty rows whose edge
+/// has had its catalog snapshot, enqueues `StockLevel` items. Returns the
+/// stores with new downlink. Several replicas may run this; each location
+/// is handled under its `store_sync` row lock.
+pub async fn push_dirty(db: &Db) -> Result<Vec<StoreId>, sqlx::Error> {
+    let locations: Vec<String> = sqlx::query_scalar("SELECT DISTINCT location FROM stock_dirty LIMIT 200")
+        .fetch_all(&db.pool)
+        .await?;
+    let mut pushed = Vec::new();
+    for location in locations {
+        let mut tx = db.begin().await?;
+        let sync: Option<(i64, Option<i64>)> = sqlx::query(AssertSqlSafe(format!(
+            "SELECT hwm, snapshot_ms FROM store_sync WHERE store_id = $1{}",
+            db.for_update()
+        )))
+        .bind(location.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?)))
+        .transpose()?;
+        let skus: Vec<String> =
+            sqlx::query_scalar("DELETE FROM stock_dirty WHERE location = $1 RETURNING sku")
+                .bind(location.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
+        if let Some((hwm, Some(_))) = sync
+            && !skus.is_empty()
+        {
+            let items = level_items(&mut tx, &location, Some(&skus), hwm).await?;
+            crate::downlink::enqueue(&mut tx, db, &location, &items).await?;
+            if let Ok(id) = StoreId::parse(location.as_str()) {
+                pushed.push(id);
+            }
+        }
+        tx.commit().await?;
+    }
+    if !pushed.is_empty() {
+        metrics::counter!("hub_stock_pushes_total").increment(pushed.len() as u64);
+    }
+    Ok(pushed)
+}
+
+/// Pushes changed levels every `interval` until `shutdown`.
+pub async fn pusher(
+    db: Db,
+    link: crate::mqtt::Link,
+    interval: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match push_dirty(&db).await {
+            Ok(stores) => {
+                for s in stores {
+                    link.send_downlink(&s);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "stock push failed"),
+        }
+    }
+}
+
+/// One location's stock of one SKU.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LevelView {
+    /// Store or warehouse.
+    pub location: String,
+    /// The product.
+    pub sku: String,
+    /// On hand, base units (items or grams).
+    pub on_hand: i64,
+    /// Reserved for online orders.
+    pub reserved: i64,
+    /// `on_hand - reserved`.
+    pub available: i64,
+    /// Low-stock threshold, if set.
+    pub min_level: Option<i64>,
+    /// True when `available` is below `min_level`.
+    pub low: bool,
+    /// Last change, ms since the epoch.
+    pub updated_ms: i64,
+}
+
+fn level_view(r: &sqlx::any::AnyRow) -> Result<LevelView, sqlx::Error> {
+    let on_hand: i64 = r.try_get(2)?;
+    let reserved: i64 = r.try_get(3)?;
+    let min_level: Option<i64> = r.try_get(5)?;
+    Ok(LevelView {
+        location: r.try_get(0)?,
+        sku: r.try_get(1)?,
+        on_hand,
+        reserved,
+        available: on_hand - reserved,
+        min_level,
+        low: min_level.is_some_and(|m| on_hand - reserved < m),
+        updated_ms: r.try_get(4)?,
+    })
+}
+
+const LEVEL_SELECT: &str = "SELECT l.location, l.sku, l.on_hand, l.reserved, l.updated_ms, t.min_level \
+     FROM stock_levels l LEFT JOIN stock_thresholds t ON t.location = l.location AND t.sku = l.sku";
+
+/// Levels, filtered, in (location, sku) order after `after` (`location/sku`).
+pub async fn levels(
+    db: &Db,
+    location: Option<&str>,
+    sku: Option<&str>,
+    low_only: bool,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<LevelView>, sqlx::Error> {
+    let (after_loc, after_sku) = after
+        .and_then(|a| a.split_once('/'))
+        .map(|(l, s)| (l.to_owned(), s.to_owned()))
+        .unwrap_or_default();
+    let low = if low_only {
+        " AND t.min_level IS NOT NULL AND l.on_hand - l.reserved < t.min_level"
+    } else {
+        ""
+    };
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "{LEVEL_SELECT} WHERE ($1 = '' OR l.location = $1) AND ($2 = '' OR l.sku = $2) \
+         AND (l.location > $3 OR (l.location = $3 AND l.sku > $4)){low} ORDER BY l.location, l.sku LIMIT $5"
+    )))
+    .bind(location.unwrap_or(""))
+    .bind(sku.unwrap_or(""))
+    .bind(after_loc)
+    .bind(after_sku)
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter().map(level_view).collect()
+}
+
+/// One ledger row.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct MovementView {
+    /// Ledger id (increasing).
+    pub id: i64,
+    /// Location.
+    pub location: String,
+    /// Product.
+    pub sku: String,
+    /// Signed base units.
+    pub delta: i64,
+    /// Kind (sale, receipt, reservation...).
+    pub kind: String,
+    /// The edge whose events caused it, if any.
+    pub store_id: Option<String>,
+    /// First edge seq behind it (edge movements are booked per sync batch).
+    pub seq_from: Option<i64>,
+    /// Last edge seq behind it.
+    pub seq_to: Option<i64>,
+    /// Order id, transfer id, receipt number...
+    pub reference: Option<String>,
+    /// When booked, ms.
+    pub created_ms: i64,
+}
+
+/// Ledger rows of one location and SKU, oldest first, after id `after`.
+pub async fn movements(
+    db: &Db,
+    location: &str,
+    sku: &str,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<MovementView>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, location, sku, delta, kind, store_id, seq_from, seq_to, reference, created_ms \
+         FROM stock_movements WHERE location = $1 AND sku = $2 AND id > $3 ORDER BY id LIMIT $4",
+    )
+    .bind(location)
+    .bind(sku)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(MovementView {
+                id: r.try_get(0)?,
+                location: r.try_get(1)?,
+                sku: r.try_get(2)?,
+                delta: r.try_get(3)?,
+                kind: r.try_get(4)?,
+                store_id: r.try_get(5)?,
+                seq_from: r.try_get(6)?,
+                seq_to: r.try_get(7)?,
+                reference: r.try_get(8)?,
+                created_ms: r.try_get(9)?,
+            })
+        })
+        .collect()
+}
+
+/// A level that disagrees with its ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Mismatch {
+    /// Location.
+    pub location: String,
+    /// Product.
+    pub sku: String,
+    /// The stored level `(on_hand, reserved)`.
+    pub level: (i64, i64),
+    /// The ledger's sums `(on_hand, reserved)`.
+    pub ledger: (i64, i64),
+}
+
+/// Compares every level with the sum of its ledger rows; returns the ones
+/// that differ (there should be none).
+pub async fn verify(db: &Db) -> Result<Vec<Mismatch>, sqlx::Error> {
+    let mut sums: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+    let rows = sqlx::query(
+        "SELECT location, sku, \
+         CAST(SUM(CASE WHEN kind IN ('reservation', 'release') THEN 0 ELSE delta END) AS BIGINT), \
+         CAST(SUM(CASE WHEN kind IN ('reservation', 'release') THEN delta ELSE 0 END) AS BIGINT) \
+         FROM stock_movements GROUP BY location, sku",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    for r in rows {
+        let on_hand: i64 = r.try_get(2)?;
+        let reserved: i64 = r.try_get(3)?;
+        sums.insert((r.try_get(0)?, r.try_get(1)?), (on_hand, reserved));
+    }
+    let mut levels: HashMap<(String, String), (i64, i64)> = HashMap::new();
+    for r in sqlx::query("SELECT location, sku, on_hand, reserved FROM stock_levels")
+        .fetch_all(&db.pool)
+        .await?
+    {
+        levels.insert((r.try_get(0)?, r.try_get(1)?), (r.try_get(2)?, r.try_get(3)?));
+    }
+    let keys: BTreeSet<(String, String)> = sums.keys().chain(levels.keys()).cloned().collect();
+    Ok(keys
+        .into_iter()
+        .filter_map(|k| {
+            let level = levels.get(&k).copied().unwrap_or((0, 0));
+            let ledger = sums.get(&k).copied().unwrap_or((0, 0));
+            (level != ledger).then_some(Mismatch {
+                location: k.0,
+                sku: k.1,
+                level,
+                ledger,
+            })
+        })
+        .collect())
+}

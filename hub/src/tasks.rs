@@ -1,0 +1,273 @@
+//! Tasks for stores' devices (pick, pack, collect, count, replenish): sent
+//! down as `TaskAssigned`, confirmed back as `TaskUpdated` events.
+
+use serde::{Deserialize, Serialize};
+use sqlx::{Any, AssertSqlSafe, Row, Transaction};
+use storegate_protocol::Sku;
+use storegate_protocol::downlink::{DownBody, Task, TaskKind, TaskLine};
+use storegate_protocol::event::{TaskStatus, TaskUpdate};
+use utoipa::ToSchema;
+
+use crate::db::{Db, now_ms};
+
+/// A task line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LineView {
+    /// Product.
+    pub sku: String,
+    /// Base units.
+    pub qty: i64,
+    /// Done so far (from the device's report).
+    #[serde(default)]
+    pub done: i64,
+}
+
+/// A task.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TaskView {
+    /// Id.
+    pub id: String,
+    /// Store (or warehouse) whose devices do it.
+    pub store_id: String,
+    /// pick, pack, collect, count, replenish.
+    pub kind: String,
+    /// The order it serves.
+    pub order_id: Option<String>,
+    /// assigned, accepted, in_progress, done, failed, cancelled.
+    pub status: String,
+    /// The goods.
+    pub lines: Vec<LineView>,
+    /// Created, ms.
+    pub created_ms: i64,
+    /// Last change, ms.
+    pub updated_ms: i64,
+}
+
+/// Kind name.
+pub fn kind_name(k: TaskKind) -> &'static str {
+    match k {
+        TaskKind::Pick => "pick",
+        TaskKind::Pack => "pack",
+        TaskKind::Collect => "collect",
+        TaskKind::Count => "count",
+        TaskKind::Replenish => "replenish",
+    }
+}
+
+/// Kind from its name.
+pub fn parse_kind(s: &str) -> Option<TaskKind> {
+    Some(match s {
+        "pick" => TaskKind::Pick,
+        "pack" => TaskKind::Pack,
+        "collect" => TaskKind::Collect,
+        "count" => TaskKind::Count,
+        "replenish" => TaskKind::Replenish,
+        _ => return None,
+    })
+}
+
+fn status_name(s: TaskStatus) -> &'static str {
+    match s {
+        TaskStatus::Accepted => "accepted",
+        TaskStatus::InProgress => "in_progress",
+        TaskStatus::Done => "done",
+        TaskStatus::Failed => "failed",
+    }
+}
+
+/// Creates a task and queues it for the store; returns its id.
+pub async fn create(
+    tx: &mut Transaction<'static, Any>,
+    db: &Db,
+    store: &str,
+    kind: TaskKind,
+    order_id: Option<&str>,
+    lines: &[(String, i64)],
+    note: Option<String>,
+) -> Result<String, sqlx::Error> {
+    let id = crate::auth::new_id();
+    let now = now_ms();
+    let views: Vec<LineView> = lines
+        .iter()
+        .map(|(sku, qty)| LineView {
+            sku: sku.clone(),
+            qty: *qty,
+            done: 0,
+        })
+        .collect();
+    sqlx::query(
+        "INSERT INTO tasks (id, store_id, kind, order_id, status, lines, created_ms, updated_ms) \
+         VALUES ($1, $2, $3, $4, 'assigned', $5, $6, $6)",
+    )
+    .bind(id.as_str())
+    .bind(store)
+    .bind(kind_name(kind))
+    .bind(order_id)
+    .bind(serde_json::to_string(&views).unwrap_or_default())
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    let task = Task {
+        task_id: id.clone(),
+        kind,
+        order_ref: order_id.map(str::to_owned),
+        lines: lines
+            .iter()
+            .filter_map(|(sku, qty)| {
+                Some(TaskLine {
+                    sku: Sku::parse(sku.as_str()).ok()?,
+                    qty: *qty,
+                })
+            })
+            .collect(),
+        due_ms: None,
+        note,
+        status: None,
+    };
+    crate::downlink::enqueue(tx, db, store, &[DownBody::TaskAssigned(task)]).await?;
+    Ok(id)
+}
+
+/// Withdraws open tasks of an order; returns the stores told.
+pub async fn cancel_for_order(
+    tx: &mut Transaction<'static, Any>,
+    db: &Db,
+    order_id: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, store_id FROM tasks WHERE order_id = $1 AND status NOT IN ('done', 'failed', 'cancelled')",
+    )
+    .bind(order_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut stores = Vec::new();
+    for r in rows {
+        let id: String = r.try_get(0)?;
+        let store: String = r.try_get(1)?;
+        sqlx::query("UPDATE tasks SET status = 'cancelled', updated_ms = $2 WHERE id = $1")
+            .bind(id.as_str())
+            .bind(now_ms())
+            .execute(&mut **tx)
+            .await?;
+        crate::downlink::enqueue(tx, db, &store, &[DownBody::TaskCancelled { task_id: id }]).await?;
+        stores.push(store);
+    }
+    Ok(stores)
+}
+
+/// What a store's task update means for the hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The task.
+    pub task_id: String,
+    /// Its kind.
+    pub kind: String,
+    /// The order it serves.
+    pub order_id: Option<String>,
+    /// The new status.
+    pub status: &'static str,
+    /// The device's note.
+    pub note: Option<String>,
+}
+
+/// Applies a `TaskUpdated` from `store`. Returns `None` for an unknown
+/// task, another store's task, or a task already finished (updates after
+/// done/failed/cancelled change nothing).
+pub async fn apply_update(
+    tx: &mut Transaction<'static, Any>,
+    db: &Db,
+    store: &str,
+    u: &TaskUpdate,
+) -> Result<Option<Applied>, sqlx::Error> {
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT kind, order_id, status, lines FROM tasks WHERE id = $1 AND store_id = $2{}",
+        db.for_update()
+    )))
+    .bind(u.task_id.as_str())
+    .bind(store)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let old: String = row.try_get(2)?;
+    if matches!(old.as_str(), "done" | "failed" | "cancelled") {
+        return Ok(None);
+    }
+    let lines: String = row.try_get(3)?;
+    let mut lines: Vec<LineView> = serde_json::from_str(&lines).unwrap_or_default();
+    for r in &u.lines {
+        if let Some(l) = lines.iter_mut().find(|l| l.sku == r.sku.as_str()) {
+            l.done = r.done;
+        }
+    }
+    let status = status_name(u.status);
+    sqlx::query("UPDATE tasks SET status = $2, lines = $3, updated_ms = $4 WHERE id = $1")
+        .bind(u.task_id.as_str())
+        .bind(status)
+        .bind(serde_json::to_string(&lines).unwrap_or_default())
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await?;
+    Ok(Some(Applied {
+        task_id: u.task_id.clone(),
+        kind: row.try_get(0)?,
+        order_id: row.try_get(1)?,
+        status,
+        note: u.note.clone(),
+    }))
+}
+
+/// One task.
+pub async fn get(db: &Db, id: &str) -> Result<Option<TaskView>, sqlx::Error> {
+    Ok(query(db, Some(id), None, None, None, "", 1).await?.pop())
+}
+
+/// Tasks, filtered, by id after `after`.
+pub async fn list(
+    db: &Db,
+    store: Option<&str>,
+    status: Option<&str>,
+    order_id: Option<&str>,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<TaskView>, sqlx::Error> {
+    query(db, None, store, status, order_id, after, limit).await
+}
+
+async fn query(
+    db: &Db,
+    id: Option<&str>,
+    store: Option<&str>,
+    status: Option<&str>,
+    order_id: Option<&str>,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<TaskView>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, store_id, kind, order_id, status, lines, created_ms, updated_ms FROM tasks \
+         WHERE ($1 = '' OR store_id = $1) AND ($2 = '' OR status = $2) AND ($3 = '' OR order_id = $3) AND id > $4 \
+         AND ($6 = '' OR id = $6) ORDER BY id LIMIT $5",
+    )
+    .bind(store.unwrap_or(""))
+    .bind(status.unwrap_or(""))
+    .bind(order_id.unwrap_or(""))
+    .bind(after)
+    .bind(limit)
+    .bind(id.unwrap_or(""))
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let lines: String = r.try_get(5)?;
+            Ok(TaskView {
+                id: r.try_get(0)?,
+                store_id: r.try_get(1)?,
+                kind: r.try_get(2)?,
+                order_id: r.try_get(3)?,
+                status: r.try_get(4)?,
+                lines: serde_json::from_str(&lines).unwrap_or_default(),
+                created_ms: r.try_get(6)?,
+                updated_ms: r.try_get(7)?,
+            })
+        })
+        .collect()
+}
