@@ -912,7 +912,6 @@ impl Commerce {
             return tx.commit().await;
         }
         let key = format!("order-{order_id}");
-        let stores = self.release_all(&mut tx, order_id, why).await?;
         let cancelled = why == "cancelled";
         if void {
             // The provider may hold an authorisation we never heard of.
@@ -967,6 +966,7 @@ impl Commerce {
             )
             .await?;
         }
+        let stores = self.release_all(&mut tx, order_id, why).await?;
         let status = if cancelled { "cancelled" } else { "failed" };
         history(&mut tx, order_id, status, why).await?;
         audit::record(

@@ -908,13 +908,14 @@ pub async fn rpc_loop(
             () = shutdown.cancelled() => return,
             j = rx.recv() => match j { Some(j) => j, None => return },
         };
+        let topic = WanTopic::Rpc(job.store.clone(), RpcSide::Edge, RpcLeg::Req).to_string();
         let req = match envelope::decode(&job.payload) {
             Ok(Message::RpcRequest(r)) => r,
             Ok(other) => {
                 let why = format!("{} on an RPC request topic", other.name());
                 crate::quarantine::put(
                     &payments.db,
-                    "rpc/edge/req",
+                    &topic,
                     Some(job.store.as_str()),
                     crate::quarantine::Reason::UnexpectedMessage,
                     &why,
@@ -926,7 +927,7 @@ pub async fn rpc_loop(
             Err(e) => {
                 crate::quarantine::put(
                     &payments.db,
-                    "rpc/edge/req",
+                    &topic,
                     Some(job.store.as_str()),
                     crate::quarantine::Reason::Undecodable,
                     &e.to_string(),

@@ -608,3 +608,101 @@ impl HubProcess {
         let _ = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await;
     }
 }
+
+/// A REST client for one principal.
+#[derive(Debug, Clone)]
+pub struct Rest {
+    /// `http://127.0.0.1:port`.
+    pub base: String,
+    /// Bearer token.
+    pub token: String,
+}
+
+/// A REST answer: status, JSON body (`Null` if none), headers.
+#[derive(Debug)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body.
+    pub body: serde_json::Value,
+    /// Headers.
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Rest {
+    /// A client for `base` with `token`.
+    pub fn new(base: &str, token: &str) -> Rest {
+        Rest {
+            base: base.to_owned(),
+            token: token.to_owned(),
+        }
+    }
+
+    /// Any call; `body` as JSON; extra headers.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut req = http()
+            .request(method.clone(), format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        Answer {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    /// GET that must succeed.
+    pub async fn get(&self, path: &str) -> serde_json::Value {
+        let a = self.call(reqwest::Method::GET, path, None, &[]).await;
+        assert!(
+            (200..300).contains(&a.status),
+            "GET {path}: {} {}",
+            a.status,
+            a.body
+        );
+        a.body
+    }
+
+    /// PUT that must succeed.
+    pub async fn put(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let a = self.call(reqwest::Method::PUT, path, Some(&body), &[]).await;
+        assert!(
+            (200..300).contains(&a.status),
+            "PUT {path}: {} {}",
+            a.status,
+            a.body
+        );
+        a.body
+    }
+
+    /// POST that must succeed.
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let a = self.call(reqwest::Method::POST, path, Some(&body), &[]).await;
+        assert!(
+            (200..300).contains(&a.status),
+            "POST {path}: {} {}",
+            a.status,
+            a.body
+        );
+        a.body
+    }
+}
