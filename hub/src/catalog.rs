@@ -286,7 +286,7 @@ async fn fan_out_prices(
     Ok(out)
 }
 
-/// Sends `store` the whole catalog and its stock levels, once (when its
+/// Sends `store` the whole catalog, its stock levels and its open tasks, once (when its
 /// edge first comes online). Returns true if it did.
 pub async fn snapshot_if_new(db: &Db, store: &StoreId) -> Result<bool, sqlx::Error> {
     let mut tx = db.begin().await?;
@@ -328,6 +328,7 @@ pub async fn snapshot_if_new(db: &Db, store: &StoreId) -> Result<bool, sqlx::Err
         }
     }
     items.extend(crate::stock::level_items(&mut tx, store.as_str(), None, hwm).await?);
+    items.extend(crate::tasks::open_items(&mut tx, store.as_str()).await?);
     let n = items.len();
     crate::downlink::enqueue(&mut tx, db, store.as_str(), &items).await?;
     sqlx::query("UPDATE store_sync SET snapshot_ms = $2 WHERE store_id = $1")

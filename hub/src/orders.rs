@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sqlx::{Acquire, Any, AssertSqlSafe, Row, Transaction};
+use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 use storegate_protocol::downlink::TaskKind;
 use storegate_protocol::event::{CardToken, EventBody, Last4};
 use storegate_protocol::{Currency, Money, Sku, StoreId};
@@ -230,6 +230,9 @@ pub enum Created {
     Pending(OrderView),
 }
 
+/// Marks a reservation lost to a concurrent order (the plan is redone).
+const RACED: &str = "raced";
+
 fn round_div(a: i128, b: i128) -> i64 {
     // Half away from zero; amounts here are non-negative.
     ((a + b / 2) / b) as i64
@@ -344,17 +347,38 @@ async fn availability(
     Ok(out)
 }
 
-/// Reserves every line somewhere; returns each line's location.
-async fn allocate(
+/// Plans where each line comes from (reads only): the best-ranked location
+/// holding the whole order, or, if splits are allowed, the best per line.
+async fn plan(
     tx: &mut Transaction<'static, Any>,
     rules: &[allocation::Rule],
     v: &Valid,
     allow_split: bool,
-    order_id: &str,
 ) -> Result<Vec<String>, OrderError> {
     let skus: Vec<&str> = v.lines.iter().map(|(s, _)| s.as_str()).collect();
     let stock = availability(tx, &skus).await?;
-    let short = |stock: &BTreeMap<String, Stock>| {
+    let mut whole: Vec<Candidate> = stock
+        .iter()
+        .filter(|(loc, _)| v.collect.as_ref().is_none_or(|c| c == *loc))
+        .filter_map(|(loc, s)| {
+            let min = v
+                .lines
+                .iter()
+                .map(|(sku, qty)| s.available.get(sku).copied().unwrap_or(0) - qty)
+                .min()?;
+            (min >= 0).then(|| Candidate {
+                location: loc.clone(),
+                kind: s.kind.clone(),
+                region: s.region.clone(),
+                available: min,
+            })
+        })
+        .collect();
+    allocation::rank(rules, v.region.as_deref(), &mut whole);
+    if let Some(best) = whole.first() {
+        return Ok(vec![best.location.clone(); v.lines.len()]);
+    }
+    let short = || {
         let missing: Vec<String> = v
             .lines
             .iter()
@@ -376,41 +400,8 @@ async fn allocate(
             )
         }
     };
-    let mut whole: Vec<Candidate> = stock
-        .iter()
-        .filter(|(loc, _)| v.collect.as_ref().is_none_or(|c| c == *loc))
-        .filter_map(|(loc, s)| {
-            let min = v
-                .lines
-                .iter()
-                .map(|(sku, qty)| s.available.get(sku).copied().unwrap_or(0) - qty)
-                .min()?;
-            (min >= 0).then(|| Candidate {
-                location: loc.clone(),
-                kind: s.kind.clone(),
-                region: s.region.clone(),
-                available: min,
-            })
-        })
-        .collect();
-    allocation::rank(rules, v.region.as_deref(), &mut whole);
-    for c in &whole {
-        let mut sp = (&mut *tx).begin().await?;
-        let mut ok = true;
-        for (sku, qty) in &v.lines {
-            if !stock::reserve(&mut sp, &c.location, sku, *qty, order_id).await? {
-                ok = false;
-                break;
-            }
-        }
-        if ok {
-            sp.commit().await?;
-            return Ok(vec![c.location.clone(); v.lines.len()]);
-        }
-        sp.rollback().await?;
-    }
     if !allow_split || v.collect.is_some() {
-        return Err(OrderError::OutOfStock(short(&stock)));
+        return Err(OrderError::OutOfStock(short()));
     }
     let mut out = Vec::with_capacity(v.lines.len());
     for (sku, qty) in &v.lines {
@@ -427,16 +418,9 @@ async fn allocate(
             })
             .collect();
         allocation::rank(rules, v.region.as_deref(), &mut cands);
-        let mut got = None;
-        for c in cands {
-            if stock::reserve(tx, &c.location, sku, *qty, order_id).await? {
-                got = Some(c.location);
-                break;
-            }
-        }
-        match got {
-            Some(l) => out.push(l),
-            None => return Err(OrderError::OutOfStock(short(&stock))),
+        match cands.first() {
+            Some(c) => out.push(c.location.clone()),
+            None => return Err(OrderError::OutOfStock(short())),
         }
     }
     Ok(out)
@@ -467,6 +451,12 @@ async fn history(
 
 impl Commerce {
     /// Places an online order and runs its saga; see the module docs.
+    ///
+    /// Step 1 plans the allocation from a read, writes the order, and
+    /// reserves last (each reservation a conditional update), so the
+    /// contended stock rows are locked only for the end of the transaction.
+    /// If another order took the stock in between, the transaction rolls
+    /// back and the plan is made again (at most 5 times).
     pub async fn create_order(
         &self,
         actor: &str,
@@ -475,8 +465,47 @@ impl Commerce {
         idem: Option<&KeyRef>,
     ) -> Result<Created, OrderError> {
         let v = validate(input)?;
+        let rules = allocation::load(&self.db).await?;
+        let mut attempt = 0;
+        let order_id = loop {
+            attempt += 1;
+            match self.reserve_order(actor, customer, input, &v, &rules, idem).await {
+                Err(OrderError::State(m)) if m == RACED && attempt < 5 => {
+                    metrics::counter!("hub_orders_replanned_total").increment(1);
+                }
+                Err(OrderError::State(m)) if m == RACED => {
+                    return Err(OrderError::OutOfStock(
+                        "the stock was taken by other orders while this one was placed; try again".into(),
+                    ));
+                }
+                other => break other?,
+            }
+        };
+        self.run_saga(&order_id).await?;
+        let order = get(&self.db, &order_id)
+            .await?
+            .ok_or_else(|| OrderError::NotFound(order_id.clone()))?;
+        Ok(match order.status.as_str() {
+            "failed" => {
+                let why = order.history.last().map(|h| h.note.clone()).unwrap_or_default();
+                Created::Failed(order, why)
+            }
+            "reserved" => Created::Pending(order),
+            _ => Created::Confirmed(order),
+        })
+    }
+
+    /// Step 1 of the saga; returns the order id.
+    async fn reserve_order(
+        &self,
+        actor: &str,
+        customer: Option<&str>,
+        input: &OrderInput,
+        v: &Valid,
+        rules: &[allocation::Rule],
+        idem: Option<&KeyRef>,
+    ) -> Result<String, OrderError> {
         let db = &self.db;
-        let rules = allocation::load(db).await?;
         let order_id = crate::auth::new_id();
         let now = now_ms();
         let mut tx = db.begin().await?;
@@ -502,7 +531,7 @@ impl Commerce {
                 _ => {}
             }
         }
-        let locations = allocate(&mut tx, &rules, &v, input.allow_split, &order_id).await?;
+        let locations = plan(&mut tx, rules, v, input.allow_split).await?;
 
         // Price each line where it is allocated.
         let mut lines = Vec::with_capacity(v.lines.len());
@@ -626,21 +655,15 @@ impl Commerce {
             serde_json::json!({"locations": dedup(&locations)}),
         )
         .await?;
+        // Last, the contended rows: reserve where planned.
+        for ((sku, qty), loc) in v.lines.iter().zip(&locations) {
+            if !stock::reserve(&mut tx, loc, sku, *qty, &order_id).await? {
+                return Err(OrderError::State(RACED.into()));
+            }
+        }
         tx.commit().await?;
         metrics::counter!("hub_orders_total", "step" => "reserved").increment(1);
-
-        self.run_saga(&order_id).await?;
-        let order = get(db, &order_id)
-            .await?
-            .ok_or_else(|| OrderError::NotFound(order_id.clone()))?;
-        Ok(match order.status.as_str() {
-            "failed" => {
-                let why = order.history.last().map(|h| h.note.clone()).unwrap_or_default();
-                Created::Failed(order, why)
-            }
-            "reserved" => Created::Pending(order),
-            _ => Created::Confirmed(order),
-        })
+        Ok(order_id)
     }
 
     /// Runs a saga from its current step until it is done, failed, or
@@ -821,6 +844,33 @@ impl Commerce {
                 .fetch_one(&mut *tx)
                 .await
                 .and_then(|r| Ok((r.try_get(0)?, r.try_get(1)?)))?;
+        if fulfilment == "ship"
+            && let Some(region) = &region
+        {
+            for (loc, lines) in &groups {
+                let grams = self.grams(&mut tx, lines).await?;
+                let q = shipping::quote(&mut tx, region, grams).await?;
+                if let Some(best) = q.into_iter().find(|q| q.currency == amount.currency.as_str()) {
+                    let id = shipping::create(&mut tx, order_id, loc, &best).await?;
+                    audit::record(
+                        &mut tx,
+                        "hub:saga",
+                        "shipment_created",
+                        "order",
+                        order_id,
+                        serde_json::json!({"shipment": id, "carrier": best.carrier, "from": loc}),
+                    )
+                    .await?;
+                }
+            }
+        }
+        let next = if fulfilment == "collect" {
+            "picking"
+        } else {
+            "awaiting_shipment"
+        };
+        history(&mut tx, order_id, next, "").await?;
+        // Last: the pick tasks (they lock each location's sync row).
         let mut kicked = Vec::new();
         for (loc, lines) in &groups {
             let task = tasks::create(
@@ -837,34 +887,18 @@ impl Commerce {
                 }),
             )
             .await?;
-            kicked.push(loc.clone());
-            if fulfilment == "ship"
-                && let Some(region) = &region
-            {
-                let grams = self.grams(&mut tx, lines).await?;
-                let q = shipping::quote(&mut tx, region, grams).await?;
-                if let Some(best) = q.into_iter().find(|q| q.currency == amount.currency.as_str()) {
-                    let id = shipping::create(&mut tx, order_id, loc, &best).await?;
-                    audit::record(&mut tx, "hub:saga", "shipment_created", "order", order_id, serde_json::json!({"shipment": id, "carrier": best.carrier, "from": loc, "task": task})).await?;
-                }
-            } else {
-                audit::record(
-                    &mut tx,
-                    "hub:saga",
-                    "pick_task_sent",
-                    "order",
-                    order_id,
-                    serde_json::json!({"task": task, "store": loc}),
-                )
-                .await?;
-            }
+            kicked.push(serde_json::json!({"task": task, "location": loc}));
         }
-        let next = if fulfilment == "collect" {
-            "picking"
-        } else {
-            "awaiting_shipment"
-        };
-        history(&mut tx, order_id, next, "").await?;
+        audit::record(
+            &mut tx,
+            "hub:saga",
+            "pick_tasks_created",
+            "order",
+            order_id,
+            serde_json::json!({ "tasks": kicked }),
+        )
+        .await?;
+        let kicked: Vec<String> = groups.keys().cloned().collect();
         tx.commit().await?;
         metrics::counter!("hub_orders_total", "step" => "confirmed").increment(1);
         for s in kicked {

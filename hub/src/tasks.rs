@@ -75,7 +75,68 @@ fn status_name(s: TaskStatus) -> &'static str {
     }
 }
 
-/// Creates a task and queues it for the store; returns its id.
+fn task_body(
+    id: &str,
+    kind: TaskKind,
+    order_id: Option<&str>,
+    lines: &[(String, i64)],
+    note: Option<String>,
+) -> Task {
+    Task {
+        task_id: id.to_owned(),
+        kind,
+        order_ref: order_id.map(str::to_owned),
+        lines: lines
+            .iter()
+            .filter_map(|(sku, qty)| {
+                Some(TaskLine {
+                    sku: Sku::parse(sku.as_str()).ok()?,
+                    qty: *qty,
+                })
+            })
+            .collect(),
+        due_ms: None,
+        note,
+        status: None,
+    }
+}
+
+/// Open tasks of a store as downlink items (for its first snapshot).
+pub async fn open_items(
+    tx: &mut Transaction<'static, Any>,
+    store: &str,
+) -> Result<Vec<DownBody>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, kind, order_id, lines FROM tasks WHERE store_id = $1 AND status IN ('assigned', 'accepted', 'in_progress') \
+         ORDER BY id",
+    )
+    .bind(store)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut out = Vec::new();
+    for r in rows {
+        let id: String = r.try_get(0)?;
+        let kind: String = r.try_get(1)?;
+        let order: Option<String> = r.try_get(2)?;
+        let lines: String = r.try_get(3)?;
+        let lines: Vec<LineView> = serde_json::from_str(&lines).unwrap_or_default();
+        let Some(kind) = parse_kind(&kind) else { continue };
+        let pairs: Vec<(String, i64)> = lines.into_iter().map(|l| (l.sku, l.qty)).collect();
+        out.push(DownBody::TaskAssigned(task_body(
+            &id,
+            kind,
+            order.as_deref(),
+            &pairs,
+            None,
+        )));
+    }
+    Ok(out)
+}
+
+/// Creates a task; queues it for the store's edge if the edge has had its
+/// first snapshot (which carries open tasks). Call it last in a
+/// transaction: it locks the store's sync row until the commit, which
+/// orders it with a concurrent snapshot. Returns its id.
 pub async fn create(
     tx: &mut Transaction<'static, Any>,
     db: &Db,
@@ -107,24 +168,17 @@ pub async fn create(
     .bind(now)
     .execute(&mut **tx)
     .await?;
-    let task = Task {
-        task_id: id.clone(),
-        kind,
-        order_ref: order_id.map(str::to_owned),
-        lines: lines
-            .iter()
-            .filter_map(|(sku, qty)| {
-                Some(TaskLine {
-                    sku: Sku::parse(sku.as_str()).ok()?,
-                    qty: *qty,
-                })
-            })
-            .collect(),
-        due_ms: None,
-        note,
-        status: None,
-    };
-    crate::downlink::enqueue(tx, db, store, &[DownBody::TaskAssigned(task)]).await?;
+    let snapshot: Option<Option<i64>> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT snapshot_ms FROM store_sync WHERE store_id = $1{}",
+        db.for_update()
+    )))
+    .bind(store)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if matches!(snapshot, Some(Some(_))) {
+        let task = task_body(&id, kind, order_id, lines, note);
+        crate::downlink::enqueue(tx, db, store, &[DownBody::TaskAssigned(task)]).await?;
+    }
     Ok(id)
 }
 
@@ -149,8 +203,15 @@ pub async fn cancel_for_order(
             .bind(now_ms())
             .execute(&mut **tx)
             .await?;
-        crate::downlink::enqueue(tx, db, &store, &[DownBody::TaskCancelled { task_id: id }]).await?;
-        stores.push(store);
+        let snapshot: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT snapshot_ms FROM store_sync WHERE store_id = $1")
+                .bind(store.as_str())
+                .fetch_optional(&mut **tx)
+                .await?;
+        if matches!(snapshot, Some(Some(_))) {
+            crate::downlink::enqueue(tx, db, &store, &[DownBody::TaskCancelled { task_id: id }]).await?;
+            stores.push(store);
+        }
     }
     Ok(stores)
 }

@@ -3,4 +3,5 @@
 
 pub mod edge;
 pub mod hub;
+pub mod orders;
 pub mod pos;

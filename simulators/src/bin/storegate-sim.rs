@@ -109,6 +109,8 @@ enum Bench {
     Hub(storegate_sim::bench::hub::HubBenchArgs),
     /// POS: scan and completion latency with many busy lanes on one edge.
     Pos(storegate_sim::bench::pos::PosBenchArgs),
+    /// Online orders through the REST API: the whole saga, concurrent clients.
+    Orders(storegate_sim::bench::orders::OrdersBenchArgs),
 }
 
 fn terminator(s: &str) -> anyhow::Result<Terminator> {
@@ -141,6 +143,7 @@ fn main() -> anyhow::Result<()> {
                 Bench::Edge(args) => storegate_sim::bench::edge::run(args).await,
                 Bench::Hub(args) => storegate_sim::bench::hub::run(args).await,
                 Bench::Pos(args) => storegate_sim::bench::pos::run(args).await,
+                Bench::Orders(args) => storegate_sim::bench::orders::run(args).await,
             },
             Command::Scale { grams } => {
                 let pty = open_pty()?;

@@ -556,16 +556,29 @@ fn batch(store: &str, events: Vec<Event>) -> Vec<u8> {
 /// answers.
 async fn edge(hub: &TestHub, store: &str) -> MqttPeer {
     let s = StoreId::parse(store).unwrap();
-    MqttPeer::connect(
+    let peer = MqttPeer::connect(
         hub.broker,
         &format!("edge-{store}"),
         &[
             WanTopic::Ack(s.clone()).to_string(),
             WanTopic::Down(s.clone()).to_string(),
-            WanTopic::Rpc(s, RpcSide::Edge, RpcLeg::Res).to_string(),
+            WanTopic::Rpc(s.clone(), RpcSide::Edge, RpcLeg::Res).to_string(),
         ],
     )
-    .await
+    .await;
+    // Online, as an edge announces itself: the hub sends its snapshot.
+    peer.publish_retained(
+        WanTopic::Status(s.clone()).to_string(),
+        envelope::encode(&Message::Presence(Presence {
+            store: s,
+            online: true,
+            agent_version: "test".into(),
+            protocol_version: 1,
+            at_ms: 0,
+        })),
+    )
+    .await;
+    peer
 }
 
 /// Collects downlink items (acking them, skipping seqs already seen, as an
@@ -1037,18 +1050,6 @@ both_backends!(
             .await;
         let mut peer = edge(&hub, "s1").await;
         let mut applied = 0;
-        let status = WanTopic::Status(StoreId::parse("s1").unwrap()).to_string();
-        peer.publish_retained(
-            status,
-            envelope::encode(&Message::Presence(Presence {
-                store: StoreId::parse("s1").unwrap(),
-                online: true,
-                agent_version: "test".into(),
-                protocol_version: 1,
-                at_ms: 0,
-            })),
-        )
-        .await;
         let snapshot = downlink_until(&mut peer, "s1", &mut applied, Duration::from_secs(20), |got| {
             got.iter().any(|b| matches!(b, DownBody::StockLevel(_)))
         })

@@ -1,0 +1,300 @@
+//! `storegate-sim bench orders`: online orders through the REST API, the
+//! whole saga (idempotency key, allocation, reservation, authorisation with
+//! the simulated provider at zero latency, confirmation, shipment), with
+//! concurrent clients, against PostgreSQL (or SQLite).
+//!
+//! The ceiling measured in the same run is the same clients calling an
+//! authenticated route that reads one row (`GET /api/v1/auth/me`): what
+//! HTTP, auth and one query cost on this machine, with no order work.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::stats::{Latency, ms};
+
+/// Options of `bench orders`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OrdersBenchArgs {
+    /// Orders in all.
+    #[arg(long, default_value_t = 6000)]
+    pub orders: usize,
+    /// Concurrent clients (each waits for its answer before the next order).
+    #[arg(long, default_value_t = 32)]
+    pub clients: usize,
+    /// Lines per order (distinct SKUs).
+    #[arg(long, default_value_t = 2)]
+    pub lines: usize,
+    /// Warehouses holding stock (allocation chooses among them).
+    #[arg(long, default_value_t = 3)]
+    pub warehouses: usize,
+    /// Database connections of the hub.
+    #[arg(long, default_value_t = 24)]
+    pub connections: u32,
+    /// Databases: postgres, sqlite.
+    #[arg(long, value_delimiter = ',', default_value = "postgres")]
+    pub backends: Vec<String>,
+}
+
+const EMAIL: &str = "bench@example.com";
+const PASSWORD: &str = "bench password 123";
+
+async fn ok(resp: reqwest::Response, what: &str) -> anyhow::Result<serde_json::Value> {
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    anyhow::ensure!(status.is_success(), "{what}: {status} {body}");
+    Ok(body)
+}
+
+async fn login(http: &reqwest::Client, api: &str) -> anyhow::Result<String> {
+    let body = ok(
+        http.post(format!("{api}/oauth/token"))
+            .form(&[
+                ("grant_type", "password"),
+                ("username", EMAIL),
+                ("password", PASSWORD),
+            ])
+            .send()
+            .await?,
+        "login",
+    )
+    .await?;
+    body["access_token"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no access token"))
+}
+
+async fn seed(http: &reqwest::Client, api: &str, token: &str, args: &OrdersBenchArgs) -> anyhow::Result<()> {
+    let put = |path: String, body: serde_json::Value| {
+        let req = http.put(format!("{api}{path}")).bearer_auth(token).json(&body);
+        async move { ok(req.send().await?, "seed PUT").await }
+    };
+    let post = |path: &str, body: serde_json::Value| {
+        let req = http.post(format!("{api}{path}")).bearer_auth(token).json(&body);
+        async move { ok(req.send().await?, "seed POST").await }
+    };
+    for w in 0..args.warehouses {
+        let region = if w % 2 == 0 { "north" } else { "south" };
+        put(
+            format!("/api/v1/stores/wh-{w}"),
+            json!({"name": format!("Warehouse {w}"), "kind": "warehouse", "region": region}),
+        )
+        .await?;
+    }
+    put("/api/v1/carriers/post".into(), json!({"name": "Post"})).await?;
+    put("/api/v1/shipping/zones/north".into(), json!({"zone": "z1"})).await?;
+    put(
+        "/api/v1/shipping/rates".into(),
+        json!({"carrier": "post", "zone": "z1", "max_grams": 100_000_000, "price_minor": 499, "currency": "EUR"}),
+    )
+    .await?;
+    for l in 0..args.lines {
+        let sku = format!("BENCH-{l}");
+        put(
+            format!("/api/v1/products/{sku}"),
+            json!({"name": format!("Bench product {l}"), "tax_rate_bp": 2000}),
+        )
+        .await?;
+        post(
+            "/api/v1/prices",
+            json!({"sku": sku, "scope": "all", "price_minor": 999 + l as i64, "currency": "EUR", "effective_from_ms": 0}),
+        )
+        .await?;
+        for w in 0..args.warehouses {
+            post(
+                "/api/v1/stock/receipts",
+                json!({"location": format!("wh-{w}"), "lines": [{"sku": sku, "qty": 1_000_000_000}]}),
+            )
+            .await?;
+        }
+    }
+    post(
+        "/api/v1/users",
+        json!({"email": EMAIL, "password": PASSWORD, "role": "client"}),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Runs `clients` loops of `total` requests made by `make`; returns the
+/// latencies, the wall time and how many failed.
+async fn drive<F, Fut>(clients: usize, total: usize, make: F) -> (Vec<Duration>, Duration, usize)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let make = Arc::new(make);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (next, failed, make) = (next.clone(), failed.clone(), make.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return lat;
+                }
+                let t = Instant::now();
+                if !make(i).await {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                lat.push(t.elapsed());
+            }
+        }));
+    }
+    let mut all = Vec::with_capacity(total);
+    for t in tasks {
+        all.extend(t.await.unwrap_or_default());
+    }
+    (all, start.elapsed(), failed.load(Ordering::Relaxed))
+}
+
+/// Runs the benchmark and prints its table.
+pub async fn run(args: OrdersBenchArgs) -> anyhow::Result<()> {
+    println!(
+        "storegate order saga benchmark: {} online orders of {} lines, {} concurrent clients, simulated provider at 0 ms",
+        args.orders, args.lines, args.clients
+    );
+    println!();
+    println!(
+        "{:<50} {:>9} {:>9} {:>9} {:>9} {:>7}",
+        "", "req/s", "p50 ms", "p99 ms", "max ms", "failed"
+    );
+    for backend in &args.backends {
+        let dir = tempfile::tempdir()?;
+        let url = match backend.as_str() {
+            "postgres" => crate::pg::fresh_database("sg_bench_orders").await?,
+            "sqlite" => format!("sqlite://{}", dir.path().join("hub.db").display()),
+            other => anyhow::bail!("unknown backend {other:?} (postgres, sqlite)"),
+        };
+        let mut settings = storegate_hub::Settings {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        settings.database.url = url.clone();
+        settings.database.max_connections = args.connections;
+        settings.broker.listen = "127.0.0.1:0".into();
+        settings.api.listen = "127.0.0.1:0".into();
+        settings.auth.bootstrap_admin_email = Some("admin@example.com".into());
+        settings.auth.bootstrap_admin_password = Some("bench admin password".into());
+        let stop = CancellationToken::new();
+        let hub = storegate_hub::start(settings, stop.clone()).await?;
+        let api = format!("http://{}", hub.api_addr);
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(args.clients * 2)
+            .build()?;
+        let admin = {
+            let body = ok(
+                http.post(format!("{api}/oauth/token"))
+                    .form(&[
+                        ("grant_type", "password"),
+                        ("username", "admin@example.com"),
+                        ("password", "bench admin password"),
+                    ])
+                    .send()
+                    .await?,
+                "admin login",
+            )
+            .await?;
+            body["access_token"].as_str().unwrap_or_default().to_owned()
+        };
+        seed(&http, &api, &admin, &args).await?;
+        let token = login(&http, &api).await?;
+
+        // Ceiling: an authenticated one-row read, same clients.
+        let (h, a, t) = (http.clone(), api.clone(), token.clone());
+        let (mut lat, took, failed) = drive(args.clients, args.orders, move |_| {
+            let req = h.get(format!("{a}/api/v1/auth/me")).bearer_auth(&t);
+            async move { req.send().await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .await;
+        let l = Latency::of(&mut lat);
+        println!(
+            "{:<50} {:>9.0} {:>9} {:>9} {:>9} {:>7}",
+            format!("{backend}: ceiling, GET /api/v1/auth/me"),
+            args.orders as f64 / took.as_secs_f64(),
+            ms(l.p50),
+            ms(l.p99),
+            ms(l.max),
+            failed
+        );
+
+        let lines: Vec<serde_json::Value> = (0..args.lines)
+            .map(|l| json!({"sku": format!("BENCH-{l}"), "qty": 1}))
+            .collect();
+        let body = serde_json::to_vec(&json!({
+            "lines": lines,
+            "fulfilment": "ship",
+            "ship_region": "north",
+            "payment": {"method": "card", "token": "tok_bench", "last4": "4242"},
+        }))?;
+        let (h, a, t) = (http.clone(), api.clone(), token.clone());
+        let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
+        let fe = first_error.clone();
+        let (mut lat, took, failed) = drive(args.clients, args.orders, move |i| {
+            let req = h
+                .post(format!("{a}/api/v1/orders"))
+                .bearer_auth(&t)
+                .header("content-type", "application/json")
+                .header("idempotency-key", format!("bench-{i}"))
+                .body(body.clone());
+            let fe = fe.clone();
+            async move {
+                match req.send().await {
+                    Ok(r) if r.status().as_u16() == 201 => true,
+                    Ok(r) => {
+                        let s = r.status();
+                        let text = r.text().await.unwrap_or_default();
+                        if let Ok(mut g) = fe.lock() {
+                            g.get_or_insert(format!("{s} {text}"));
+                        }
+                        false
+                    }
+                    Err(e) => {
+                        if let Ok(mut g) = fe.lock() {
+                            g.get_or_insert(e.to_string());
+                        }
+                        false
+                    }
+                }
+            }
+        })
+        .await;
+        let l = Latency::of(&mut lat);
+        println!(
+            "{:<50} {:>9.0} {:>9} {:>9} {:>9} {:>7}",
+            format!("{backend}: POST /api/v1/orders (whole saga)"),
+            args.orders as f64 / took.as_secs_f64(),
+            ms(l.p50),
+            ms(l.p99),
+            ms(l.max),
+            failed
+        );
+        if let Ok(g) = first_error.lock()
+            && let Some(e) = g.as_ref()
+        {
+            println!("  first failure: {e}");
+        }
+        let confirmed: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM orders WHERE kind = 'online' AND status = 'awaiting_shipment'",
+        )
+        .fetch_one(&hub.db.pool)
+        .await?;
+        println!("  orders confirmed and awaiting shipment: {confirmed}");
+        stop.cancel();
+        hub.stop().await;
+        if backend == "postgres" {
+            crate::pg::drop_database(&url).await;
+        }
+    }
+    println!();
+    println!("Goal (issue 6): >= 2000 orders/s and p99 <= 50 ms on PostgreSQL.");
+    Ok(())
+}
