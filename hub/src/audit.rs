@@ -28,3 +28,35 @@ pub async fn record(
     .await?;
     Ok(())
 }
+
+/// Appends several audit events in one statement, in order.
+pub async fn record_many(
+    tx: &mut Transaction<'static, Any>,
+    actor: &str,
+    entity: &str,
+    entity_id: &str,
+    events: &[(&str, serde_json::Value)],
+) -> Result<(), sqlx::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let text = crate::sql::values(
+        "INSERT INTO audit_log (at_ms, actor, action, entity, entity_id, detail)",
+        events.len(),
+        6,
+        "",
+    );
+    let now = now_ms();
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
+    for (action, detail) in events {
+        q = q
+            .bind(now)
+            .bind(crate::sql::text(actor))
+            .bind(*action)
+            .bind(entity)
+            .bind(crate::sql::text(entity_id))
+            .bind(detail.to_string());
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
+}

@@ -560,6 +560,51 @@ pub async fn get_product(db: &Db, sku: &str) -> Result<Option<ProductView>, sqlx
     Ok(p)
 }
 
+/// Products by SKUs without their barcodes (one query; orders need no
+/// barcodes).
+pub async fn products_lite(
+    tx: &mut Transaction<'static, Any>,
+    skus: &[&str],
+) -> Result<Vec<ProductView>, sqlx::Error> {
+    let mut out = Vec::with_capacity(skus.len());
+    for chunk in skus.chunks(sql::CHUNK) {
+        let mut q = sqlx::query(AssertSqlSafe(format!(
+            "SELECT sku, name, category, supplier, measure, tax_rate_bp, attributes, active, created_ms, updated_ms \
+             FROM products WHERE sku IN {}",
+            sql::list(1, chunk.len())
+        )));
+        for s in chunk {
+            q = q.bind(*s);
+        }
+        for r in q.fetch_all(&mut **tx).await? {
+            out.push(product_from_row(&r)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Current prices of `skus` at `location` (two queries for all of them).
+pub async fn current_prices(
+    tx: &mut Transaction<'static, Any>,
+    skus: &[String],
+    location: &str,
+) -> Result<HashMap<String, (i64, String)>, sqlx::Error> {
+    let region: Option<String> = sqlx::query_scalar("SELECT region FROM stores WHERE store_id = $1")
+        .bind(location)
+        .fetch_optional(&mut **tx)
+        .await?
+        .flatten();
+    let rows = price_rows(tx, Some(skus)).await?;
+    let now = now_ms();
+    Ok(skus
+        .iter()
+        .filter_map(|sku| {
+            effective_price(&rows, sku, location, region.as_deref(), now)
+                .map(|p| (sku.clone(), (p.price, p.currency.clone())))
+        })
+        .collect())
+}
+
 /// Products by SKUs (missing ones left out).
 pub async fn get_products(
     tx: &mut Transaction<'static, Any>,

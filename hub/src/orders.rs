@@ -426,6 +426,36 @@ async fn plan(
     Ok(out)
 }
 
+/// Several status changes at once (the order ends in the last).
+async fn history_many(
+    tx: &mut Transaction<'static, Any>,
+    order_id: &str,
+    changes: &[(&str, &str)],
+) -> Result<(), sqlx::Error> {
+    let Some((last, _)) = changes.last() else {
+        return Ok(());
+    };
+    let now = now_ms();
+    sqlx::query("UPDATE orders SET status = $2, updated_ms = $3 WHERE id = $1")
+        .bind(order_id)
+        .bind(*last)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    let text = sql::values(
+        "INSERT INTO order_status_history (order_id, status, at_ms, note)",
+        changes.len(),
+        4,
+        "",
+    );
+    let mut q = sqlx::query(AssertSqlSafe(text));
+    for (status, note) in changes {
+        q = q.bind(order_id).bind(*status).bind(now).bind(sql::text(note));
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
+
 async fn history(
     tx: &mut Transaction<'static, Any>,
     order_id: &str,
@@ -519,7 +549,7 @@ impl Commerce {
             }
         }
         let skus: Vec<&str> = v.lines.iter().map(|(s, _)| s.as_str()).collect();
-        let products = catalog::get_products(&mut tx, &skus).await?;
+        let products = catalog::products_lite(&mut tx, &skus).await?;
         let by_sku: HashMap<&str, &catalog::ProductView> =
             products.iter().map(|p| (p.sku.as_str(), p)).collect();
         for (sku, _) in &v.lines {
@@ -536,9 +566,22 @@ impl Commerce {
         // Price each line where it is allocated.
         let mut lines = Vec::with_capacity(v.lines.len());
         let mut grams_by_location: BTreeMap<String, i64> = BTreeMap::new();
+        let mut prices: HashMap<&str, HashMap<String, (i64, String)>> = HashMap::new();
+        for loc in &locations {
+            if !prices.contains_key(loc.as_str()) {
+                let skus: Vec<String> = v
+                    .lines
+                    .iter()
+                    .zip(&locations)
+                    .filter(|(_, l)| *l == loc)
+                    .map(|((s, _), _)| s.clone())
+                    .collect();
+                prices.insert(loc.as_str(), catalog::current_prices(&mut tx, &skus, loc).await?);
+            }
+        }
         for ((sku, qty), loc) in v.lines.iter().zip(&locations) {
             let p = by_sku[sku.as_str()];
-            let Some((unit, currency)) = catalog::current_price(&mut tx, sku, loc).await? else {
+            let Some((unit, currency)) = prices.get(loc.as_str()).and_then(|m| m.get(sku)).cloned() else {
                 return Err(OrderError::Invalid(format!(
                     "product {sku} has no price at {loc}"
                 )));
@@ -656,10 +699,14 @@ impl Commerce {
         )
         .await?;
         // Last, the contended rows: reserve where planned.
-        for ((sku, qty), loc) in v.lines.iter().zip(&locations) {
-            if !stock::reserve(&mut tx, loc, sku, *qty, &order_id).await? {
-                return Err(OrderError::State(RACED.into()));
-            }
+        let wanted: Vec<(&str, &str, i64)> = v
+            .lines
+            .iter()
+            .zip(&locations)
+            .map(|((sku, qty), loc)| (loc.as_str(), sku.as_str(), *qty))
+            .collect();
+        if !stock::reserve_many(&mut tx, &wanted, &order_id).await? {
+            return Err(OrderError::State(RACED.into()));
         }
         tx.commit().await?;
         metrics::counter!("hub_orders_total", "step" => "reserved").increment(1);
@@ -814,36 +861,29 @@ impl Commerce {
         } else if let Some((id, code)) = &auth {
             payments::upsert_rows(&mut tx, &[row("authorized", Some(id.clone()), code.clone(), 0)]).await?;
         }
-        history(&mut tx, order_id, "confirmed", "payment authorised").await?;
-        audit::record(
-            &mut tx,
-            "hub:saga",
+        let mut events = vec![(
             "payment_authorized",
-            "order",
-            order_id,
             serde_json::json!({"amount": amount.minor, "method": if gift { "gift_card" } else { "card" }}),
-        )
-        .await?;
+        )];
         // Fulfil: group lines by location.
-        let rows =
-            sqlx::query("SELECT sku, qty, location FROM order_lines WHERE order_id = $1 ORDER BY line_no")
-                .bind(order_id)
-                .fetch_all(&mut *tx)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT l.sku, l.qty, l.location, o.fulfilment, o.ship_region FROM order_lines l \
+             JOIN orders o ON o.id = l.order_id WHERE l.order_id = $1 ORDER BY l.line_no",
+        )
+        .bind(order_id)
+        .fetch_all(&mut *tx)
+        .await?;
         let mut groups: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
+        let (mut fulfilment, mut region) = (String::new(), None::<String>);
         for r in rows {
             let loc: Option<String> = r.try_get(2)?;
             groups
                 .entry(loc.unwrap_or_default())
                 .or_default()
                 .push((r.try_get(0)?, r.try_get(1)?));
+            fulfilment = r.try_get(3)?;
+            region = r.try_get(4)?;
         }
-        let (fulfilment, region): (String, Option<String>) =
-            sqlx::query("SELECT fulfilment, ship_region FROM orders WHERE id = $1")
-                .bind(order_id)
-                .fetch_one(&mut *tx)
-                .await
-                .and_then(|r| Ok((r.try_get(0)?, r.try_get(1)?)))?;
         if fulfilment == "ship"
             && let Some(region) = &region
         {
@@ -852,15 +892,10 @@ impl Commerce {
                 let q = shipping::quote(&mut tx, region, grams).await?;
                 if let Some(best) = q.into_iter().find(|q| q.currency == amount.currency.as_str()) {
                     let id = shipping::create(&mut tx, order_id, loc, &best).await?;
-                    audit::record(
-                        &mut tx,
-                        "hub:saga",
+                    events.push((
                         "shipment_created",
-                        "order",
-                        order_id,
                         serde_json::json!({"shipment": id, "carrier": best.carrier, "from": loc}),
-                    )
-                    .await?;
+                    ));
                 }
             }
         }
@@ -869,7 +904,12 @@ impl Commerce {
         } else {
             "awaiting_shipment"
         };
-        history(&mut tx, order_id, next, "").await?;
+        history_many(
+            &mut tx,
+            order_id,
+            &[("confirmed", "payment authorised"), (next, "")],
+        )
+        .await?;
         // Last: the pick tasks (they lock each location's sync row).
         let mut kicked = Vec::new();
         for (loc, lines) in &groups {
@@ -889,15 +929,8 @@ impl Commerce {
             .await?;
             kicked.push(serde_json::json!({"task": task, "location": loc}));
         }
-        audit::record(
-            &mut tx,
-            "hub:saga",
-            "pick_tasks_created",
-            "order",
-            order_id,
-            serde_json::json!({ "tasks": kicked }),
-        )
-        .await?;
+        events.push(("pick_tasks_created", serde_json::json!({ "tasks": kicked })));
+        audit::record_many(&mut tx, "hub:saga", "order", order_id, &events).await?;
         let kicked: Vec<String> = groups.keys().cloned().collect();
         tx.commit().await?;
         metrics::counter!("hub_orders_total", "step" => "confirmed").increment(1);
@@ -915,7 +948,7 @@ impl Commerce {
         lines: &[(String, i64)],
     ) -> Result<i64, sqlx::Error> {
         let skus: Vec<&str> = lines.iter().map(|(s, _)| s.as_str()).collect();
-        let products = catalog::get_products(tx, &skus).await?;
+        let products = catalog::products_lite(tx, &skus).await?;
         Ok(lines
             .iter()
             .map(|(sku, qty)| {

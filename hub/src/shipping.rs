@@ -166,16 +166,12 @@ pub async fn quote(
     region: &str,
     grams: i64,
 ) -> Result<Vec<Quote>, sqlx::Error> {
-    let zone: String = sqlx::query_scalar("SELECT zone FROM shipping_zones WHERE region = $1")
-        .bind(region)
-        .fetch_optional(&mut **tx)
-        .await?
-        .unwrap_or_else(|| "default".into());
     let rows = sqlx::query(
-        "SELECT carrier, max_grams, price_minor, currency FROM shipping_rates WHERE zone = $1 AND max_grams >= $2 \
-         ORDER BY carrier, max_grams",
+        "SELECT r.carrier, r.zone, r.price_minor, r.currency FROM shipping_rates r \
+         WHERE r.zone = COALESCE((SELECT zone FROM shipping_zones WHERE region = $1), 'default') \
+         AND r.max_grams >= $2 ORDER BY r.carrier, r.max_grams",
     )
-    .bind(zone.as_str())
+    .bind(region)
     .bind(grams)
     .fetch_all(&mut **tx)
     .await?;
@@ -187,7 +183,7 @@ pub async fn quote(
         }
         out.push(Quote {
             carrier,
-            zone: zone.clone(),
+            zone: r.try_get(1)?,
             price_minor: r.try_get(2)?,
             currency: r.try_get(3)?,
         });

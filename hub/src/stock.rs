@@ -133,6 +133,57 @@ pub async fn reserve(
     Ok(done)
 }
 
+/// Reserves several lines at one location: one conditional update per
+/// line, then one ledger insert and one dirty mark for all. Returns false
+/// (having changed nothing worth keeping: the caller rolls back) as soon
+/// as one line is short.
+pub async fn reserve_many(
+    conn: &mut AnyConnection,
+    lines: &[(&str, &str, i64)],
+    reference: &str,
+) -> Result<bool, sqlx::Error> {
+    let now = now_ms();
+    for (location, sku, qty) in lines {
+        let done = sqlx::query(
+            "UPDATE stock_levels SET reserved = reserved + $3, updated_ms = $4 \
+             WHERE location = $1 AND sku = $2 AND on_hand - reserved >= $3",
+        )
+        .bind(*location)
+        .bind(*sku)
+        .bind(*qty)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+            == 1;
+        if !done {
+            return Ok(false);
+        }
+    }
+    for chunk in lines.chunks(sql::CHUNK) {
+        let text = sql::values(
+            "INSERT INTO stock_movements (location, sku, delta, kind, reference, created_ms)",
+            chunk.len(),
+            6,
+            "",
+        );
+        let mut q = sqlx::query(AssertSqlSafe(text));
+        for (location, sku, qty) in chunk {
+            q = q
+                .bind(*location)
+                .bind(*sku)
+                .bind(*qty)
+                .bind("reservation")
+                .bind(reference)
+                .bind(now);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    let pairs: Vec<(&str, &str)> = lines.iter().map(|(l, s, _)| (*l, *s)).collect();
+    mark_dirty(conn, &pairs).await?;
+    Ok(true)
+}
+
 /// Releases a reservation made by [`reserve`].
 pub async fn release(
     conn: &mut AnyConnection,
