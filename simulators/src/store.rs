@@ -42,6 +42,9 @@ pub struct StoreConfig {
     pub http_listen: String,
     /// The edge's LAN bus listen address.
     pub lan_listen: String,
+    /// Longest pause between reconnection attempts to the hub, ms (the
+    /// edge's default if `None`).
+    pub reconnect_max_ms: Option<u64>,
 }
 
 /// Running totals.
@@ -74,6 +77,8 @@ pub struct StoreSim {
     pub stats: Arc<StoreStats>,
     /// Stops the shoppers and the devices.
     pub stop: CancellationToken,
+    /// Stops only the shoppers (the edge and its devices keep running).
+    pub shoppers: CancellationToken,
 }
 
 /// Starts the store.
@@ -87,6 +92,9 @@ pub async fn start(cfg: StoreConfig) -> anyhow::Result<StoreSim> {
     settings.upstream.url = cfg.upstream.clone();
     settings.http.listen = cfg.http_listen.clone();
     settings.lan.listen = cfg.lan_listen.clone();
+    if let Some(ms) = cfg.reconnect_max_ms {
+        settings.sync.backoff_max_ms = ms;
+    }
     let mut scales = Vec::new();
     let mut scanners = Vec::new();
     for i in 1..=cfg.lanes {
@@ -127,6 +135,7 @@ pub async fn start(cfg: StoreConfig) -> anyhow::Result<StoreSim> {
     let store = StoreId::parse(&cfg.store)?;
     // Give the scanner drivers a moment to open their ports.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let shoppers = stop.child_token();
     for (i, (scale, scanner)) in scales.into_iter().zip(scanners).enumerate() {
         let lane = LaneClient::connect(lan, &store, &LaneId::parse((i + 1).to_string())?).await?;
         tokio::spawn(shopper(
@@ -135,10 +144,15 @@ pub async fn start(cfg: StoreConfig) -> anyhow::Result<StoreSim> {
             scanner,
             cfg.clone(),
             stats.clone(),
-            stop.clone(),
+            shoppers.clone(),
         ));
     }
-    Ok(StoreSim { edge, stats, stop })
+    Ok(StoreSim {
+        edge,
+        stats,
+        stop,
+        shoppers,
+    })
 }
 
 async fn shopper(

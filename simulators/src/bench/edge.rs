@@ -50,7 +50,7 @@ pub struct EdgeBenchArgs {
 }
 
 /// A sale with ids minted the way a lane mints them: time-ordered ULIDs.
-fn sale(lines: usize) -> EventBody {
+pub fn sale(lines: usize) -> EventBody {
     let now = storegate_edge::journal::now_ms() as u64;
     let mut s = samples::sale(lines);
     s.sale_id = EventId::from_parts(now, rand::random());
@@ -60,7 +60,8 @@ fn sale(lines: usize) -> EventBody {
     EventBody::Sale(s)
 }
 
-async fn raw_sqlite(dir: &Path, seconds: f64, row_bytes: usize) -> anyhow::Result<(f64, Latency)> {
+/// The raw SQLite ceiling: sale-sized rows, one per durable transaction.
+pub async fn raw_sqlite(dir: &Path, seconds: f64, row_bytes: usize) -> anyhow::Result<(f64, Latency)> {
     let opts = SqliteConnectOptions::new()
         .filename(dir.join("raw.db"))
         .create_if_missing(true)
@@ -86,7 +87,8 @@ async fn raw_sqlite(dir: &Path, seconds: f64, row_bytes: usize) -> anyhow::Resul
     Ok((rate, Latency::of(&mut lat)))
 }
 
-async fn journal_lanes(
+/// `lanes` concurrent lanes recording sales: (sales/s, latency, sales per fsync).
+pub async fn journal_lanes(
     dir: &Path,
     lanes: usize,
     seconds: f64,
@@ -172,11 +174,12 @@ async fn journal_open_loop(
     Ok((achieved, Latency::of(&mut all)))
 }
 
-async fn fill(journal: &Journal, n: usize, lines: usize) -> anyhow::Result<()> {
-    let per = n.div_ceil(64);
+/// Records `n` sales into `journal` from 64 concurrent writers.
+pub async fn fill(journal: &Journal, n: usize, lines: usize) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
-    for _ in 0..64 {
+    for i in 0..64 {
         let j = journal.clone();
+        let per = n / 64 + usize::from(i < n % 64);
         tasks.push(tokio::spawn(async move {
             for _ in 0..per {
                 j.record(sale(lines), None).await?;
