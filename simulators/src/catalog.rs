@@ -77,26 +77,36 @@ pub fn products() -> Vec<DemoProduct> {
     out
 }
 
+/// The product's GTIN: the code itself, or the item GTIN inside a
+/// weight label.
+pub fn gtin_of(p: &DemoProduct) -> Option<Gtin> {
+    match barcode::decode(&p.code, &barcode::default_layouts()).map(|s| s.decoded) {
+        Ok(Decoded::Gtin(g)) => Some(g),
+        Ok(Decoded::Variable { item_gtin, .. }) => Gtin::parse(&item_gtin).ok(),
+        Err(_) => None,
+    }
+}
+
+/// Tax rate of a demo product, basis points.
+pub fn tax_rate_bp(p: &DemoProduct) -> u32 {
+    if p.sku == "SOAP" || p.sku == "BATTERY-AA" {
+        2000
+    } else {
+        700
+    }
+}
+
 /// The catalog as downlink bodies (products, prices, a 3-for-2 on cola).
 pub fn downlink_bodies(currency: Currency) -> Vec<DownBody> {
-    let layouts = barcode::default_layouts();
     let mut bodies = Vec::new();
     for p in products() {
         let Ok(sku) = Sku::parse(p.sku) else { continue };
-        let barcode = match barcode::decode(&p.code, &layouts).map(|s| s.decoded) {
-            Ok(Decoded::Gtin(g)) => Some(g),
-            Ok(Decoded::Variable { item_gtin, .. }) => Gtin::parse(&item_gtin).ok(),
-            Err(_) => None,
-        };
+        let barcode = gtin_of(&p);
         bodies.push(DownBody::ProductUpsert(Product {
             sku: sku.clone(),
             name: p.name.into(),
             measure: if p.weighed { Measure::Grams } else { Measure::Each },
-            tax_rate_bp: if p.sku == "SOAP" || p.sku == "BATTERY-AA" {
-                2000
-            } else {
-                700
-            },
+            tax_rate_bp: tax_rate_bp(&p),
             barcodes: barcode.into_iter().collect(),
             category: None,
             active: true,

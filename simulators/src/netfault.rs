@@ -65,6 +65,11 @@ impl Proxy {
         }
     }
 
+    /// True while the link is cut.
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::Acquire)
+    }
+
     /// Restores the link.
     pub fn restore(&self) {
         self.cut.store(false, Ordering::Release);

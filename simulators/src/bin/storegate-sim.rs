@@ -23,6 +23,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The whole chain in one process: a hub, stores with lanes, scales and
+    /// scanners, a warehouse, online shoppers, and a WAN cut; live progress.
+    Demo(storegate_sim::demo::DemoArgs),
+    /// Chain-scale load: the hub and edge agents as processes, hundreds to
+    /// thousands of store connections, online shoppers, faults (WAN cuts,
+    /// kill -9 of edges and the hub), then the checks.
+    Load(storegate_sim::load::LoadArgs),
     /// A Mettler Toledo MT-SICS scale on a pseudo-terminal (prints its path).
     Scale {
         /// Weight on the platter, grams.
@@ -103,6 +110,8 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum Bench {
+    /// Every headline figure in one table, each against its ceiling; writes bench/RESULTS.md.
+    All(storegate_sim::bench::suite::SuiteArgs),
     /// Edge: durable sale commits at 1/10/50 lanes vs raw SQLite; outbox drain vs raw broker publishes.
     Edge(storegate_sim::bench::edge::EdgeBenchArgs),
     /// Hub: ingest from many stores into PostgreSQL and SQLite vs a raw batch insert.
@@ -139,7 +148,10 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.command {
+            Command::Demo(args) => storegate_sim::demo::run(args).await,
+            Command::Load(args) => storegate_sim::load::run(args).await,
             Command::Bench { which } => match which {
+                Bench::All(args) => storegate_sim::bench::suite::run(args).await,
                 Bench::Edge(args) => storegate_sim::bench::edge::run(args).await,
                 Bench::Hub(args) => storegate_sim::bench::hub::run(args).await,
                 Bench::Pos(args) => storegate_sim::bench::pos::run(args).await,
@@ -228,6 +240,7 @@ fn main() -> anyhow::Result<()> {
                     card_share: 0.6,
                     http_listen,
                     lan_listen,
+                    reconnect_max_ms: None,
                 })
                 .await?;
                 println!(
