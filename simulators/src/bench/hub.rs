@@ -62,10 +62,10 @@ fn event(store: usize, seq: u64, lines: usize) -> Event {
 }
 
 /// One simulated store: its id, its encoded batches, its last seq.
-type StoreWork = (StoreId, Vec<Vec<u8>>, u64);
+pub type StoreWork = (StoreId, Vec<Vec<u8>>, u64);
 
 /// Per store: its id and its encoded batches.
-fn workload(args: &HubBenchArgs) -> anyhow::Result<Vec<StoreWork>> {
+pub fn workload(args: &HubBenchArgs) -> anyhow::Result<Vec<StoreWork>> {
     let per_store = args.events.div_ceil(args.stores) as u64;
     (0..args.stores)
         .map(|i| {
@@ -98,7 +98,8 @@ async fn fresh_url(backend: &str, dir: &std::path::Path, tag: &str) -> anyhow::R
     })
 }
 
-async fn raw_ceiling(
+/// The raw ceiling: the events table's rows of `work` inserted in batches.
+pub async fn raw_ceiling(
     url: &str,
     args: &HubBenchArgs,
     work: &[StoreWork],
@@ -162,6 +163,30 @@ async fn raw_ceiling(
     Ok((total, took))
 }
 
+/// Puts the products of `samples::sale(lines)` in the hub's catalog at the
+/// prices those sales charge.
+pub async fn seed_sample_catalog(db: &storegate_hub::db::Db, lines: usize) -> anyhow::Result<()> {
+    for line in samples::sale(lines).lines {
+        sqlx::query(
+            "INSERT INTO products (sku, name, measure, tax_rate_bp, created_ms, updated_ms) VALUES ($1, $1, $2, 2000, 0, 0) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(line.sku.as_str())
+        .bind(if matches!(line.qty, storegate_protocol::Qty::Grams(_)) { "grams" } else { "each" })
+        .execute(&db.pool)
+        .await?;
+        sqlx::query(
+            "INSERT INTO prices (sku, scope, scope_id, price_minor, currency, effective_from_ms, created_ms) \
+             VALUES ($1, 'all', '', $2, 'EUR', 0, 0)",
+        )
+        .bind(line.sku.as_str())
+        .bind(line.unit_price.minor)
+        .execute(&db.pool)
+        .await?;
+    }
+    Ok(())
+}
+
 async fn hub_ingest(
     url: &str,
     dir: &std::path::Path,
@@ -181,24 +206,7 @@ async fn hub_ingest(
     let hub = storegate_hub::start(settings, shutdown.clone()).await?;
     // The catalog knows what the stores sell, at the prices they charge:
     // a realistic run flags nothing.
-    for line in samples::sale(args.lines).lines {
-        sqlx::query(
-            "INSERT INTO products (sku, name, measure, tax_rate_bp, created_ms, updated_ms) VALUES ($1, $1, $2, 2000, 0, 0) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(line.sku.as_str())
-        .bind(if matches!(line.qty, storegate_protocol::Qty::Grams(_)) { "grams" } else { "each" })
-        .execute(&hub.db.pool)
-        .await?;
-        sqlx::query(
-            "INSERT INTO prices (sku, scope, scope_id, price_minor, currency, effective_from_ms, created_ms) \
-             VALUES ($1, 'all', '', $2, 'EUR', 0, 0)",
-        )
-        .bind(line.sku.as_str())
-        .bind(line.unit_price.minor)
-        .execute(&hub.db.pool)
-        .await?;
-    }
+    seed_sample_catalog(&hub.db, args.lines).await?;
     while !hub.link.subscribed.load(std::sync::atomic::Ordering::Acquire) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -5,3 +5,4 @@ pub mod edge;
 pub mod hub;
 pub mod orders;
 pub mod pos;
+pub mod suite;

@@ -157,6 +157,144 @@ where
 }
 
 /// Runs the benchmark and prints its table.
+/// Figures of one backend.
+#[derive(Debug, Clone)]
+pub struct OrdersFigures {
+    /// Ceiling: the same clients on `GET /api/v1/auth/me`, req/s.
+    pub ceiling_rate: f64,
+    /// Its latencies.
+    pub ceiling: Latency,
+    /// Ceiling requests that failed.
+    pub ceiling_failed: usize,
+    /// Orders/s through the whole saga.
+    pub rate: f64,
+    /// Their latencies.
+    pub lat: Latency,
+    /// Orders not confirmed (201).
+    pub failed: usize,
+    /// The first failure, if any.
+    pub first_error: Option<String>,
+    /// Orders confirmed and awaiting shipment in the database afterwards.
+    pub confirmed: i64,
+}
+
+/// Runs the ceiling and the orders on a fresh database of `backend`.
+pub async fn measure(args: &OrdersBenchArgs, backend: &str) -> anyhow::Result<OrdersFigures> {
+    let dir = tempfile::tempdir()?;
+    let url = match backend {
+        "postgres" => crate::pg::fresh_database("sg_bench_orders").await?,
+        "sqlite" => format!("sqlite://{}", dir.path().join("hub.db").display()),
+        other => anyhow::bail!("unknown backend {other:?} (postgres, sqlite)"),
+    };
+    let mut settings = storegate_hub::Settings {
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    settings.database.url = url.clone();
+    settings.database.max_connections = args.connections;
+    settings.broker.listen = "127.0.0.1:0".into();
+    settings.api.listen = "127.0.0.1:0".into();
+    settings.auth.bootstrap_admin_email = Some("admin@example.com".into());
+    settings.auth.bootstrap_admin_password = Some("bench admin password".into());
+    let stop = CancellationToken::new();
+    let hub = storegate_hub::start(settings, stop.clone()).await?;
+    let api = format!("http://{}", hub.api_addr);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients * 2)
+        .build()?;
+    let admin = {
+        let body = ok(
+            http.post(format!("{api}/oauth/token"))
+                .form(&[
+                    ("grant_type", "password"),
+                    ("username", "admin@example.com"),
+                    ("password", "bench admin password"),
+                ])
+                .send()
+                .await?,
+            "admin login",
+        )
+        .await?;
+        body["access_token"].as_str().unwrap_or_default().to_owned()
+    };
+    seed(&http, &api, &admin, args).await?;
+    let token = login(&http, &api).await?;
+
+    // Ceiling: an authenticated one-row read, same clients.
+    let (h, a, t) = (http.clone(), api.clone(), token.clone());
+    let (mut lat, took, ceiling_failed) = drive(args.clients, args.orders, move |_| {
+        let req = h.get(format!("{a}/api/v1/auth/me")).bearer_auth(&t);
+        async move { req.send().await.is_ok_and(|r| r.status().is_success()) }
+    })
+    .await;
+    let ceiling = Latency::of(&mut lat);
+    let ceiling_rate = args.orders as f64 / took.as_secs_f64();
+
+    let lines: Vec<serde_json::Value> = (0..args.lines)
+        .map(|l| json!({"sku": format!("BENCH-{l}"), "qty": 1}))
+        .collect();
+    let body = serde_json::to_vec(&json!({
+        "lines": lines,
+        "fulfilment": "ship",
+        "ship_region": "north",
+        "payment": {"method": "card", "token": "tok_bench", "last4": "4242"},
+    }))?;
+    let (h, a, t) = (http.clone(), api.clone(), token.clone());
+    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
+    let fe = first_error.clone();
+    let (mut lat, took, failed) = drive(args.clients, args.orders, move |i| {
+        let req = h
+            .post(format!("{a}/api/v1/orders"))
+            .bearer_auth(&t)
+            .header("content-type", "application/json")
+            .header("idempotency-key", format!("bench-{i}"))
+            .body(body.clone());
+        let fe = fe.clone();
+        async move {
+            match req.send().await {
+                Ok(r) if r.status().as_u16() == 201 => true,
+                Ok(r) => {
+                    let s = r.status();
+                    let text = r.text().await.unwrap_or_default();
+                    if let Ok(mut g) = fe.lock() {
+                        g.get_or_insert(format!("{s} {text}"));
+                    }
+                    false
+                }
+                Err(e) => {
+                    if let Ok(mut g) = fe.lock() {
+                        g.get_or_insert(e.to_string());
+                    }
+                    false
+                }
+            }
+        }
+    })
+    .await;
+    let confirmed: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM orders WHERE kind = 'online' AND status = 'awaiting_shipment'",
+    )
+    .fetch_one(&hub.db.pool)
+    .await?;
+    stop.cancel();
+    hub.stop().await;
+    if backend == "postgres" {
+        crate::pg::drop_database(&url).await;
+    }
+    let first_error = first_error.lock().ok().and_then(|g| g.clone());
+    Ok(OrdersFigures {
+        ceiling_rate,
+        ceiling,
+        ceiling_failed,
+        rate: args.orders as f64 / took.as_secs_f64(),
+        lat: Latency::of(&mut lat),
+        failed,
+        first_error,
+        confirmed,
+    })
+}
+
+/// Runs the order benchmark and prints its table.
 pub async fn run(args: OrdersBenchArgs) -> anyhow::Result<()> {
     println!(
         "storegate order saga benchmark: {} online orders of {} lines, {} concurrent clients, simulated provider at 0 ms",
@@ -168,131 +306,29 @@ pub async fn run(args: OrdersBenchArgs) -> anyhow::Result<()> {
         "", "req/s", "p50 ms", "p99 ms", "max ms", "failed"
     );
     for backend in &args.backends {
-        let dir = tempfile::tempdir()?;
-        let url = match backend.as_str() {
-            "postgres" => crate::pg::fresh_database("sg_bench_orders").await?,
-            "sqlite" => format!("sqlite://{}", dir.path().join("hub.db").display()),
-            other => anyhow::bail!("unknown backend {other:?} (postgres, sqlite)"),
-        };
-        let mut settings = storegate_hub::Settings {
-            data_dir: dir.path().to_path_buf(),
-            ..Default::default()
-        };
-        settings.database.url = url.clone();
-        settings.database.max_connections = args.connections;
-        settings.broker.listen = "127.0.0.1:0".into();
-        settings.api.listen = "127.0.0.1:0".into();
-        settings.auth.bootstrap_admin_email = Some("admin@example.com".into());
-        settings.auth.bootstrap_admin_password = Some("bench admin password".into());
-        let stop = CancellationToken::new();
-        let hub = storegate_hub::start(settings, stop.clone()).await?;
-        let api = format!("http://{}", hub.api_addr);
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(args.clients * 2)
-            .build()?;
-        let admin = {
-            let body = ok(
-                http.post(format!("{api}/oauth/token"))
-                    .form(&[
-                        ("grant_type", "password"),
-                        ("username", "admin@example.com"),
-                        ("password", "bench admin password"),
-                    ])
-                    .send()
-                    .await?,
-                "admin login",
-            )
-            .await?;
-            body["access_token"].as_str().unwrap_or_default().to_owned()
-        };
-        seed(&http, &api, &admin, &args).await?;
-        let token = login(&http, &api).await?;
-
-        // Ceiling: an authenticated one-row read, same clients.
-        let (h, a, t) = (http.clone(), api.clone(), token.clone());
-        let (mut lat, took, failed) = drive(args.clients, args.orders, move |_| {
-            let req = h.get(format!("{a}/api/v1/auth/me")).bearer_auth(&t);
-            async move { req.send().await.is_ok_and(|r| r.status().is_success()) }
-        })
-        .await;
-        let l = Latency::of(&mut lat);
+        let f = measure(&args, backend).await?;
         println!(
             "{:<50} {:>9.0} {:>9} {:>9} {:>9} {:>7}",
             format!("{backend}: ceiling, GET /api/v1/auth/me"),
-            args.orders as f64 / took.as_secs_f64(),
-            ms(l.p50),
-            ms(l.p99),
-            ms(l.max),
-            failed
+            f.ceiling_rate,
+            ms(f.ceiling.p50),
+            ms(f.ceiling.p99),
+            ms(f.ceiling.max),
+            f.ceiling_failed
         );
-
-        let lines: Vec<serde_json::Value> = (0..args.lines)
-            .map(|l| json!({"sku": format!("BENCH-{l}"), "qty": 1}))
-            .collect();
-        let body = serde_json::to_vec(&json!({
-            "lines": lines,
-            "fulfilment": "ship",
-            "ship_region": "north",
-            "payment": {"method": "card", "token": "tok_bench", "last4": "4242"},
-        }))?;
-        let (h, a, t) = (http.clone(), api.clone(), token.clone());
-        let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
-        let fe = first_error.clone();
-        let (mut lat, took, failed) = drive(args.clients, args.orders, move |i| {
-            let req = h
-                .post(format!("{a}/api/v1/orders"))
-                .bearer_auth(&t)
-                .header("content-type", "application/json")
-                .header("idempotency-key", format!("bench-{i}"))
-                .body(body.clone());
-            let fe = fe.clone();
-            async move {
-                match req.send().await {
-                    Ok(r) if r.status().as_u16() == 201 => true,
-                    Ok(r) => {
-                        let s = r.status();
-                        let text = r.text().await.unwrap_or_default();
-                        if let Ok(mut g) = fe.lock() {
-                            g.get_or_insert(format!("{s} {text}"));
-                        }
-                        false
-                    }
-                    Err(e) => {
-                        if let Ok(mut g) = fe.lock() {
-                            g.get_or_insert(e.to_string());
-                        }
-                        false
-                    }
-                }
-            }
-        })
-        .await;
-        let l = Latency::of(&mut lat);
         println!(
             "{:<50} {:>9.0} {:>9} {:>9} {:>9} {:>7}",
             format!("{backend}: POST /api/v1/orders (whole saga)"),
-            args.orders as f64 / took.as_secs_f64(),
-            ms(l.p50),
-            ms(l.p99),
-            ms(l.max),
-            failed
+            f.rate,
+            ms(f.lat.p50),
+            ms(f.lat.p99),
+            ms(f.lat.max),
+            f.failed
         );
-        if let Ok(g) = first_error.lock()
-            && let Some(e) = g.as_ref()
-        {
+        if let Some(e) = &f.first_error {
             println!("  first failure: {e}");
         }
-        let confirmed: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM orders WHERE kind = 'online' AND status = 'awaiting_shipment'",
-        )
-        .fetch_one(&hub.db.pool)
-        .await?;
-        println!("  orders confirmed and awaiting shipment: {confirmed}");
-        stop.cancel();
-        hub.stop().await;
-        if backend == "postgres" {
-            crate::pg::drop_database(&url).await;
-        }
+        println!("  orders confirmed and awaiting shipment: {}", f.confirmed);
     }
     println!();
     println!("Goal (issue 6): >= 2000 orders/s and p99 <= 50 ms on PostgreSQL.");
