@@ -25,7 +25,6 @@ use std::time::Duration;
 use storegate_protocol::StoreId;
 pub use storegate_sim::netfault::Proxy;
 pub use storegate_sim::responder::{Responder, StoreLog};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -192,6 +191,8 @@ pub struct EdgeProcess {
     child: Child,
     /// Its local HTTP endpoint.
     pub http: SocketAddr,
+    /// Its device bus (store LAN broker).
+    pub lan: Option<SocketAddr>,
 }
 
 impl EdgeProcess {
@@ -224,22 +225,10 @@ impl EdgeProcess {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn edge-agent");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let http = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(rest) = line.strip_prefix("edge-agent listening http=") {
-                    let addr = rest.split_whitespace().next().unwrap_or(rest);
-                    return addr.parse::<SocketAddr>().expect("addr");
-                }
-            }
-            panic!("edge-agent exited before listening");
-        })
-        .await
-        .expect("edge-agent started in time");
-        // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        EdgeProcess { child, http }
+        let (http, lan) = storegate_sim::procs::edge_listening(&mut child)
+            .await
+            .expect("edge-agent started");
+        EdgeProcess { child, http, lan }
     }
 
     /// `kill -9`.
@@ -556,23 +545,9 @@ impl HubProcess {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn hub");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let (api, broker) = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(rest) = line.strip_prefix("hub listening api=") {
-                    let (api, broker) = rest.split_once(" broker=").expect("api and broker");
-                    return (
-                        api.parse().expect("api addr"),
-                        broker.parse().expect("broker addr"),
-                    );
-                }
-            }
-            panic!("hub exited before listening");
-        })
-        .await
-        .expect("hub started in time");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (api, broker) = storegate_sim::procs::hub_listening(&mut child)
+            .await
+            .expect("hub started");
         let ready = format!("http://{api}/readyz");
         wait_until(
             "hub ready (database up, consuming)",
@@ -598,6 +573,12 @@ impl HubProcess {
             .await
             .expect("hub exited in time")
             .expect("wait")
+    }
+
+    /// `kill -9` (its embedded broker dies with it).
+    pub async fn kill9(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
     }
 
     /// SIGTERM, then wait.

@@ -38,12 +38,7 @@ async fn start(s: Settings) -> Edge {
 
 /// A sale body with a fresh sale id.
 pub fn fresh_sale(n: u128) -> EventBody {
-    let mut sale = samples::sale(3);
-    sale.sale_id = EventId::from_parts(samples::T0_MS as u64, n);
-    for (i, t) in sale.tenders.iter_mut().enumerate() {
-        t.payment_key = EventId::from_parts(samples::T0_MS as u64 + 1, n * 8 + i as u128);
-    }
-    EventBody::Sale(sale)
+    storegate_sim::chain::till_sale(n)
 }
 
 fn scan(n: usize) -> EventBody {

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod chain;
 mod commerce;
 mod devices;
 mod edge_crash;
