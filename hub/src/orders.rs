@@ -910,12 +910,21 @@ impl Commerce {
             &[("confirmed", "payment authorised"), (next, "")],
         )
         .await?;
-        // Last: the pick tasks (they lock each location's sync row).
-        let mut kicked = Vec::new();
-        for (loc, lines) in &groups {
-            let task = tasks::create(
+        // Last: the pick tasks (they lock each location's sync row, which
+        // every order for that location takes: hold it for the least time).
+        let task_ids: Vec<String> = groups.keys().map(|_| crate::auth::new_id()).collect();
+        let listed: Vec<serde_json::Value> = groups
+            .keys()
+            .zip(&task_ids)
+            .map(|(loc, task)| serde_json::json!({"task": task, "location": loc}))
+            .collect();
+        events.push(("pick_tasks_created", serde_json::json!({ "tasks": listed })));
+        audit::record_many(&mut tx, "hub:saga", "order", order_id, &events).await?;
+        for ((loc, lines), task) in groups.iter().zip(&task_ids) {
+            tasks::create_as(
                 &mut tx,
                 db,
+                task,
                 loc,
                 TaskKind::Pick,
                 Some(order_id),
@@ -927,10 +936,7 @@ impl Commerce {
                 }),
             )
             .await?;
-            kicked.push(serde_json::json!({"task": task, "location": loc}));
         }
-        events.push(("pick_tasks_created", serde_json::json!({ "tasks": kicked })));
-        audit::record_many(&mut tx, "hub:saga", "order", order_id, &events).await?;
         let kicked: Vec<String> = groups.keys().cloned().collect();
         tx.commit().await?;
         metrics::counter!("hub_orders_total", "step" => "confirmed").increment(1);

@@ -147,6 +147,24 @@ pub async fn create(
     note: Option<String>,
 ) -> Result<String, sqlx::Error> {
     let id = crate::auth::new_id();
+    create_as(tx, db, &id, store, kind, order_id, lines, note).await?;
+    Ok(id)
+}
+
+/// [`create`] with an id chosen by the caller. The store's sync row is
+/// locked last (it serialises with snapshots, and every order for the
+/// location takes it), so call this last in a transaction.
+#[allow(clippy::too_many_arguments)]
+pub async fn create_as(
+    tx: &mut Transaction<'static, Any>,
+    db: &Db,
+    id: &str,
+    store: &str,
+    kind: TaskKind,
+    order_id: Option<&str>,
+    lines: &[(String, i64)],
+    note: Option<String>,
+) -> Result<(), sqlx::Error> {
     let now = now_ms();
     let views: Vec<LineView> = lines
         .iter()
@@ -160,7 +178,7 @@ pub async fn create(
         "INSERT INTO tasks (id, store_id, kind, order_id, status, lines, created_ms, updated_ms) \
          VALUES ($1, $2, $3, $4, 'assigned', $5, $6, $6)",
     )
-    .bind(id.as_str())
+    .bind(id)
     .bind(store)
     .bind(kind_name(kind))
     .bind(order_id)
@@ -176,10 +194,10 @@ pub async fn create(
     .fetch_optional(&mut **tx)
     .await?;
     if matches!(snapshot, Some(Some(_))) {
-        let task = task_body(&id, kind, order_id, lines, note);
+        let task = task_body(id, kind, order_id, lines, note);
         crate::downlink::enqueue(tx, db, store, &[DownBody::TaskAssigned(task)]).await?;
     }
-    Ok(id)
+    Ok(())
 }
 
 /// Withdraws open tasks of an order; returns the stores told.

@@ -134,6 +134,51 @@ both_backends!(
 );
 
 both_backends!(
+    two_line_orders_in_opposite_orders_neither_deadlock_nor_oversell,
+    |backend: Backend| async move {
+        let Some(hub) = spawn_hub(backend).await else {
+            return;
+        };
+        let (admin, client) = seed(&hub).await;
+        receive(&admin, "w1", "P1", 30).await;
+        receive(&admin, "w1", "P2", 30).await;
+        // Half the orders list P1 then P2, half P2 then P1: two orders that
+        // lock the same rows in opposite orders must not fail each other.
+        let mut tasks = Vec::new();
+        for i in 0..60 {
+            let client = client.clone();
+            let (a, b) = if i % 2 == 0 { ("P1", "P2") } else { ("P2", "P1") };
+            tasks.push(tokio::spawn(async move {
+                let body = json!({
+                    "lines": [{"sku": a, "qty": 1}, {"sku": b, "qty": 1}],
+                    "fulfilment": "ship",
+                    "ship_region": "north",
+                    "payment": {"method": "card", "token": "tok_visa", "last4": "4242"},
+                });
+                place(&client, &format!("pair-{i}"), &body).await
+            }));
+        }
+        let (mut ok, mut out) = (0, 0);
+        for t in tasks {
+            let a = t.await.unwrap();
+            match a.status {
+                201 => ok += 1,
+                409 => {
+                    assert_eq!(a.body["error"]["code"], "out_of_stock", "{}", a.body);
+                    out += 1;
+                }
+                other => panic!("unexpected {other}: {}", a.body),
+            }
+        }
+        assert_eq!((ok, out), (30, 30));
+        assert_eq!(level(&admin, "w1", "P1").await, (30, 30));
+        assert_eq!(level(&admin, "w1", "P2").await, (30, 30));
+        verify_ledger(&admin).await;
+        hub.stop().await;
+    }
+);
+
+both_backends!(
     a_declined_payment_releases_the_reservation_and_fails_the_order,
     |backend: Backend| async move {
         let Some(hub) = spawn_hub(backend).await else {
