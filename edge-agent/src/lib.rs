@@ -15,7 +15,8 @@
 //! - [`http`]: local status, metrics and integration API.
 //! - [`lan`]: the store LAN device bus (embedded broker, JSON devices).
 //! - [`pos`]: POS lanes: baskets, tenders, sales, voids, returns.
-//! - [`pricing`]: line amounts, promotions, tax (pure).
+//! - [`pricing`]: line amounts, promotions, tax (pure; in the protocol crate so
+//!   the hub prices online orders the same way).
 //! - [`catalog`]: reads the catalog replica.
 //! - [`barcode`]: GTIN and GS1 variable-measure decoding (pure).
 //! - [`framing`] / [`scanner`]: serial scanner framing (pure) and driver.
@@ -37,7 +38,7 @@ pub mod journal;
 pub mod lan;
 pub mod mtsics;
 pub mod pos;
-pub mod pricing;
+pub use storegate_protocol::pricing;
 pub mod scale;
 pub mod scanner;
 pub mod settings;

@@ -1251,6 +1251,40 @@ pub async fn remove_promotion(
     Ok(fan_out(tx, db, &[DownBody::PromotionRemoved { id: id.to_owned() }]).await?)
 }
 
+/// The promotions in effect at `at_ms`, as stores get them (the same
+/// rules price online orders and store baskets).
+pub async fn promotions_at(
+    tx: &mut Transaction<'static, Any>,
+    at_ms: i64,
+) -> Result<Vec<dl::Promotion>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, label, rule, skus, starts_ms, ends_ms FROM promotions \
+         WHERE active = 1 AND starts_ms <= $1 AND (ends_ms IS NULL OR ends_ms > $1) ORDER BY id",
+    )
+    .bind(at_ms)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let rule: String = r.try_get(2)?;
+        let skus: String = r.try_get(3)?;
+        let (Ok(rule), Ok(skus)) = (serde_json::from_str(&rule), serde_json::from_str(&skus)) else {
+            continue;
+        };
+        let view = PromotionView {
+            id: r.try_get(0)?,
+            label: r.try_get(1)?,
+            rule,
+            skus,
+            starts_ms: r.try_get(4)?,
+            ends_ms: r.try_get(5)?,
+            active: true,
+        };
+        out.extend(view.to_down());
+    }
+    Ok(out)
+}
+
 /// Every promotion, by id.
 pub async fn list_promotions(tx: &mut Transaction<'static, Any>) -> Result<Vec<PromotionView>, sqlx::Error> {
     let rows =

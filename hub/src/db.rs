@@ -86,6 +86,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0002_commerce.sql"),
         include_str!("../migrations/postgres/0002_commerce.sql"),
     ),
+    (
+        3,
+        "order line discounts",
+        include_str!("../migrations/sqlite/0003_order_line_discounts.sql"),
+        include_str!("../migrations/postgres/0003_order_line_discounts.sql"),
+    ),
 ];
 
 fn migrations(kind: DbKind) -> Migrator {

@@ -30,7 +30,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 use storegate_protocol::downlink::TaskKind;
 use storegate_protocol::event::{CardToken, EventBody, Last4};
-use storegate_protocol::{Currency, Money, Sku, StoreId};
+use storegate_protocol::pricing::{self, LineInput as PriceInput};
+use storegate_protocol::{Currency, Money, Qty, Sku, StoreId};
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
@@ -111,12 +112,16 @@ pub struct LineView {
     pub qty: i64,
     /// Price per item (per kilogram for weighed goods), minor units.
     pub unit_price_minor: i64,
-    /// Line total, minor units.
+    /// Line total after its discount, minor units.
     pub total_minor: i64,
     /// Tax in (or on) the line.
     pub tax_minor: i64,
     /// Location the goods come from.
     pub location: Option<String>,
+    /// Promotion discount on the line, minor units.
+    pub discount_minor: i64,
+    /// The promotion that gave it.
+    pub promotion_id: Option<String>,
 }
 
 /// One status change.
@@ -232,27 +237,6 @@ pub enum Created {
 
 /// Marks a reservation lost to a concurrent order (the plan is redone).
 const RACED: &str = "raced";
-
-fn round_div(a: i128, b: i128) -> i64 {
-    // Half away from zero; amounts here are non-negative.
-    ((a + b / 2) / b) as i64
-}
-
-/// Line total and tax: `unit` per item (per kg for grams), `bp` tax rate.
-pub fn line_amounts(unit: i64, qty: i64, grams: bool, bp: u32, tax_included: bool) -> (i64, i64) {
-    let gross = if grams {
-        round_div(i128::from(unit) * i128::from(qty), 1000)
-    } else {
-        unit.saturating_mul(qty)
-    };
-    let bp = i128::from(bp);
-    let tax = if tax_included {
-        round_div(i128::from(gross) * bp, 10_000 + bp)
-    } else {
-        round_div(i128::from(gross) * bp, 10_000)
-    };
-    (gross, tax)
-}
 
 #[derive(Debug)]
 struct Valid {
@@ -565,6 +549,7 @@ impl Commerce {
 
         // Price each line where it is allocated.
         let mut lines = Vec::with_capacity(v.lines.len());
+        let mut inputs = Vec::with_capacity(v.lines.len());
         let mut grams_by_location: BTreeMap<String, i64> = BTreeMap::new();
         let mut prices: HashMap<&str, HashMap<String, (i64, String)>> = HashMap::new();
         for loc in &locations {
@@ -593,12 +578,25 @@ impl Commerce {
                 )));
             }
             let grams = p.measure == "grams";
-            let (total, tax) = line_amounts(unit, *qty, grams, p.tax_rate_bp, self.settings.tax_included);
+            let n = u32::try_from(*qty).map_err(|_| OrderError::Invalid(format!("{sku}: qty too large")))?;
+            let price_qty = if grams { Qty::grams(n) } else { Qty::each(n) }
+                .map_err(|e| OrderError::Invalid(format!("{sku}: {e}")))?;
+            inputs.push(PriceInput {
+                sku: Sku::parse(sku.as_str()).map_err(|e| OrderError::Invalid(format!("{sku}: {e}")))?,
+                qty: price_qty,
+                unit_price: Money::new(unit, self.currency),
+                fixed_amount: None,
+                tax_rate_bp: p.tax_rate_bp,
+            });
             *grams_by_location.entry(loc.clone()).or_insert(0) += p
                 .unit_grams(self.settings.default_item_grams)
                 .saturating_mul(*qty);
-            lines.push((sku.clone(), *qty, unit, total, tax, loc.clone()));
+            lines.push((sku.clone(), *qty, unit, loc.clone()));
         }
+        // The promotions stores apply, by the same rules (best one per line).
+        let promotions = catalog::promotions_at(&mut tx, now).await?;
+        let priced = pricing::price(&inputs, &promotions, self.settings.tax_included, self.currency)
+            .map_err(|e| OrderError::Invalid(format!("the order's amounts do not add up: {e}")))?;
         let mut quotes = Vec::new();
         if let Some(region) = &v.region {
             for (loc, grams) in &grams_by_location {
@@ -611,10 +609,9 @@ impl Commerce {
                 quotes.push((loc.clone(), best));
             }
         }
-        let subtotal: i64 = lines.iter().map(|l| l.3).sum();
-        let tax: i64 = lines.iter().map(|l| l.4).sum();
+        let (subtotal, discount, tax) = (priced.subtotal.minor, priced.discount.minor, priced.tax.minor);
         let shipping_total: i64 = quotes.iter().map(|(_, q)| q.price_minor).sum();
-        let total = subtotal + if self.settings.tax_included { 0 } else { tax } + shipping_total;
+        let total = priced.total.minor + shipping_total;
         let single = locations
             .first()
             .filter(|l| locations.iter().all(|x| x == *l))
@@ -622,7 +619,7 @@ impl Commerce {
         sqlx::query(
             "INSERT INTO orders (id, kind, status, customer_id, location, fulfilment, ship_region, currency, subtotal_minor, \
              discount_minor, tax_minor, shipping_minor, total_minor, allow_split, created_ms, updated_ms) \
-             VALUES ($1, 'online', 'reserved', $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, $12, $12)",
+             VALUES ($1, 'online', 'reserved', $2, $3, $4, $5, $6, $7, $13, $8, $9, $10, $11, $12, $12)",
         )
         .bind(order_id.as_str())
         .bind(customer)
@@ -636,26 +633,34 @@ impl Commerce {
         .bind(total)
         .bind(i64::from(input.allow_split))
         .bind(now)
+        .bind(discount)
         .execute(&mut *tx)
         .await?;
-        for chunk in lines.chunks(sql::CHUNK) {
+        for (c, chunk) in lines.chunks(sql::CHUNK).enumerate() {
             let text = sql::values(
-                "INSERT INTO order_lines (order_id, line_no, sku, qty, unit_price_minor, total_minor, tax_minor, location)",
+                "INSERT INTO order_lines (order_id, line_no, sku, qty, unit_price_minor, total_minor, tax_minor, location, \
+                 discount_minor, promotion_id)",
                 chunk.len(),
-                8,
+                10,
                 "",
             );
             let mut q = sqlx::query(AssertSqlSafe(text));
             for (i, l) in chunk.iter().enumerate() {
+                let n = c * sql::CHUNK + i;
+                let p = &priced.lines[n];
+                let promotion = p.discounts.first().and_then(|d| d.promotion_id.clone());
+                let line_discount: i64 = p.discounts.iter().map(|d| d.amount.minor).sum();
                 q = q
                     .bind(order_id.as_str())
-                    .bind(i as i64 + 1)
+                    .bind(n as i64 + 1)
                     .bind(l.0.as_str())
                     .bind(l.1)
                     .bind(l.2)
-                    .bind(l.3)
-                    .bind(l.4)
-                    .bind(l.5.as_str());
+                    .bind(p.total.minor)
+                    .bind(p.tax.minor)
+                    .bind(l.3.as_str())
+                    .bind(line_discount)
+                    .bind(promotion);
             }
             q.execute(&mut *tx).await?;
         }
@@ -1425,8 +1430,8 @@ pub async fn get(db: &Db, id: &str) -> Result<Option<OrderView>, sqlx::Error> {
         store_sale_lines(db, sale_id.as_deref()).await?
     } else {
         sqlx::query(
-            "SELECT line_no, sku, qty, unit_price_minor, total_minor, tax_minor, location FROM order_lines \
-             WHERE order_id = $1 ORDER BY line_no",
+            "SELECT line_no, sku, qty, unit_price_minor, total_minor, tax_minor, location, discount_minor, promotion_id \
+             FROM order_lines WHERE order_id = $1 ORDER BY line_no",
         )
         .bind(id)
         .fetch_all(&db.pool)
@@ -1441,6 +1446,8 @@ pub async fn get(db: &Db, id: &str) -> Result<Option<OrderView>, sqlx::Error> {
                 total_minor: l.try_get(4)?,
                 tax_minor: l.try_get(5)?,
                 location: l.try_get(6)?,
+                discount_minor: l.try_get(7)?,
+                promotion_id: l.try_get(8)?,
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?
@@ -1509,6 +1516,8 @@ async fn store_sale_lines(db: &Db, sale_id: Option<&[u8]>) -> Result<Vec<LineVie
             total_minor: l.total.minor,
             tax_minor: l.tax.minor,
             location: None,
+            discount_minor: l.discounts.iter().map(|d| d.amount.minor).sum(),
+            promotion_id: l.discounts.first().and_then(|d| d.promotion_id.clone()),
         })
         .collect())
 }
@@ -1553,16 +1562,6 @@ pub async fn list(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn line_amounts_round_half_up_and_split_tax() {
-        // 3 x 1.99 incl. 20% VAT: 5.97, of which 1.00 (99.5 rounds up) is tax.
-        assert_eq!(line_amounts(199, 3, false, 2000, true), (597, 100));
-        // Tax added: 5.97 + 20% = 1.19 (119.4).
-        assert_eq!(line_amounts(199, 3, false, 2000, false), (597, 119));
-        // 1.234 kg at 2.99/kg = 3.69 (3.68966).
-        assert_eq!(line_amounts(299, 1234, true, 0, true), (369, 0));
-    }
 
     #[test]
     fn order_input_is_checked() {

@@ -16,6 +16,8 @@
 //!   payments, stock, telemetry, task updates).
 //! - [`downlink`]: what the hub sends down (catalog, prices, promotions,
 //!   stock levels, tasks, config, payment decisions).
+//! - [`pricing`]: basket pricing (line amounts, best promotion per line,
+//!   tax), pure; the edge prices baskets and the hub online orders with it.
 //! - [`rpc`]: request/response with correlation id and timeout (card
 //!   authorisation, lookups).
 //! - [`envelope`]: the versioned postcard envelope around all of the above.
@@ -67,6 +69,7 @@ pub mod event;
 pub mod gtin;
 pub mod ids;
 pub mod money;
+pub mod pricing;
 pub mod rpc;
 pub mod samples;
 pub mod topic;

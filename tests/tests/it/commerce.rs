@@ -134,6 +134,136 @@ both_backends!(
 );
 
 both_backends!(
+    online_orders_get_the_promotions_stores_apply,
+    |backend: Backend| async move {
+        let Some(hub) = spawn_hub(backend).await else {
+            return;
+        };
+        let (admin, client) = seed(&hub).await;
+        receive(&admin, "w1", "P1", 10).await;
+        receive(&admin, "w1", "P2", 10).await;
+        let promo = |id: &str, rule: Value, skus: &[&str], ends: Option<i64>| {
+            let admin = admin.clone();
+            let body = json!({"label": id, "rule": rule, "skus": skus, "starts_ms": 0, "ends_ms": ends});
+            let path = format!("/api/v1/promotions/{id}");
+            async move { admin.put(&path, body).await }
+        };
+        promo("p1-10pc", json!({"PercentOff": {"bp": 1000}}), &["P1"], None).await;
+        // Two for P2: the better one wins, no stacking.
+        promo(
+            "p2-3for2",
+            json!({"MultiBuy": {"buy": 3, "pay": 2}}),
+            &["P2"],
+            None,
+        )
+        .await;
+        promo(
+            "p2-50off",
+            json!({"AmountOff": {"amount": {"minor": 50, "currency": "EUR"}}}),
+            &["P2"],
+            None,
+        )
+        .await;
+        // Over: does not apply.
+        promo(
+            "p1-half",
+            json!({"PercentOff": {"bp": 5000}}),
+            &["P1"],
+            Some(1_000),
+        )
+        .await;
+
+        let body = json!({
+            "lines": [{"sku": "P1", "qty": 2}, {"sku": "P2", "qty": 3}],
+            "fulfilment": "ship",
+            "ship_region": "north",
+            "payment": {"method": "card", "token": "tok_visa", "last4": "4242"},
+        });
+        let a = place(&client, "promo-1", &body).await;
+        assert_eq!(a.status, 201, "{}", a.body);
+        let o = &a.body;
+        // P1: 2 x 10.00 = 20.00, 10% off = 18.00 (VAT 20% in it: 3.00).
+        // P2: 3 x 5.00 = 15.00, 3 for 2 = 10.00 (VAT 1.67). Shipping 4.99.
+        let line = |sku: &str| {
+            o["lines"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|l| l["sku"] == sku)
+                .cloned()
+                .unwrap()
+        };
+        let p1 = line("P1");
+        assert_eq!(
+            (
+                &p1["total_minor"],
+                &p1["discount_minor"],
+                &p1["tax_minor"],
+                &p1["promotion_id"]
+            ),
+            (&json!(1800), &json!(200), &json!(300), &json!("p1-10pc"))
+        );
+        let p2 = line("P2");
+        assert_eq!(
+            (
+                &p2["total_minor"],
+                &p2["discount_minor"],
+                &p2["tax_minor"],
+                &p2["promotion_id"]
+            ),
+            (&json!(1000), &json!(500), &json!(167), &json!("p2-3for2"))
+        );
+        assert_eq!(
+            (
+                &o["subtotal_minor"],
+                &o["discount_minor"],
+                &o["tax_minor"],
+                &o["shipping_minor"],
+                &o["total_minor"]
+            ),
+            (&json!(3500), &json!(700), &json!(467), &json!(499), &json!(3299))
+        );
+        assert_eq!(
+            o["payments"][0]["amount_minor"], 3299,
+            "the card is charged the discounted total"
+        );
+
+        // The same basket priced by the code the store lanes run.
+        let eur = |m| Money::new(m, Currency::EUR);
+        let input = |sku: &str, n, unit| storegate_protocol::pricing::LineInput {
+            sku: Sku::parse(sku).unwrap(),
+            qty: Qty::each(n).unwrap(),
+            unit_price: eur(unit),
+            fixed_amount: None,
+            tax_rate_bp: 2000,
+        };
+        let promos: Vec<storegate_protocol::downlink::Promotion> =
+            serde_json::from_value::<Vec<Value>>(admin.get("/api/v1/promotions").await)
+                .unwrap()
+                .into_iter()
+                .filter(|p| p["ends_ms"].is_null())
+                .map(|p| storegate_protocol::downlink::Promotion {
+                    id: p["id"].as_str().unwrap().into(),
+                    label: p["label"].as_str().unwrap().into(),
+                    rule: serde_json::from_value(p["rule"].clone()).unwrap(),
+                    skus: vec![Sku::parse(p["skus"][0].as_str().unwrap()).unwrap()],
+                    starts_ms: 0,
+                    ends_ms: None,
+                })
+                .collect();
+        let at_store = storegate_protocol::pricing::price(
+            &[input("P1", 2, 1000), input("P2", 3, 500)],
+            &promos,
+            true,
+            Currency::EUR,
+        )
+        .unwrap();
+        assert_eq!(at_store.total.minor + 499, 3299);
+        hub.stop().await;
+    }
+);
+
+both_backends!(
     two_line_orders_in_opposite_orders_neither_deadlock_nor_oversell,
     |backend: Backend| async move {
         let Some(hub) = spawn_hub(backend).await else {

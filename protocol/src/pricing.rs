@@ -10,9 +10,9 @@
 //! - Tax per line at its rate: extracted from the amount when prices
 //!   include tax (`tax = total * r / (1 + r)`), added on top otherwise.
 
-use storegate_protocol::downlink::{Promotion, PromotionRule};
-use storegate_protocol::event::Discount;
-use storegate_protocol::{Currency, Money, MoneyError, Qty, Sku};
+use crate::downlink::{Promotion, PromotionRule};
+use crate::event::Discount;
+use crate::{Currency, Money, MoneyError, Qty, Sku};
 
 /// A line to price.
 #[derive(Debug, Clone, PartialEq, Eq)]
