@@ -62,6 +62,25 @@ async fn place(client: &Rest, key: &str, body: &Value) -> storegate_e2e::Answer 
         .await
 }
 
+/// Counts 201s and out-of-stock 409s; anything else fails the test.
+async fn confirmed_and_out_of_stock(
+    tasks: Vec<tokio::task::JoinHandle<storegate_e2e::Answer>>,
+) -> (usize, usize) {
+    let (mut ok, mut out) = (0, 0);
+    for t in tasks {
+        let a = t.await.unwrap();
+        match a.status {
+            201 => ok += 1,
+            409 => {
+                assert_eq!(a.body["error"]["code"], "out_of_stock", "{}", a.body);
+                out += 1;
+            }
+            other => panic!("unexpected {other}: {}", a.body),
+        }
+    }
+    (ok, out)
+}
+
 async fn level(admin: &Rest, location: &str, sku: &str) -> (i64, i64) {
     let page = admin
         .get(&format!("/api/v1/stock?location={location}&sku={sku}"))
@@ -107,18 +126,7 @@ both_backends!(
                 place(&client, &format!("race-{i}"), &order("P1", 1, "tok_visa")).await
             }));
         }
-        let (mut ok, mut out) = (0, 0);
-        for t in tasks {
-            let a = t.await.unwrap();
-            match a.status {
-                201 => ok += 1,
-                409 => {
-                    assert_eq!(a.body["error"]["code"], "out_of_stock", "{}", a.body);
-                    out += 1;
-                }
-                other => panic!("unexpected {other}: {}", a.body),
-            }
-        }
+        let (ok, out) = confirmed_and_out_of_stock(tasks).await;
         assert_eq!((ok, out), (50, 150));
         assert_eq!(
             level(&admin, "w1", "P1").await,
@@ -288,18 +296,7 @@ both_backends!(
                 place(&client, &format!("pair-{i}"), &body).await
             }));
         }
-        let (mut ok, mut out) = (0, 0);
-        for t in tasks {
-            let a = t.await.unwrap();
-            match a.status {
-                201 => ok += 1,
-                409 => {
-                    assert_eq!(a.body["error"]["code"], "out_of_stock", "{}", a.body);
-                    out += 1;
-                }
-                other => panic!("unexpected {other}: {}", a.body),
-            }
-        }
+        let (ok, out) = confirmed_and_out_of_stock(tasks).await;
         assert_eq!((ok, out), (30, 30));
         assert_eq!(level(&admin, "w1", "P1").await, (30, 30));
         assert_eq!(level(&admin, "w1", "P2").await, (30, 30));
