@@ -122,8 +122,9 @@ pub struct CommerceSettings {
     /// Simulated provider: added latency per call, ms.
     pub sim_latency_ms: u64,
     /// Simulated provider: amounts whose minor units end in these two
-    /// digits are declined (also cards whose token starts with `decline`;
-    /// tokens starting with `timeout` never get an answer).
+    /// digits are declined (100 or more: none; cards whose token starts
+    /// with `decline` still are; tokens starting with `timeout` never get
+    /// an answer).
     pub sim_decline_cents: u8,
     /// Weight of a product with no `weight_grams` attribute, for shipping.
     pub default_item_grams: i64,

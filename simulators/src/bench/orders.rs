@@ -28,6 +28,11 @@ pub struct OrdersBenchArgs {
     /// Lines per order (distinct SKUs).
     #[arg(long, default_value_t = 2)]
     pub lines: usize,
+    /// Products in the catalogue; each order's lines are drawn from them at
+    /// random. `--skus` equal to `--lines` makes every order buy the same
+    /// products (the hot-row worst case).
+    #[arg(long, default_value_t = 1000)]
+    pub skus: usize,
     /// Warehouses holding stock (allocation chooses among them).
     #[arg(long, default_value_t = 3)]
     pub warehouses: usize,
@@ -92,22 +97,41 @@ async fn seed(http: &reqwest::Client, api: &str, token: &str, args: &OrdersBench
         json!({"carrier": "post", "zone": "z1", "max_grams": 100_000_000, "price_minor": 499, "currency": "EUR"}),
     )
     .await?;
-    for l in 0..args.lines {
+    // Products and prices, 16 requests at a time.
+    let skus = args.skus.max(args.lines);
+    let mut set = tokio::task::JoinSet::new();
+    for l in 0..skus {
         let sku = format!("BENCH-{l}");
-        put(
+        let product = put(
             format!("/api/v1/products/{sku}"),
             json!({"name": format!("Bench product {l}"), "tax_rate_bp": 2000}),
-        )
-        .await?;
-        post(
+        );
+        let price = post(
             "/api/v1/prices",
             json!({"sku": sku, "scope": "all", "price_minor": 999 + l as i64, "currency": "EUR", "effective_from_ms": 0}),
-        )
-        .await?;
-        for w in 0..args.warehouses {
+        );
+        set.spawn(async move {
+            product.await?;
+            price.await
+        });
+        if set.len() >= 16
+            && let Some(r) = set.join_next().await
+        {
+            r??;
+        }
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    for w in 0..args.warehouses {
+        for chunk in (0..skus).collect::<Vec<_>>().chunks(500) {
+            let lines: Vec<serde_json::Value> = chunk
+                .iter()
+                .map(|l| json!({"sku": format!("BENCH-{l}"), "qty": 1_000_000_000}))
+                .collect();
             post(
                 "/api/v1/stock/receipts",
-                json!({"location": format!("wh-{w}"), "lines": [{"sku": sku, "qty": 1_000_000_000}]}),
+                json!({"location": format!("wh-{w}"), "lines": lines}),
             )
             .await?;
         }
@@ -118,6 +142,18 @@ async fn seed(http: &reqwest::Client, api: &str, token: &str, args: &OrdersBench
     )
     .await?;
     Ok(())
+}
+
+/// xorshift64: reproducible draws without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
 }
 
 /// Runs `clients` loops of `total` requests made by `make`; returns the
@@ -192,6 +228,8 @@ pub async fn measure(args: &OrdersBenchArgs, backend: &str) -> anyhow::Result<Or
     };
     settings.database.url = url.clone();
     settings.database.max_connections = args.connections;
+    // Every order is paid: no decline by amount (prices vary by product).
+    settings.commerce.sim_decline_cents = 100;
     settings.broker.listen = "127.0.0.1:0".into();
     settings.api.listen = "127.0.0.1:0".into();
     settings.auth.bootstrap_admin_email = Some("admin@example.com".into());
@@ -230,15 +268,36 @@ pub async fn measure(args: &OrdersBenchArgs, backend: &str) -> anyhow::Result<Or
     let ceiling = Latency::of(&mut lat);
     let ceiling_rate = args.orders as f64 / took.as_secs_f64();
 
-    let lines: Vec<serde_json::Value> = (0..args.lines)
-        .map(|l| json!({"sku": format!("BENCH-{l}"), "qty": 1}))
-        .collect();
-    let body = serde_json::to_vec(&json!({
-        "lines": lines,
-        "fulfilment": "ship",
-        "ship_region": "north",
-        "payment": {"method": "card", "token": "tok_bench", "last4": "4242"},
-    }))?;
+    // Each order's body, made before the clock starts: `lines` distinct
+    // SKUs drawn (a fixed seed) from the catalogue.
+    let skus = args.skus.max(args.lines);
+    let mut rng = Rng(0x5eed_0f_0_7de7);
+    let bodies: Vec<Vec<u8>> = (0..args.orders)
+        .map(|_| {
+            let mut picked: Vec<usize> = Vec::with_capacity(args.lines);
+            while picked.len() < args.lines {
+                let l = if skus == args.lines {
+                    picked.len()
+                } else {
+                    (rng.next() % skus as u64) as usize
+                };
+                if !picked.contains(&l) {
+                    picked.push(l);
+                }
+            }
+            let lines: Vec<serde_json::Value> = picked
+                .iter()
+                .map(|l| json!({"sku": format!("BENCH-{l}"), "qty": 1}))
+                .collect();
+            serde_json::to_vec(&json!({
+                "lines": lines,
+                "fulfilment": "ship",
+                "ship_region": "north",
+                "payment": {"method": "card", "token": "tok_bench", "last4": "4242"},
+            }))
+        })
+        .collect::<Result<_, _>>()?;
+    let bodies = Arc::new(bodies);
     let (h, a, t) = (http.clone(), api.clone(), token.clone());
     let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
     let fe = first_error.clone();
@@ -248,7 +307,7 @@ pub async fn measure(args: &OrdersBenchArgs, backend: &str) -> anyhow::Result<Or
             .bearer_auth(&t)
             .header("content-type", "application/json")
             .header("idempotency-key", format!("bench-{i}"))
-            .body(body.clone());
+            .body(bodies[i].clone());
         let fe = fe.clone();
         async move {
             match req.send().await {
@@ -297,8 +356,11 @@ pub async fn measure(args: &OrdersBenchArgs, backend: &str) -> anyhow::Result<Or
 /// Runs the order benchmark and prints its table.
 pub async fn run(args: OrdersBenchArgs) -> anyhow::Result<()> {
     println!(
-        "storegate order saga benchmark: {} online orders of {} lines, {} concurrent clients, simulated provider at 0 ms",
-        args.orders, args.lines, args.clients
+        "storegate order saga benchmark: {} online orders of {} lines from {} products, {} concurrent clients, simulated provider at 0 ms",
+        args.orders,
+        args.lines,
+        args.skus.max(args.lines),
+        args.clients
     );
     println!();
     println!(
