@@ -12,6 +12,10 @@
 //!   when the hub's application ack (`AppAck { committed_up_to }`) arrives.
 //! - `ResendRequest { from }` means the hub committed up to `from - 1` and
 //!   wants the rest again: the engine rewinds.
+//! - `ResendUnacked` means the hub (re)subscribed without its broker
+//!   session, so what was sent while it was away may be gone (a store that
+//!   reconnected before the hub resent into the void): the engine rewinds
+//!   and sends everything unacked again, implying no ack.
 //! - After ANY (re)connect everything unacked is sent again: rumqttc drops
 //!   its pending queue when the broker lost the session, and a broker's
 //!   PUBACK was never a promise the hub got it. The hub drops duplicates by
@@ -96,6 +100,11 @@ impl SyncCore {
     fn rewind(&mut self) {
         self.sent = self.acked;
         self.inflight.clear();
+    }
+
+    /// The hub asks for everything unacked again (`ResendUnacked`).
+    pub fn on_resend_unacked(&mut self) {
+        self.rewind();
     }
 
     /// Where the next batch starts, if one may be sent now.
@@ -651,6 +660,15 @@ impl Loop {
                     }
                     self.restart_reader();
                 }
+                Message::ResendUnacked(_) => {
+                    tracing::info!(
+                        acked = self.core.acked().0,
+                        "hub lost its session; resending everything unacked"
+                    );
+                    metrics::counter!("edge_sync_resend_unacked_total").increment(1);
+                    self.core.on_resend_unacked();
+                    self.restart_reader();
+                }
                 other => self.reject(&topic, &format!("unexpected {} on the ack topic", other.name())),
             }
         } else if topic == self.topics.down {
@@ -787,6 +805,18 @@ mod tests {
         assert_eq!(c.on_resend(Seq(8)), Some(Seq(7)));
         assert_eq!(c.next_from(), Some(Seq(8)));
         assert_eq!(c.inflight(), 0);
+    }
+
+    #[test]
+    fn resend_unacked_rewinds_without_acking() {
+        let mut c = SyncCore::new(Seq(4), 8);
+        c.on_connected();
+        c.on_published(Seq(10), Instant::now());
+        c.on_published(Seq(20), Instant::now());
+        c.on_resend_unacked();
+        assert_eq!(c.acked(), Seq(4), "nothing more is acked");
+        assert_eq!(c.inflight(), 0);
+        assert_eq!(c.next_from(), Some(Seq(5)));
     }
 
     #[test]

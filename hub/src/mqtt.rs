@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
-use storegate_protocol::envelope::{self, Message};
+use storegate_protocol::envelope::{self, Message, ResendUnacked};
 use storegate_protocol::topic::{RpcLeg, RpcSide, WanKind, WanTopic};
 use storegate_protocol::{Seq, StoreId};
 use tokio::sync::mpsc;
@@ -131,6 +131,9 @@ enum Misc {
     DownAck(StoreId, Seq, Receipt),
     /// Send pending downlink to a store.
     SendDownlink(StoreId),
+    /// The hub subscribed without its broker session: ask every store to
+    /// send what it has unacked again.
+    InviteResends,
 }
 
 /// Starts the link's tasks on `tracker`.
@@ -197,6 +200,7 @@ pub fn spawn(cfg: LinkConfig, db: Db, tracker: &TaskTracker, shutdown: Cancellat
         let mut next_no = 0u64;
         let mut failures = 0u32;
         let mut awaiting_subacks = 0usize;
+        let mut session_lost = false;
         loop {
             let ev = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -212,6 +216,7 @@ pub fn spawn(cfg: LinkConfig, db: Db, tracker: &TaskTracker, shutdown: Cancellat
                     metrics::gauge!("hub_broker_connected").set(1.0);
                     tracing::info!(session_present = ack.session_present, "hub connected to broker");
                     awaiting_subacks = 0;
+                    session_lost = !ack.session_present;
                     let mut filters = vec![
                         (WanTopic::shared_filter(WanKind::Up), "uplink"),
                         (WanTopic::filter_all(WanKind::Status), "presence"),
@@ -233,6 +238,12 @@ pub fn spawn(cfg: LinkConfig, db: Db, tracker: &TaskTracker, shutdown: Cancellat
                     awaiting_subacks = awaiting_subacks.saturating_sub(1);
                     if awaiting_subacks == 0 {
                         subscribed.store(true, Ordering::Release);
+                        // Uplinks published while the hub had no session
+                        // (a store that reconnected first resent into the
+                        // void) would wait for the store's ack timeout.
+                        if std::mem::take(&mut session_lost) {
+                            let _ = misc_tx.send(Misc::InviteResends);
+                        }
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -685,8 +696,33 @@ async fn misc_worker(
                 send_pending(&db, &link, &store).await;
             }
             Misc::SendDownlink(store) => send_pending(&db, &link, &store).await,
+            Misc::InviteResends => invite_resends(&db, &link).await,
         }
     }
+}
+
+/// Tells every store the hub knows to send its unacked uplinks again.
+async fn invite_resends(db: &Db, link: &Link) {
+    let stores: Vec<String> = match sqlx::query_scalar("SELECT store_id FROM store_sync ORDER BY store_id")
+        .fetch_all(&db.pool)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => return tracing::warn!(error = %e, "stores unreadable; they resend at their ack timeout"),
+    };
+    let payload = envelope::encode(&Message::ResendUnacked(ResendUnacked {}));
+    let mut invited = 0u64;
+    for s in stores {
+        if let Ok(store) = StoreId::parse(s) {
+            publish(link, WanTopic::Ack(store).to_string(), payload.clone()).await;
+            invited += 1;
+        }
+    }
+    metrics::counter!("hub_resend_invitations_total").increment(invited);
+    tracing::info!(
+        stores = invited,
+        "broker session was lost; asked every store to resend what is unacked"
+    );
 }
 
 /// Sends the store's next pending downlink batch, if any.

@@ -48,6 +48,12 @@ pub struct ResendRequest {
     pub from: Seq,
 }
 
+/// "Send everything unacked again": the hub (re)subscribed without its
+/// broker session, so uplinks published while it was away may be gone.
+/// Unlike [`ResendRequest`] it implies no ack: the edge only rewinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResendUnacked {}
+
 /// Downlink items for one store, in downlink seq order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DownBatch {
@@ -99,6 +105,8 @@ pub enum Message {
     RpcResponse(RpcResponse),
     /// edge -> all, on `status` (retained).
     Presence(Presence),
+    /// hub -> edge, on `ack`.
+    ResendUnacked(ResendUnacked),
 }
 
 impl Message {
@@ -113,6 +121,7 @@ impl Message {
             Message::RpcRequest(_) => "rpc_request",
             Message::RpcResponse(_) => "rpc_response",
             Message::Presence(_) => "presence",
+            Message::ResendUnacked(_) => "resend_unacked",
         }
     }
 }

@@ -8,7 +8,7 @@ use crate::downlink::{
     ConfigEntry, ConfigSet, ConfigValue, DownBody, DownItem, PaymentDecision, PaymentOutcome, Price, Product,
     Promotion, PromotionRule, StockLevel, Task, TaskKind, TaskLine,
 };
-use crate::envelope::{AppAck, DownAck, DownBatch, Message, Presence, ResendRequest, UpBatch};
+use crate::envelope::{AppAck, DownAck, DownBatch, Message, Presence, ResendRequest, ResendUnacked, UpBatch};
 use crate::event::{
     AdjustReason, CardAuth, CardPayment, CardRef, CardToken, CountLine, DeviceHealthRecord, DeviceKind,
     Discount, Event, EventBody, EventKind, GoodsReceipt, HealthStatus, Last4, PaymentVoid, Return,
@@ -480,5 +480,6 @@ pub fn messages() -> Vec<(&'static str, Message)> {
                 at_ms: T0_MS,
             }),
         ),
+        ("resend_unacked", Message::ResendUnacked(ResendUnacked {})),
     ]
 }

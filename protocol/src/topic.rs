@@ -5,7 +5,7 @@
 //! | topic | direction | carries |
 //! |---|---|---|
 //! | `sg/v1/store/{store}/up` | edge -> hub | `UpBatch`, `DownAck` |
-//! | `sg/v1/store/{store}/ack` | hub -> edge | `AppAck`, `ResendRequest` |
+//! | `sg/v1/store/{store}/ack` | hub -> edge | `AppAck`, `ResendRequest`, `ResendUnacked` |
 //! | `sg/v1/store/{store}/down` | hub -> edge | `DownBatch` |
 //! | `sg/v1/store/{store}/rpc/edge/req` | edge -> hub | `RpcRequest` the edge asks |
 //! | `sg/v1/store/{store}/rpc/edge/res` | hub -> edge | `RpcResponse` to it |

@@ -6,7 +6,7 @@
 use proptest::prelude::*;
 use storegate_protocol::device::{self, PosRequest};
 use storegate_protocol::downlink::{DownBody, DownItem, Price, Product, StockLevel};
-use storegate_protocol::envelope::{self, AppAck, DownBatch, Message, ResendRequest, UpBatch};
+use storegate_protocol::envelope::{self, AppAck, DownBatch, Message, ResendRequest, ResendUnacked, UpBatch};
 use storegate_protocol::event::{
     AdjustReason, CardAuth, CardPayment, CardRef, CardToken, Discount, Event, EventBody, Last4, Sale,
     SaleLine, ScanOutcome, ScanRecord, StockAdjustment, StockLine, Tender, TenderMethod, Totals,
@@ -266,6 +266,7 @@ fn message() -> impl Strategy<Value = Message> {
             committed_up_to: Seq(n)
         })),
         any::<u64>().prop_map(|n| Message::ResendRequest(ResendRequest { from: Seq(n) })),
+        Just(Message::ResendUnacked(ResendUnacked {})),
         (
             store(),
             proptest::collection::vec((any::<u64>(), down_body()), 0..6)

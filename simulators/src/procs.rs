@@ -2,10 +2,13 @@
 //! they are up.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::io::AsyncBufReadExt;
+use tokio::process::{Child, Command};
 
 /// Waits (30 s at most) for an `edge-agent` child, started with its stdout
 /// piped, to print `edge-agent listening http=.. [lan=..]`; returns its
@@ -55,4 +58,85 @@ pub async fn hub_listening(child: &mut tokio::process::Child) -> anyhow::Result<
     .context("hub did not start in 60 s")??;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok(addrs)
+}
+
+/// A Mosquitto broker run as a child process on a free port, so that it can
+/// be killed and restarted (the hub's embedded broker lives and dies with
+/// the hub). No persistence: a kill loses every session and queued message,
+/// the harshest restart a broker can have.
+#[derive(Debug)]
+pub struct Mosquitto {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its config file.
+    conf: PathBuf,
+    /// The process, while running.
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    /// The Mosquitto binary, if installed.
+    pub fn binary() -> Option<PathBuf> {
+        [
+            "/usr/sbin/mosquitto",
+            "/usr/bin/mosquitto",
+            "/usr/local/sbin/mosquitto",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+    }
+
+    /// Starts Mosquitto on a free port with its config in `dir`.
+    pub async fn start(dir: &Path) -> anyhow::Result<Mosquitto> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                 max_queued_messages 100000\nmessage_size_limit 0\nmax_connections -1\nlog_dest none\n"
+            ),
+        )
+        .with_context(|| format!("write {}", conf.display()))?;
+        let mut m = Mosquitto {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            conf,
+            child: None,
+        };
+        m.restart().await?;
+        Ok(m)
+    }
+
+    /// Kills the broker (SIGKILL): every session and queued message is lost.
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+
+    /// Starts it again on the same port (killing it first if it runs).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill().await;
+        let bin = Self::binary().context("mosquitto is not installed (Debian: apt-get install mosquitto)")?;
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn mosquitto")?;
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(self.addr).await.is_err() {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "mosquitto did not listen on {} in 10 s",
+                self.addr
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
 }

@@ -83,6 +83,7 @@ enum Link {
     Connected,
     Ack(u64),
     Resend(u64),
+    ResendUnacked,
 }
 
 /// Runs one virtual store until it has sold until `sell_until` and every
@@ -124,6 +125,9 @@ pub async fn run(cfg: VStoreConfig, store_no: u64, stats: Arc<VStats>, stop: Can
                     }
                     Ok(Message::ResendRequest(r)) => {
                         let _ = tx.send(Link::Resend(r.from.0));
+                    }
+                    Ok(Message::ResendUnacked(_)) => {
+                        let _ = tx.send(Link::ResendUnacked);
                     }
                     _ => {}
                 },
@@ -193,8 +197,9 @@ pub async fn run(cfg: VStoreConfig, store_no: u64, stats: Arc<VStats>, stop: Can
             }
             msg = rx.recv() => match msg {
                 None => return next_seq - 1,
-                Some(Link::Connected) => {
-                    // A new session: whatever was in flight is sent again.
+                Some(Link::Connected | Link::ResendUnacked) => {
+                    // A new session, or a hub that lost its own: whatever
+                    // was in flight is sent again.
                     connected = true;
                     if !in_flight.is_empty() {
                         stats.resent.fetch_add(1, Ordering::Relaxed);

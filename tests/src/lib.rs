@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use storegate_protocol::StoreId;
 pub use storegate_sim::netfault::Proxy;
+pub use storegate_sim::procs::Mosquitto;
 pub use storegate_sim::responder::{Responder, StoreLog};
-use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
@@ -90,80 +90,6 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
-}
-
-/// A Mosquitto broker run as a child process on a free port, so a test can
-/// kill and restart it (the embedded broker cannot be stopped).
-#[derive(Debug)]
-pub struct Mosquitto {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    /// Its config file.
-    conf: PathBuf,
-    /// The process, while running.
-    child: Option<Child>,
-}
-
-impl Mosquitto {
-    /// The Mosquitto binary, if installed.
-    pub fn binary() -> Option<PathBuf> {
-        [
-            "/usr/sbin/mosquitto",
-            "/usr/bin/mosquitto",
-            "/usr/local/sbin/mosquitto",
-        ]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-    }
-
-    /// Starts Mosquitto on a free port with its config in `dir`.
-    pub async fn start(dir: &Path) -> Mosquitto {
-        let port = free_port();
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                 max_queued_messages 100000\nmessage_size_limit 0\nlog_dest none\n"
-            ),
-        )
-        .expect("write mosquitto.conf");
-        let mut m = Mosquitto {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            conf,
-            child: None,
-        };
-        m.restart().await;
-        m
-    }
-
-    /// Kills the broker (SIGKILL): every session and queued message is lost.
-    pub async fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill().await;
-        }
-    }
-
-    /// Starts it again on the same port.
-    pub async fn restart(&mut self) {
-        self.kill().await;
-        let bin = Self::binary().expect("mosquitto installed");
-        let child = Command::new(bin)
-            .arg("-c")
-            .arg(&self.conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn mosquitto");
-        self.child = Some(child);
-        let addr = self.addr;
-        wait_until("mosquitto to listen", Duration::from_secs(10), || async move {
-            TcpStream::connect(addr).await.is_ok()
-        })
-        .await;
-    }
 }
 
 /// Path of a workspace binary built by `cargo build --workspace --bins`
@@ -521,18 +447,40 @@ pub struct HubProcess {
     pub broker: SocketAddr,
 }
 
+/// Which broker a [`HubProcess`] uses.
+#[derive(Debug, Clone, Copy)]
+pub enum HubBroker {
+    /// Its embedded broker, listening on this port.
+    Embedded(u16),
+    /// A broker of its own (Mosquitto) at this address.
+    External(SocketAddr),
+}
+
 impl HubProcess {
     /// Spawns `hub` on `database_url` with its embedded broker on
     /// `broker_port`; extra environment in `env`.
     pub async fn spawn(dir: &Path, database_url: &str, broker_port: u16, env: &[(&str, &str)]) -> HubProcess {
+        Self::spawn_on(dir, database_url, HubBroker::Embedded(broker_port), env).await
+    }
+
+    /// Spawns `hub` on `database_url` with `broker`; extra environment in
+    /// `env`.
+    pub async fn spawn_on(
+        dir: &Path,
+        database_url: &str,
+        broker: HubBroker,
+        env: &[(&str, &str)],
+    ) -> HubProcess {
         let mut cmd = Command::new(bin("hub"));
         cmd.arg("--database-url")
             .arg(database_url)
             .arg("--data-dir")
-            .arg(dir)
-            .arg("--broker-listen")
-            .arg(format!("127.0.0.1:{broker_port}"))
-            .arg("--api-listen")
+            .arg(dir);
+        match broker {
+            HubBroker::Embedded(port) => cmd.arg("--broker-listen").arg(format!("127.0.0.1:{port}")),
+            HubBroker::External(addr) => cmd.arg("--broker").arg(format!("mqtt://{addr}")),
+        };
+        cmd.arg("--api-listen")
             .arg("127.0.0.1:0")
             .env("RUST_LOG", "warn")
             .env("SG_HUB_BROKER__CLIENT_ID", "hub-crash-test")

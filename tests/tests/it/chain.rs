@@ -9,6 +9,8 @@
 //!   (at the hub, never attempted) and duplicated (at the hub more than
 //!   once) sales, and stock must converge: the hub's level is what was
 //!   received minus what was acknowledged, and each edge's view equals it.
+//!   The same run on a Mosquitto of the test's own adds a kill -9 of the
+//!   broker while the hub stays up.
 //! - Click-and-collect: an online order becomes a pick task on the store's
 //!   device bus; the device's confirmation completes the order.
 //! - Store-and-forward: a card taken offline at a lane and declined at the
@@ -23,8 +25,9 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 use storegate_e2e::{
-    ADMIN_EMAIL, ADMIN_PASSWORD, Backend, EdgeProcess, HubProcess, MqttPeer, Proxy, Rest, both_backends,
-    drop_pg_database, free_port, fresh_pg_database, http, token, wait_until,
+    ADMIN_EMAIL, ADMIN_PASSWORD, Backend, EdgeProcess, HubBroker, HubProcess, Mosquitto, MqttPeer, Proxy,
+    Rest, both_backends, drop_pg_database, free_port, fresh_pg_database, http, service_or_skip, token,
+    wait_until,
 };
 use storegate_protocol::device::{PosOp, PosResult};
 use storegate_protocol::event::{CardToken, Last4};
@@ -118,11 +121,12 @@ struct Store {
     wan: Proxy,
     edge: Option<EdgeProcess>,
     url: Arc<Mutex<String>>,
+    env: &'static [(&'static str, &'static str)],
 }
 
 impl Store {
     async fn start_edge(&mut self) {
-        let edge = EdgeProcess::spawn(&self.id, self.dir.path(), self.wan.addr, &[]).await;
+        let edge = EdgeProcess::spawn(&self.id, self.dir.path(), self.wan.addr, self.env).await;
         *self.url.lock().unwrap() = format!("http://{}", edge.http);
         self.edge = Some(edge);
     }
@@ -151,165 +155,207 @@ async fn status(edge: SocketAddr) -> Option<Value> {
 
 both_backends!(
     a_fault_run_loses_nothing_invents_nothing_duplicates_nothing_and_stock_converges,
-    |backend: Backend| async move {
-        let hub_dir = tempfile::tempdir().unwrap();
-        let Some(url) = database(backend, hub_dir.path()).await else {
-            return;
+    |backend: Backend| async move { fault_run(backend, false).await }
+);
+
+/// The same run with the hub and the edges on a Mosquitto of their own,
+/// which is killed (SIGKILL, no persistence: every session and queued
+/// message gone) and restarted while the hub stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_run_through_mosquitto_survives_the_broker_being_killed() {
+    if !service_or_skip("mosquitto binary", Mosquitto::binary().is_some()) {
+        return;
+    }
+    fault_run(Backend::Sqlite, true).await;
+}
+
+/// Tills sell on three stores through WAN cuts and kill -9 of edges and
+/// of the hub (and, with `external_broker`, of the broker), then the
+/// checker and the stock convergence checks.
+async fn fault_run(backend: Backend, external_broker: bool) {
+    let hub_dir = tempfile::tempdir().unwrap();
+    let Some(url) = database(backend, hub_dir.path()).await else {
+        return;
+    };
+    let mut mosquitto = if external_broker {
+        Some(Mosquitto::start(hub_dir.path()).await.expect("mosquitto starts"))
+    } else {
+        None
+    };
+    let hub_broker = match &mosquitto {
+        Some(m) => HubBroker::External(m.addr),
+        None => HubBroker::Embedded(free_port()),
+    };
+    let broker: SocketAddr = match hub_broker {
+        HubBroker::External(a) => a,
+        HubBroker::Embedded(port) => format!("127.0.0.1:{port}").parse().unwrap(),
+    };
+    let mut hub = Some(HubProcess::spawn_on(hub_dir.path(), &url, hub_broker, &HUB_ENV).await);
+    let names = ["f1", "f2", "f3"];
+    let admin_rest = admin(hub.as_ref().unwrap()).await;
+    seed(&admin_rest, &names).await;
+
+    let mut stores = Vec::new();
+    for name in names {
+        let mut s = Store {
+            id: StoreId::parse(name).unwrap(),
+            dir: tempfile::tempdir().unwrap(),
+            wan: Proxy::start(broker).await.unwrap(),
+            edge: None,
+            url: Arc::new(Mutex::new(String::new())),
+            // On Mosquitto, the edges' own ack timeout is longer than the
+            // whole run may wait: what they sent while the hub had no
+            // session must come back because the hub asks for it
+            // (`ResendUnacked`), not because they gave up waiting.
+            env: if external_broker {
+                &[("SG_EDGE_SYNC__ACK_TIMEOUT_MS", "600000")]
+            } else {
+                &[]
+            },
         };
-        let broker_port = free_port();
-        let mut hub = Some(HubProcess::spawn(hub_dir.path(), &url, broker_port, &HUB_ENV).await);
-        let names = ["f1", "f2", "f3"];
-        let admin_rest = admin(hub.as_ref().unwrap()).await;
-        seed(&admin_rest, &names).await;
+        s.start_edge().await;
+        stores.push(s);
+    }
 
-        let broker: SocketAddr = format!("127.0.0.1:{broker_port}").parse().unwrap();
-        let mut stores = Vec::new();
-        for name in names {
-            let mut s = Store {
-                id: StoreId::parse(name).unwrap(),
-                dir: tempfile::tempdir().unwrap(),
-                wan: Proxy::start(broker).await.unwrap(),
-                edge: None,
-                url: Arc::new(Mutex::new(String::new())),
-            };
-            s.start_edge().await;
-            stores.push(s);
+    let history: Arc<Mutex<TillHistory>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tills = Vec::new();
+    for (i, s) in stores.iter().enumerate() {
+        for lane in 0..2u128 {
+            tills.push(tokio::spawn(till(
+                s.id.as_str().to_owned(),
+                (i as u128 + 1) * 1_000_000_000 + lane * 10_000_000,
+                s.url.clone(),
+                history.clone(),
+                stop.clone(),
+                Duration::from_secs(90),
+            )));
         }
+    }
+    let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
 
-        let history: Arc<Mutex<TillHistory>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut tills = Vec::new();
-        for (i, s) in stores.iter().enumerate() {
-            for lane in 0..2u128 {
-                tills.push(tokio::spawn(till(
-                    s.id.as_str().to_owned(),
-                    (i as u128 + 1) * 1_000_000_000 + lane * 10_000_000,
-                    s.url.clone(),
-                    history.clone(),
-                    stop.clone(),
-                    Duration::from_secs(90),
-                )));
-            }
+    // The faults, one after another while the tills keep selling.
+    pause(1500).await;
+    stores[0].wan.cut(); // f1 offline
+    pause(1500).await;
+    stores[1].kill9().await; // f2 crashes...
+    pause(500).await;
+    stores[1].start_edge().await; // ...and comes back
+    pause(1000).await;
+    hub.take().unwrap().kill9().await; // the hub (and its broker) crash
+    pause(1500).await;
+    hub = Some(HubProcess::spawn_on(hub_dir.path(), &url, hub_broker, &HUB_ENV).await);
+    pause(1000).await;
+    if let Some(m) = &mut mosquitto {
+        m.kill().await; // the broker crashes; the hub stays up
+        pause(1000).await;
+        m.restart().await.expect("mosquitto restarts");
+        pause(1000).await;
+    }
+    stores[0].kill9().await; // f1 crashes while offline
+    pause(300).await;
+    stores[0].start_edge().await;
+    pause(1000).await;
+    stores[0].wan.restore();
+    stores[2].wan.cut(); // f3 offline...
+    pause(1000).await;
+    stores[2].kill9().await; // ...killed...
+    stores[2].wan.restore(); // ...its WAN back before it is
+    pause(300).await;
+    stores[2].start_edge().await;
+    pause(1500).await;
+    stop.store(true, Ordering::Release);
+    for t in tills {
+        t.await.unwrap().expect("till ran to the end");
+    }
+
+    // Let every edge drain, then check.
+    let admin_rest = admin(hub.as_ref().unwrap()).await;
+    for s in &stores {
+        let edge = s.http();
+        let id = s.id.as_str().to_owned();
+        let admin_rest = admin_rest.clone();
+        wait_until(
+            &format!("{id} drained to the hub"),
+            Duration::from_secs(60),
+            || {
+                let id = id.clone();
+                let admin_rest = admin_rest.clone();
+                async move {
+                    let Some(st) = status(edge).await else {
+                        return false;
+                    };
+                    let next = st["next_seq"].as_i64().unwrap_or(0);
+                    let hub = admin_rest.get(&format!("/api/v1/stores/{id}")).await;
+                    st["outbox_depth"] == 0 && hub["hwm"].as_i64() == Some(next - 1)
+                }
+            },
+        )
+        .await;
+    }
+
+    let history = std::mem::take(&mut *history.lock().unwrap());
+    let api = Api::login(&admin_rest.base, ADMIN_EMAIL, ADMIN_PASSWORD)
+        .await
+        .unwrap();
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let v = check(&api, &names, &history).await.unwrap();
+    eprintln!("fault run ({backend:?}): {v:?}");
+    assert!(v.acknowledged > 200, "the run sold a meaningful amount");
+    assert_eq!(
+        v.acknowledged, v.attempted,
+        "every attempted sale was acknowledged in the end (retries)"
+    );
+    assert_eq!(v.at_hub, v.acknowledged);
+    assert_eq!(
+        (v.lost, v.unexpected, v.duplicated, v.misplaced),
+        (0, 0, 0, 0),
+        "lost, unexpected, duplicated, misplaced"
+    );
+    assert!(v.gapped_stores.is_empty(), "no gap in any store's seqs");
+
+    // Stock: the hub's level is what it received minus what the tills
+    // sold, and its ledger explains every level.
+    let mut sold: BTreeMap<&str, i64> = BTreeMap::new();
+    for store in history.attempted.values() {
+        *sold.entry(store.as_str()).or_default() += 1;
+    }
+    for s in &stores {
+        for (sku, per_sale) in SOLD {
+            let n = sold.get(s.id.as_str()).copied().unwrap_or(0);
+            assert_eq!(
+                hub_level(&admin_rest, s.id.as_str(), sku).await,
+                RECEIVED - n * per_sale,
+                "hub level of {sku} at {}",
+                s.id
+            );
         }
-        let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
-
-        // The faults, one after another while the tills keep selling.
-        pause(1500).await;
-        stores[0].wan.cut(); // f1 offline
-        pause(1500).await;
-        stores[1].kill9().await; // f2 crashes...
-        pause(500).await;
-        stores[1].start_edge().await; // ...and comes back
-        pause(1000).await;
-        hub.take().unwrap().kill9().await; // the hub (and its broker) crash
-        pause(1500).await;
-        hub = Some(HubProcess::spawn(hub_dir.path(), &url, broker_port, &HUB_ENV).await);
-        pause(1000).await;
-        stores[0].kill9().await; // f1 crashes while offline
-        pause(300).await;
-        stores[0].start_edge().await;
-        pause(1000).await;
-        stores[0].wan.restore();
-        stores[2].wan.cut(); // f3 offline...
-        pause(1000).await;
-        stores[2].kill9().await; // ...killed...
-        stores[2].wan.restore(); // ...its WAN back before it is
-        pause(300).await;
-        stores[2].start_edge().await;
-        pause(1500).await;
-        stop.store(true, Ordering::Release);
-        for t in tills {
-            t.await.unwrap().expect("till ran to the end");
-        }
-
-        // Let every edge drain, then check.
-        let admin_rest = admin(hub.as_ref().unwrap()).await;
-        for s in &stores {
+    }
+    assert_eq!(admin_rest.get("/api/v1/stock/verify").await, json!([]));
+    // ...and each edge's view converges on the hub's level.
+    for s in &stores {
+        for (sku, _) in SOLD {
+            let expect = hub_level(&admin_rest, s.id.as_str(), sku).await;
             let edge = s.http();
-            let id = s.id.as_str().to_owned();
-            let admin_rest = admin_rest.clone();
             wait_until(
-                &format!("{id} drained to the hub"),
-                Duration::from_secs(60),
-                || {
-                    let id = id.clone();
-                    let admin_rest = admin_rest.clone();
-                    async move {
-                        let Some(st) = status(edge).await else {
-                            return false;
-                        };
-                        let next = st["next_seq"].as_i64().unwrap_or(0);
-                        let hub = admin_rest.get(&format!("/api/v1/stores/{id}")).await;
-                        st["outbox_depth"] == 0 && hub["hwm"].as_i64() == Some(next - 1)
-                    }
-                },
+                &format!("{}'s view of {sku} == the hub's {expect}", s.id),
+                Duration::from_secs(30),
+                || async move { edge_level(edge, sku).await == Some(expect) },
             )
             .await;
         }
+    }
 
-        let history = std::mem::take(&mut *history.lock().unwrap());
-        let api = Api::login(&admin_rest.base, ADMIN_EMAIL, ADMIN_PASSWORD)
-            .await
-            .unwrap();
-        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let v = check(&api, &names, &history).await.unwrap();
-        eprintln!("fault run ({backend:?}): {v:?}");
-        assert!(v.acknowledged > 200, "the run sold a meaningful amount");
-        assert_eq!(
-            v.acknowledged, v.attempted,
-            "every attempted sale was acknowledged in the end (retries)"
-        );
-        assert_eq!(v.at_hub, v.acknowledged);
-        assert_eq!(
-            (v.lost, v.unexpected, v.duplicated, v.misplaced),
-            (0, 0, 0, 0),
-            "lost, unexpected, duplicated, misplaced"
-        );
-        assert!(v.gapped_stores.is_empty(), "no gap in any store's seqs");
-
-        // Stock: the hub's level is what it received minus what the tills
-        // sold, and its ledger explains every level.
-        let mut sold: BTreeMap<&str, i64> = BTreeMap::new();
-        for store in history.attempted.values() {
-            *sold.entry(store.as_str()).or_default() += 1;
-        }
-        for s in &stores {
-            for (sku, per_sale) in SOLD {
-                let n = sold.get(s.id.as_str()).copied().unwrap_or(0);
-                assert_eq!(
-                    hub_level(&admin_rest, s.id.as_str(), sku).await,
-                    RECEIVED - n * per_sale,
-                    "hub level of {sku} at {}",
-                    s.id
-                );
-            }
-        }
-        assert_eq!(admin_rest.get("/api/v1/stock/verify").await, json!([]));
-        // ...and each edge's view converges on the hub's level.
-        for s in &stores {
-            for (sku, _) in SOLD {
-                let expect = hub_level(&admin_rest, s.id.as_str(), sku).await;
-                let edge = s.http();
-                wait_until(
-                    &format!("{}'s view of {sku} == the hub's {expect}", s.id),
-                    Duration::from_secs(30),
-                    || async move { edge_level(edge, sku).await == Some(expect) },
-                )
-                .await;
-            }
-        }
-
-        for s in &mut stores {
-            if let Some(e) = s.edge.take() {
-                e.terminate().await;
-            }
-        }
-        hub.take().unwrap().terminate().await;
-        if backend == Backend::Postgres {
-            drop_pg_database(&url).await;
+    for s in &mut stores {
+        if let Some(e) = s.edge.take() {
+            e.terminate().await;
         }
     }
-);
+    hub.take().unwrap().terminate().await;
+    if backend == Backend::Postgres {
+        drop_pg_database(&url).await;
+    }
+}
 
 both_backends!(
     click_and_collect_reaches_the_store_device_and_an_offline_card_declined_at_the_hub_is_an_exception,

@@ -143,7 +143,7 @@ async fn a_broker_restart_that_loses_every_session_loses_nothing() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut mosquitto = Mosquitto::start(dir.path()).await;
+    let mut mosquitto = Mosquitto::start(dir.path()).await.expect("mosquitto starts");
     let responder = Responder::start(mosquitto.addr).await.unwrap();
     let mut s = settings(&dir.path().join("edge"), "s-restart", mosquitto.addr);
     // Batches published after the restart but before the hub re-subscribes
@@ -169,7 +169,7 @@ async fn a_broker_restart_that_loses_every_session_loses_nothing() {
     // The broker dies with every session and queued message.
     mosquitto.kill().await;
     recorded.extend(record_many(&edge, 100, 100).await);
-    mosquitto.restart().await;
+    mosquitto.restart().await.expect("mosquitto restarts");
     responder.hold_acks.store(false, Ordering::Release);
 
     wait_until(

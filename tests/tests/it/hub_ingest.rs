@@ -6,7 +6,9 @@ use std::time::Duration;
 use serde_json::Value;
 use storegate_e2e::{Backend, MqttPeer, TestHub, both_backends, http, spawn_hub, spawn_hub_with, wait_until};
 use storegate_protocol::downlink::{DownBody, StockLevel};
-use storegate_protocol::envelope::{self, AppAck, DownAck, Message, Presence, ResendRequest, UpBatch};
+use storegate_protocol::envelope::{
+    self, AppAck, DownAck, Message, Presence, ResendRequest, ResendUnacked, UpBatch,
+};
 use storegate_protocol::event::{DeviceHealthRecord, DeviceKind, Event, EventBody, HealthStatus};
 use storegate_protocol::topic::WanTopic;
 use storegate_protocol::{DeviceId, EventId, Seq, Sku, StoreId, samples};
@@ -417,3 +419,46 @@ both_backends!(
         hub.stop().await;
     }
 );
+
+/// A broker restart that loses every session (Mosquitto without
+/// persistence): a store that reconnects before the hub has resubscribed
+/// resends into the void. The hub, subscribing again without its session,
+/// asks every store it knows to send what is unacked again, so nobody waits
+/// for its ack timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_that_lost_its_broker_session_asks_stores_to_resend() {
+    if !storegate_e2e::service_or_skip("mosquitto binary", storegate_e2e::Mosquitto::binary().is_some()) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut mosquitto = storegate_e2e::Mosquitto::start(dir.path())
+        .await
+        .expect("mosquitto starts");
+    let addr = mosquitto.addr;
+    let Some(hub) = spawn_hub_with(Backend::Sqlite, |s| {
+        s.broker.url = format!("mqtt://{addr}");
+    })
+    .await
+    else {
+        return;
+    };
+    let acks = [WanTopic::Ack(StoreId::parse("s9").unwrap()).to_string()];
+    let mut peer = MqttPeer::connect(addr, "edge-s9", &acks).await;
+    peer.publish(up("s9"), sales("s9", 1, 3)).await;
+    assert_eq!(next_reply(&mut peer).await, ack(3));
+
+    drop(peer);
+    mosquitto.restart().await.expect("mosquitto restarts");
+    // The store is back first (the hub backs off before reconnecting).
+    let mut peer = MqttPeer::connect(addr, "edge-s9-again", &acks).await;
+    assert_eq!(
+        next_reply(&mut peer).await,
+        Message::ResendUnacked(ResendUnacked {}),
+        "the hub asks for what it may have missed"
+    );
+    // ...and what the store sends then is taken.
+    peer.publish(up("s9"), sales("s9", 4, 5)).await;
+    assert_eq!(next_reply(&mut peer).await, ack(5));
+    assert_eq!(get(&hub, "/api/v1/stores/s9").await["hwm"], 5);
+    hub.stop().await;
+}
