@@ -12,7 +12,10 @@
 //! - Online shoppers through the REST API, and a handheld per edge picking
 //!   click-and-collect orders.
 //! - Faults in turn: WAN cuts of a share of the stores, kill -9 of an edge
-//!   agent, kill -9 of the hub (and its broker).
+//!   agent, kill -9 of the hub (and its embedded broker); with
+//!   `--mosquitto` the hub and every store use a Mosquitto of the run's own
+//!   instead, and the `broker` fault kills it (no persistence: every
+//!   session and queued message lost) and starts it again.
 //! - A progress bar, then the checks: every virtual store's sales at the
 //!   hub (high-water mark == last seq sold), and the tills' sales counted
 //!   lost / unexpected / duplicated by [`chain::check`].
@@ -53,7 +56,8 @@ pub struct LoadArgs {
     /// Seconds between faults (0: none).
     #[arg(long, default_value_t = 12)]
     pub fault_every: u64,
-    /// Faults to inject, in turn: wan, edge, hub.
+    /// Faults to inject, in turn: wan, edge, hub, broker (with
+    /// `--mosquitto`).
     #[arg(long, value_delimiter = ',', default_value = "wan,edge,hub")]
     pub faults: Vec<String>,
     /// Share of virtual stores whose WAN a `wan` fault cuts.
@@ -65,6 +69,11 @@ pub struct LoadArgs {
     /// The hub's database (default: SQLite in a temp dir).
     #[arg(long)]
     pub database_url: Option<String>,
+    /// Run a Mosquitto of the run's own (needs `mosquitto` installed) as
+    /// the broker of the hub and every store, instead of the hub's embedded
+    /// broker; allows the `broker` fault.
+    #[arg(long)]
+    pub mosquitto: bool,
 }
 
 const ADMIN_EMAIL: &str = "admin@example.com";
@@ -86,17 +95,28 @@ struct HubChild {
     api: String,
 }
 
-async fn spawn_hub(dir: &Path, url: &str, broker_port: u16, api_port: u16) -> anyhow::Result<HubChild> {
+/// `broker`: the embedded broker's listen address, or with `external` an
+/// MQTT broker of its own to use.
+async fn spawn_hub(
+    dir: &Path,
+    url: &str,
+    broker: SocketAddr,
+    external: bool,
+    api_port: u16,
+) -> anyhow::Result<HubChild> {
+    let broker_arg = if external {
+        ["--broker".to_owned(), format!("mqtt://{broker}")]
+    } else {
+        ["--broker-listen".to_owned(), broker.to_string()]
+    };
     let mut child = tokio::process::Command::new(sibling("hub")?)
         .args(["--database-url", url])
         .arg("--data-dir")
         .arg(dir)
-        .args([
-            "--broker-listen",
-            &format!("127.0.0.1:{broker_port}"),
-            "--api-listen",
-            &format!("127.0.0.1:{api_port}"),
-        ])
+        .args(broker_arg)
+        .args(["--api-listen", &format!("127.0.0.1:{api_port}")])
+        // A stable client id: its broker session survives a hub restart.
+        .env("SG_HUB_BROKER__CLIENT_ID", "storegate-hub-load")
         .env("RUST_LOG", "error")
         .env("SG_HUB_AUTH__BOOTSTRAP_ADMIN_EMAIL", ADMIN_EMAIL)
         .env("SG_HUB_AUTH__BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD)
@@ -207,9 +227,29 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         Some(u) => u.clone(),
         None => format!("sqlite://{}", dir.join("hub.db").display()),
     };
-    let broker_port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?.port()
+    for f in &args.faults {
+        match f.as_str() {
+            "wan" | "edge" | "hub" => {}
+            "broker" => anyhow::ensure!(
+                args.mosquitto,
+                "the broker fault needs --mosquitto (the embedded broker restarts with the hub: fault `hub`)"
+            ),
+            other => anyhow::bail!("unknown fault {other:?}: wan, edge, hub, broker"),
+        }
+    }
+    let mut mosquitto = if args.mosquitto {
+        let conf_dir = dir.join("mosquitto");
+        std::fs::create_dir_all(&conf_dir)?;
+        Some(crate::procs::Mosquitto::start(&conf_dir).await?)
+    } else {
+        None
+    };
+    let broker_port = match &mosquitto {
+        Some(m) => m.addr.port(),
+        None => {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            l.local_addr()?.port()
+        }
     };
     // Fixed for the run, so that clients find the hub again after a restart.
     let api_port = {
@@ -219,8 +259,16 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let broker: SocketAddr = format!("127.0.0.1:{broker_port}").parse()?;
     let hub_dir = dir.join("hub");
     std::fs::create_dir_all(&hub_dir)?;
-    println!("hub: {url}, broker {broker}");
-    let mut hub = Some(spawn_hub(&hub_dir, &url, broker_port, api_port).await?);
+    let external = mosquitto.is_some();
+    println!(
+        "hub: {url}, broker {broker} ({})",
+        if external {
+            "Mosquitto of this run"
+        } else {
+            "the hub's embedded rumqttd"
+        }
+    );
+    let mut hub = Some(spawn_hub(&hub_dir, &url, broker, external, api_port).await?);
     let api_base = hub.as_ref().map(|h| h.api.clone()).unwrap_or_default();
     let admin = Api::login(&api_base, ADMIN_EMAIL, ADMIN_PASSWORD).await?;
     let edge_ids: Vec<String> = (1..=args.edge_agents).map(|i| format!("edge-{i:03}")).collect();
@@ -382,11 +430,23 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
                         let _ = h.child.wait().await;
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    hub = Some(spawn_hub(&hub_dir, &url, broker_port, api_port).await?);
+                    hub = Some(spawn_hub(&hub_dir, &url, broker, external, api_port).await?);
                     faults_done.push(format!(
-                        "{:>3}s kill -9 hub and its broker (restarted)",
-                        start.elapsed().as_secs()
+                        "{:>3}s kill -9 hub{} (restarted)",
+                        start.elapsed().as_secs(),
+                        if external { "" } else { " and its broker" }
                     ));
+                }
+                "broker" => {
+                    if let Some(m) = &mut mosquitto {
+                        m.kill().await;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        m.restart().await?;
+                        faults_done.push(format!(
+                            "{:>3}s kill -9 Mosquitto, every session lost (restarted)",
+                            start.elapsed().as_secs()
+                        ));
+                    }
                 }
                 _ => {}
             }
