@@ -3,7 +3,12 @@
 //! agent (store LAN device bus) share.
 //!
 //! Mosquitto and EMQX configurations for production sit beside this crate
-//! (`mosquitto.conf`, `acl`, `EMQX.md`).
+//! (`mosquitto.conf`, `mosquitto.acl`, `EMQX.md`).
+//!
+//! - [`gate`]: the TLS, MQTT-aware front door that gives the embedded
+//!   rumqttd per-client authorisation (rumqttd has none of its own).
+//! - [`burst`]: logging a repeated refusal once per burst.
+//! - [`tls`]: the rustls client and server configurations of the WAN.
 //!
 //! rumqttd has no shutdown API and does not report a failed bind (it logs
 //! and the server thread ends). So [`start_embedded`] binds the address
@@ -11,6 +16,10 @@
 //! back the port when 0 was asked for, releases it for rumqttd, starts the
 //! broker on its own thread, and waits until the port accepts connections.
 //! The broker then lives until the process exits.
+
+pub mod burst;
+pub mod gate;
+pub mod tls;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;

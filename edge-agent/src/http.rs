@@ -101,8 +101,11 @@ pub struct StatusView {
     pub dropped_telemetry: u64,
     /// Downlink applied up to.
     pub down_applied: u64,
-    /// Malformed or unexpected downlink messages rejected.
+    /// Messages from upstream rejected: malformed, unsigned, forged (bad
+    /// or unknown signature), or unexpected.
     pub rejected_downlink: u64,
+    /// Acks above anything this store published, ignored.
+    pub acks_beyond: u64,
     /// Devices: last seen, errors, status.
     pub devices: std::collections::BTreeMap<String, crate::devices::DeviceState>,
 }
@@ -150,6 +153,7 @@ pub async fn status_view(s: &HttpState) -> Result<StatusView, JournalError> {
         dropped_telemetry: stats.dropped_telemetry,
         down_applied: stats.down_applied,
         rejected_downlink: s.link.rejected.load(std::sync::atomic::Ordering::Relaxed),
+        acks_beyond: s.link.acks_beyond.load(std::sync::atomic::Ordering::Relaxed),
         devices: s.devices.snapshot(),
     })
 }

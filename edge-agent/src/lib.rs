@@ -12,6 +12,8 @@
 //!   idempotency keys, disk budget) and the catalog/stock replicas.
 //! - [`sync`]: the sync engine (sans-I/O core + rumqttc loop): uplink
 //!   batches, application acks, resends, downlink, presence, RPC.
+//! - [`trust`]: the store bundle: TLS to the hub's broker, the key every
+//!   message is signed with, the hub keys every message is checked against.
 //! - [`http`]: local status, metrics and integration API.
 //! - [`lan`]: the store LAN device bus (embedded broker, JSON devices).
 //! - [`pos`]: POS lanes: baskets, tenders, sales, voids, returns.
@@ -43,6 +45,7 @@ pub mod scale;
 pub mod scanner;
 pub mod settings;
 pub mod sync;
+pub mod trust;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -136,8 +139,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ed
     let (sync, sync_loop) = sync::spawn(
         sync::SyncConfig {
             store: v.store.clone(),
-            host: v.upstream_host.clone(),
-            port: v.upstream_port,
+            upstream: v.upstream.clone(),
+            trust: v.trust.clone(),
             client_id: v.client_id.clone(),
             credentials: settings
                 .upstream
@@ -254,7 +257,22 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ed
         shutdown.clone(),
     ));
     tasks.close();
-    tracing::info!(store = %v.store, http = %http_addr, lan = ?lan_addr, upstream = %settings.upstream.url, "edge agent started");
+    if v.trust.accept_unsigned {
+        tracing::warn!(
+            "upstream.insecure_unsigned: WAN messages are sent and accepted UNSIGNED; anyone who reaches the broker can forge acks and downlink"
+        );
+    }
+    if !v.upstream.tls && !v.upstream.is_loopback() {
+        tracing::warn!(upstream = %v.upstream, "upstream.allow_plain_remote: plain MQTT to another machine; anyone on the network can read this store's traffic (messages stay signed)");
+    }
+    tracing::info!(
+        store = %v.store,
+        http = %http_addr,
+        lan = ?lan_addr,
+        upstream = %v.upstream,
+        credential = ?v.trust.credential.map(|k| k.to_string()),
+        "edge agent started"
+    );
     Ok(Edge {
         journal,
         sync,

@@ -4,12 +4,15 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use storegate_protocol::{Currency, StoreId};
+
+use crate::trust::EdgeTrust;
 
 /// Everything the edge agent can be told.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -159,8 +162,21 @@ impl Default for PosSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamSettings {
-    /// `mqtt://host:port`.
+    /// The store bundle from `hub store provision`: this store's TLS
+    /// certificate and signing key, the chain CA, the hub's keys and the
+    /// broker address. Required unless `insecure_unsigned`.
+    pub bundle: Option<PathBuf>,
+    /// `mqtts://host:port` (or `mqtt://` on loopback). Empty: the broker
+    /// the bundle names.
     pub url: String,
+    /// Allow plain `mqtt://` to a broker that is not on this machine:
+    /// anyone on the network then sees this store's traffic (messages stay
+    /// signed). Logged as a warning at every start.
+    pub allow_plain_remote: bool,
+    /// Run without a bundle: send and accept unsigned messages, so anyone
+    /// who reaches the broker can forge acks and downlink. Only for
+    /// measuring what signatures cost; logged as a warning at every start.
+    pub insecure_unsigned: bool,
     /// MQTT client id; stable across restarts so the broker keeps the
     /// session. Default: `edge-{store_id}`.
     pub client_id: Option<String>,
@@ -235,7 +251,10 @@ impl Default for Settings {
 impl Default for UpstreamSettings {
     fn default() -> Self {
         UpstreamSettings {
-            url: "mqtt://127.0.0.1:1883".into(),
+            bundle: None,
+            url: String::new(),
+            allow_plain_remote: false,
+            insecure_unsigned: false,
             client_id: None,
             username: None,
             password: None,
@@ -299,10 +318,10 @@ pub struct Validated {
     pub store: StoreId,
     /// Its currency.
     pub currency: Currency,
-    /// Upstream broker host.
-    pub upstream_host: String,
-    /// Upstream broker port.
-    pub upstream_port: u16,
+    /// Upstream broker.
+    pub upstream: BrokerUrl,
+    /// Keys, certificates and how messages are signed and checked.
+    pub trust: Arc<EdgeTrust>,
     /// MQTT client id.
     pub client_id: String,
     /// HTTP listen address.
@@ -331,10 +350,57 @@ impl Settings {
     /// Checks every value and converts to working types.
     pub fn validate(&self) -> Result<Validated, SettingsError> {
         let invalid = |key, message: String| SettingsError::Invalid { key, message };
-        let store = StoreId::parse(&self.store_id).map_err(|e| invalid("store_id", e.to_string()))?;
+        let named = StoreId::parse(&self.store_id).map_err(|e| invalid("store_id", e.to_string()))?;
         let currency = Currency::parse(&self.currency).map_err(|e| invalid("currency", e.to_string()))?;
-        let (upstream_host, upstream_port) =
-            parse_mqtt_url(&self.upstream.url).map_err(|m| invalid("upstream.url", m))?;
+        let trust = match (&self.upstream.bundle, self.upstream.insecure_unsigned) {
+            (Some(path), _) => {
+                let t = EdgeTrust::from_bundle_file(path)
+                    .map_err(|e| invalid("upstream.bundle", e.to_string()))?;
+                if self.store_id != Settings::default().store_id && t.store != named {
+                    return Err(invalid(
+                        "store_id",
+                        format!("{named} does not match the bundle's store {}", t.store),
+                    ));
+                }
+                t
+            }
+            (None, true) => EdgeTrust::unsigned(named),
+            (None, false) => {
+                return Err(invalid(
+                    "upstream.bundle",
+                    "required: provision this store at the hub (`hub store provision STORE --broker mqtts://HUB:8883`) \
+                     and point upstream.bundle (--bundle) at the file it writes"
+                        .into(),
+                ));
+            }
+        };
+        let store = trust.store.clone();
+        let url = match (self.upstream.url.as_str(), &trust.broker) {
+            ("", Some(b)) => b.clone(),
+            ("", None) => {
+                return Err(invalid(
+                    "upstream.url",
+                    "no broker address: set upstream.url".into(),
+                ));
+            }
+            (u, _) => u.to_owned(),
+        };
+        let upstream = BrokerUrl::parse(&url).map_err(|m| invalid("upstream.url", m))?;
+        if upstream.tls && trust.tls.is_none() {
+            return Err(invalid(
+                "upstream.url",
+                format!("{url} is TLS and needs this store's certificate: set upstream.bundle"),
+            ));
+        }
+        if !upstream.tls && !upstream.is_loopback() && !self.upstream.allow_plain_remote {
+            return Err(invalid(
+                "upstream.url",
+                format!(
+                    "{url} is plain MQTT to another machine: anyone on the network would see this store's traffic; \
+                     use mqtts:// or set upstream.allow_plain_remote = true (warned at every start)"
+                ),
+            ));
+        }
         let http_listen = self
             .http
             .listen
@@ -391,8 +457,8 @@ impl Settings {
         Ok(Validated {
             store,
             currency,
-            upstream_host,
-            upstream_port,
+            upstream,
+            trust: Arc::new(trust),
             client_id,
             http_listen,
             lan_listen,
@@ -407,15 +473,19 @@ impl SyncSettings {
     }
 }
 
-pub use storegate_protocol::endpoint::parse_mqtt_url;
+pub use storegate_protocol::endpoint::BrokerUrl;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn defaults_validate_and_print_as_toml_that_loads_back() {
-        let s = Settings::default();
+    fn defaults_want_a_bundle_and_print_as_toml_that_loads_back() {
+        let mut s = Settings::default();
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("upstream.bundle"), "{e}");
+        s.upstream.insecure_unsigned = true;
+        s.upstream.url = "mqtt://127.0.0.1:1883".into();
         s.validate().unwrap();
         let text = Settings::default_toml();
         let back: Settings = toml::from_str(&text).unwrap();
@@ -432,8 +502,23 @@ mod tests {
         let e = s.validate().unwrap_err().to_string();
         assert!(e.contains("store_id"), "{e}");
         s.store_id = "ok".into();
+        s.upstream.insecure_unsigned = true;
         s.upstream.url = "http://x".into();
         let e = s.validate().unwrap_err().to_string();
         assert!(e.contains("upstream.url"), "{e}");
+    }
+
+    #[test]
+    fn plain_mqtt_off_loopback_or_tls_without_a_bundle_is_refused() {
+        let mut s = Settings::default();
+        s.upstream.insecure_unsigned = true;
+        s.upstream.url = "mqtt://10.0.0.9:1883".into();
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("allow_plain_remote"), "{e}");
+        s.upstream.allow_plain_remote = true;
+        s.validate().unwrap();
+        s.upstream.url = "mqtts://hub.example:8883".into();
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("upstream.bundle"), "{e}");
     }
 }

@@ -28,6 +28,13 @@
 //! - Downlink batches are applied in downlink seq order, idempotently, and
 //!   acked with `DownAck`. A malformed message is logged, counted and
 //!   skipped; the stream goes on.
+//! - Every message the edge sends is signed with its store key, bound to
+//!   its topic; every message it receives must be signed by a hub key
+//!   from its bundle for the topic it came on, or it is dropped with no
+//!   effect (counted, logged once per burst). Whatever the signature, an
+//!   ack (or the ack a resend request implies) above the highest seq this
+//!   engine has published is ignored: it could only delete what the hub
+//!   never saw.
 //! - The journal's commit path never waits on any of this.
 
 use std::collections::{HashMap, VecDeque};
@@ -35,11 +42,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, ClientError, Event, LastWill, MqttOptions, Packet, Publish, QoS};
+use rumqttc::{
+    AsyncClient, ClientError, Event, LastWill, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport,
+};
+use storegate_broker::burst::BurstLog;
+use storegate_protocol::endpoint::BrokerUrl;
 use storegate_protocol::envelope::{
-    self, DownAck, Message, PROTOCOL_VERSION, Presence, encode_up_batch_from_encoded,
+    self, DownAck, Message, PROTOCOL_VERSION, Presence, up_batch_body_from_encoded,
 };
 use storegate_protocol::rpc::{RpcRequest, RpcResponse};
+use storegate_protocol::seal::Sealer;
 use storegate_protocol::topic::{RpcLeg, RpcSide, WanTopic};
 use storegate_protocol::{Seq, StoreId};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -48,6 +60,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::journal::{DownApplied, Journal, now_ms};
 use crate::settings::SyncSettings;
+use crate::trust::EdgeTrust;
 
 /// A batch published and not yet acked.
 #[derive(Debug, Clone, Copy)]
@@ -65,6 +78,9 @@ pub struct SyncCore {
     acked: Seq,
     /// Published up to, on this connection.
     sent: Seq,
+    /// The highest seq ever published by this engine (not rewound): no
+    /// honest ack goes above it.
+    published_max: Seq,
     /// Batches awaiting the hub's ack, oldest first.
     inflight: VecDeque<Inflight>,
     /// Connected to the broker.
@@ -79,6 +95,7 @@ impl SyncCore {
         SyncCore {
             acked,
             sent: acked,
+            published_max: acked,
             inflight: VecDeque::new(),
             connected: false,
             window: window.max(1),
@@ -115,13 +132,20 @@ impl SyncCore {
     /// A batch ending at `last` was handed to the MQTT client.
     pub fn on_published(&mut self, last: Seq, now: Instant) {
         self.sent = self.sent.max(last);
+        self.published_max = self.published_max.max(last);
         self.inflight.push_back(Inflight { last, sent_at: now });
     }
 
+    /// Whether an ack up to `n` is possible: at most what was published.
+    pub fn could_ack(&self, n: Seq) -> bool {
+        n <= self.published_max
+    }
+
     /// The hub committed up to `n`. Returns `Some(n)` when that is news and
-    /// the journal should delete up to `n`.
+    /// the journal should delete up to `n`. An ack above anything published
+    /// is ignored (see [`SyncCore::could_ack`]).
     pub fn on_app_ack(&mut self, n: Seq) -> Option<Seq> {
-        if n <= self.acked {
+        if n <= self.acked || !self.could_ack(n) {
             return None;
         }
         self.acked = n;
@@ -133,9 +157,13 @@ impl SyncCore {
     }
 
     /// The hub wants everything from `from` again; it committed up to
-    /// `from - 1`. Returns the implied ack, if it is news.
+    /// `from - 1`. Returns the implied ack, if it is news. A request whose
+    /// implied ack is above anything published is ignored whole.
     pub fn on_resend(&mut self, from: Seq) -> Option<Seq> {
         let implied = Seq(from.0.saturating_sub(1));
+        if !self.could_ack(implied) {
+            return None;
+        }
         if implied < self.acked {
             tracing::error!(
                 from = from.0,
@@ -223,8 +251,10 @@ pub struct LinkStatus {
     pub connected: AtomicBool,
     /// Successful connections since start.
     pub connects: AtomicU64,
-    /// Malformed or unexpected downlink messages rejected.
+    /// Malformed, unsigned, forged or unexpected downlink messages rejected.
     pub rejected: AtomicU64,
+    /// Acks above anything published, ignored.
+    pub acks_beyond: AtomicU64,
 }
 
 /// A request to the hub over the RPC topic, for [`SyncHandle::call`].
@@ -287,10 +317,10 @@ impl SyncHandle {
 pub struct SyncConfig {
     /// This store.
     pub store: StoreId,
-    /// Upstream broker host.
-    pub host: String,
-    /// Upstream broker port.
-    pub port: u16,
+    /// Upstream broker.
+    pub upstream: BrokerUrl,
+    /// Signing, checking, TLS.
+    pub trust: Arc<EdgeTrust>,
     /// Stable MQTT client id.
     pub client_id: String,
     /// Credentials, if the broker wants them.
@@ -320,14 +350,17 @@ pub fn spawn(
     (handle, fut)
 }
 
-fn presence(store: &StoreId, online: bool) -> Vec<u8> {
-    envelope::encode(&Message::Presence(Presence {
-        store: store.clone(),
-        online,
-        agent_version: env!("CARGO_PKG_VERSION").into(),
-        protocol_version: PROTOCOL_VERSION,
-        at_ms: now_ms(),
-    }))
+fn presence(sealer: &Sealer, store: &StoreId, online: bool) -> Vec<u8> {
+    sealer.seal(
+        &WanTopic::Status(store.clone()),
+        &Message::Presence(Presence {
+            store: store.clone(),
+            online,
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            protocol_version: PROTOCOL_VERSION,
+            at_ms: now_ms(),
+        }),
+    )
 }
 
 /// An uplink batch read and encoded ahead by the reader task.
@@ -344,17 +377,20 @@ struct ReadyBatch {
 }
 
 /// Reads outbox batches ahead of the sync loop, so the loop never waits on
-/// the disk. Starts over wherever the loop says (a new generation); sends
-/// batches into a small channel, so it reads at most a batch or two ahead.
+/// the disk (nor on signing). Starts over wherever the loop says (a new
+/// generation); sends batches into a small channel, so it reads at most a
+/// batch or two ahead.
 async fn reader(
     journal: Journal,
     store: StoreId,
+    sealer: Sealer,
     sync: SyncSettings,
     mut restart: watch::Receiver<(u64, Seq)>,
     out: mpsc::Sender<ReadyBatch>,
     shutdown: CancellationToken,
 ) {
     let outbox_changed = journal.outbox_changed();
+    let up_topic = WanTopic::Up(store.clone()).to_string();
     let (mut generation, mut cursor) = *restart.borrow_and_update();
     loop {
         if restart.has_changed().unwrap_or(false) {
@@ -392,18 +428,19 @@ async fn reader(
         let (first, last) = (raw.first, raw.last);
         let stats = journal.stats();
         let backlog = stats.next_seq.saturating_sub(1).saturating_sub(last.0);
+        let body = up_batch_body_from_encoded(
+            &store,
+            (first, last),
+            raw.events,
+            &raw.bytes,
+            backlog,
+            stats.dropped_telemetry,
+        );
         let batch = ReadyBatch {
             generation,
             last,
             events: raw.events,
-            bytes: encode_up_batch_from_encoded(
-                &store,
-                (first, last),
-                raw.events,
-                &raw.bytes,
-                backlog,
-                stats.dropped_telemetry,
-            ),
+            bytes: sealer.seal_body(&up_topic, &body),
         };
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -439,6 +476,8 @@ struct Loop {
     restart_tx: watch::Sender<(u64, Seq)>,
     /// Hub ack whose outbox rows are still to be deleted.
     pending_delete: Option<Seq>,
+    /// Throttles refusal logs.
+    refusals: BurstLog,
 }
 
 struct Topics {
@@ -467,14 +506,23 @@ async fn run(
         rpc_req: WanTopic::Rpc(store.clone(), RpcSide::Edge, RpcLeg::Req).to_string(),
         rpc_res: WanTopic::Rpc(store.clone(), RpcSide::Edge, RpcLeg::Res).to_string(),
     };
-    let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    let mut opts = MqttOptions::new(
+        cfg.client_id.clone(),
+        cfg.upstream.host.clone(),
+        cfg.upstream.port,
+    );
+    if cfg.upstream.tls
+        && let Some(tls) = &cfg.trust.tls
+    {
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls.clone())));
+    }
     opts.set_clean_session(false)
         .set_keep_alive(cfg.keep_alive)
         .set_max_packet_size(cfg.sync.max_packet_bytes, cfg.sync.max_packet_bytes)
         .set_inflight(100)
         .set_last_will(LastWill::new(
             topics.status.clone(),
-            presence(&store, false),
+            presence(&cfg.trust.sealer, &store, false),
             QoS::AtLeastOnce,
             true,
         ));
@@ -488,6 +536,7 @@ async fn run(
     let reader_task = tokio::spawn(reader(
         journal.clone(),
         cfg.store.clone(),
+        cfg.trust.sealer.clone(),
         cfg.sync.clone(),
         restart_rx,
         ready_tx,
@@ -502,6 +551,7 @@ async fn run(
         generation: 0,
         restart_tx,
         pending_delete: None,
+        refusals: BurstLog::new(Duration::from_secs(10)),
         cfg,
         journal,
         client,
@@ -564,7 +614,7 @@ async fn run(
             &me.topics.status,
             QoS::AtLeastOnce,
             true,
-            presence(&me.cfg.store, false),
+            presence(&me.cfg.trust.sealer, &me.cfg.store, false),
         );
         let _ = me.client.try_disconnect();
         let drain = async {
@@ -602,7 +652,7 @@ impl Loop {
             &self.topics.status,
             QoS::AtLeastOnce,
             true,
-            presence(&self.cfg.store, true),
+            presence(&self.cfg.trust.sealer, &self.cfg.store, true),
         );
         // The hub may have downlink waiting; tell it where we are.
         self.send_down_ack(Seq(self.journal.stats().down_applied));
@@ -641,16 +691,36 @@ impl Loop {
 
     async fn on_publish(&mut self, p: Publish) {
         let topic = p.topic.clone();
-        let msg = match envelope::decode(&p.payload) {
+        let Ok(wan) = WanTopic::parse(&topic) else {
+            return self.reject(&topic, "unknown", "message on a topic this edge does not read");
+        };
+        let trust = &self.cfg.trust;
+        let body = match storegate_protocol::seal::open(
+            &p.payload,
+            &wan,
+            &topic,
+            &trust.hub_keys,
+            trust.accept_unsigned,
+        ) {
+            Ok(b) => b,
+            Err(why) => return self.reject(&topic, why.name(), &why.to_string()),
+        };
+        let msg = match envelope::decode_body(body) {
             Ok(m) => m,
-            Err(e) => return self.reject(&topic, &format!("undecodable: {e}")),
+            Err(e) => return self.reject(&topic, "undecodable", &format!("undecodable: {e}")),
         };
         if topic == self.topics.ack {
             match msg {
                 Message::AppAck(a) => {
+                    if !self.core.could_ack(a.committed_up_to) {
+                        return self.ack_beyond(a.committed_up_to);
+                    }
                     if let Some(n) = self.core.on_app_ack(a.committed_up_to) {
                         self.commit_ack(n);
                     }
+                }
+                Message::ResendRequest(r) if !self.core.could_ack(Seq(r.from.0.saturating_sub(1))) => {
+                    self.ack_beyond(Seq(r.from.0.saturating_sub(1)));
                 }
                 Message::ResendRequest(r) => {
                     tracing::info!(from = r.from.0, "hub asks for a resend");
@@ -669,15 +739,25 @@ impl Loop {
                     self.core.on_resend_unacked();
                     self.restart_reader();
                 }
-                other => self.reject(&topic, &format!("unexpected {} on the ack topic", other.name())),
+                other => self.reject(
+                    &topic,
+                    "unexpected",
+                    &format!("unexpected {} on the ack topic", other.name()),
+                ),
             }
         } else if topic == self.topics.down {
             match msg {
                 Message::DownBatch(b) if b.store == self.cfg.store => self.on_down(b.items).await,
-                Message::DownBatch(b) => {
-                    self.reject(&topic, &format!("downlink addressed to store {}", b.store))
-                }
-                other => self.reject(&topic, &format!("unexpected {} on the down topic", other.name())),
+                Message::DownBatch(b) => self.reject(
+                    &topic,
+                    "unexpected",
+                    &format!("downlink addressed to store {}", b.store),
+                ),
+                other => self.reject(
+                    &topic,
+                    "unexpected",
+                    &format!("unexpected {} on the down topic", other.name()),
+                ),
             }
         } else if topic == self.topics.rpc_res {
             match msg {
@@ -689,17 +769,43 @@ impl Loop {
                         tracing::info!(correlation = %r.correlation_id, "late or unknown RPC response dropped")
                     }
                 },
-                other => self.reject(&topic, &format!("unexpected {} on the rpc topic", other.name())),
+                other => self.reject(
+                    &topic,
+                    "unexpected",
+                    &format!("unexpected {} on the rpc topic", other.name()),
+                ),
             }
         } else {
-            self.reject(&topic, "message on a topic this edge does not read");
+            self.reject(&topic, "unknown", "message on a topic this edge does not read");
         }
     }
 
-    fn reject(&self, topic: &str, why: &str) {
-        tracing::error!(topic, why, "rejected downlink message");
+    /// Drops a message with no effect: counted, logged once per burst.
+    fn reject(&self, topic: &str, reason: &'static str, why: &str) {
         self.status.rejected.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("edge_downlink_rejected_total").increment(1);
+        metrics::counter!("edge_downlink_rejected_total", "reason" => reason).increment(1);
+        if let Some(suppressed) = self.refusals.note(reason) {
+            tracing::warn!(
+                topic,
+                why,
+                suppressed,
+                "rejected a message from upstream: no effect"
+            );
+        }
+    }
+
+    /// An ack above anything published: ignored, counted.
+    fn ack_beyond(&self, n: Seq) {
+        self.status.acks_beyond.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("edge_sync_acks_beyond_total").increment(1);
+        if let Some(suppressed) = self.refusals.note("ack_beyond") {
+            tracing::warn!(
+                ack = n.0,
+                published = self.core.published_max.0,
+                suppressed,
+                "ignored an ack above anything this store published"
+            );
+        }
     }
 
     fn commit_ack(&mut self, n: Seq) {
@@ -738,7 +844,10 @@ impl Loop {
     }
 
     fn send_down_ack(&self, applied_up_to: Seq) {
-        let bytes = envelope::encode(&Message::DownAck(DownAck { applied_up_to }));
+        let bytes = self.cfg.trust.sealer.seal_body(
+            &self.topics.up,
+            &envelope::encode_body(&Message::DownAck(DownAck { applied_up_to })),
+        );
         if let Err(e) = self
             .client
             .try_publish(&self.topics.up, QoS::AtLeastOnce, false, bytes)
@@ -750,7 +859,10 @@ impl Loop {
     fn send_rpc(&mut self, out: RpcOut) {
         let id = out.request.correlation_id.as_u128();
         let deadline = Instant::now() + Duration::from_millis(u64::from(out.request.timeout_ms));
-        let bytes = envelope::encode(&Message::RpcRequest(out.request));
+        let bytes = self.cfg.trust.sealer.seal_body(
+            &self.topics.rpc_req,
+            &envelope::encode_body(&Message::RpcRequest(out.request)),
+        );
         if self
             .client
             .try_publish(&self.topics.rpc_req, QoS::AtLeastOnce, false, bytes)
@@ -784,6 +896,29 @@ mod tests {
         assert_eq!(c.on_app_ack(Seq(10)), Some(Seq(10)));
         assert_eq!(c.next_from(), Some(Seq(21)));
         assert_eq!(c.on_app_ack(Seq(5)), None, "old acks are ignored");
+    }
+
+    #[test]
+    fn an_ack_above_anything_published_is_ignored() {
+        let mut c = SyncCore::new(Seq(3), 4);
+        c.on_connected();
+        c.on_published(Seq(10), Instant::now());
+        assert!(!c.could_ack(Seq(11)));
+        assert_eq!(c.on_app_ack(Seq(u64::MAX)), None);
+        assert_eq!(
+            c.on_resend(Seq(1_000_000)),
+            None,
+            "a resend implying a bigger ack too"
+        );
+        assert_eq!(c.inflight(), 1, "and neither rewinds");
+        assert_eq!(c.acked(), Seq(3));
+        assert_eq!(c.on_resend(Seq(u64::MAX)), None);
+        assert_eq!(c.on_app_ack(Seq(10)), Some(Seq(10)));
+        c.on_disconnected();
+        assert!(
+            c.could_ack(Seq(10)),
+            "what was published before a reconnect still counts"
+        );
     }
 
     #[test]

@@ -92,6 +92,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0003_order_line_discounts.sql"),
         include_str!("../migrations/postgres/0003_order_line_discounts.sql"),
     ),
+    (
+        4,
+        "store credentials",
+        include_str!("../migrations/sqlite/0004_store_credentials.sql"),
+        include_str!("../migrations/postgres/0004_store_credentials.sql"),
+    ),
 ];
 
 fn migrations(kind: DbKind) -> Migrator {

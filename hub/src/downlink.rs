@@ -11,8 +11,7 @@
 
 use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 use storegate_protocol::downlink::{DownBody, DownItem};
-use storegate_protocol::envelope::{DownBatch, Message, encode};
-use storegate_protocol::topic::WanTopic;
+use storegate_protocol::envelope::DownBatch;
 use storegate_protocol::{Seq, StoreId};
 
 use crate::db::{Db, now_ms};
@@ -74,26 +73,62 @@ pub async fn enqueue(
     Ok(seqs)
 }
 
-/// Records the edge's ack and deletes what it covers.
-pub async fn acked(db: &Db, store: &StoreId, applied_up_to: Seq) -> Result<(), sqlx::Error> {
-    let mut tx = db.begin().await?;
-    sqlx::query(
-        "UPDATE store_sync SET down_acked = $2 WHERE store_id = $1 AND down_acked < $2 AND $2 < down_next",
-    )
-    .bind(store.as_str())
-    .bind(applied_up_to.0 as i64)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("DELETE FROM downlink WHERE store_id = $1 AND seq <= $2")
-        .bind(store.as_str())
-        .bind(applied_up_to.0 as i64)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await
+/// What a `DownAck` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// Recorded; what it covers is deleted.
+    Applied,
+    /// At or below what was already acked: nothing to do.
+    Old,
+    /// Above the highest downlink seq the hub has assigned to the store:
+    /// impossible from an honest edge, ignored (nothing is deleted).
+    Beyond {
+        /// The highest seq assigned.
+        highest: Seq,
+    },
 }
 
-/// The encoded `DownBatch` of items pending for `store` after `after`, if any.
-pub async fn pending_batch(db: &Db, store: &StoreId, after: Seq) -> Result<Option<Vec<u8>>, sqlx::Error> {
+/// Records the edge's ack and deletes what it covers. An ack above the
+/// highest seq the hub assigned to the store is ignored whole.
+pub async fn acked(db: &Db, store: &StoreId, applied_up_to: Seq) -> Result<AckOutcome, sqlx::Error> {
+    let Ok(n) = i64::try_from(applied_up_to.0) else {
+        return Ok(AckOutcome::Beyond { highest: Seq(0) });
+    };
+    let mut tx = db.begin().await?;
+    let row: Option<(i64, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT down_acked, down_next FROM store_sync WHERE store_id = $1{}",
+        db.for_update()
+    )))
+    .bind(store.as_str())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (down_acked, down_next) = row.unwrap_or((0, 1));
+    if n >= down_next {
+        tx.rollback().await?;
+        return Ok(AckOutcome::Beyond {
+            highest: Seq(down_next.saturating_sub(1).max(0) as u64),
+        });
+    }
+    if n <= down_acked {
+        tx.rollback().await?;
+        return Ok(AckOutcome::Old);
+    }
+    sqlx::query("UPDATE store_sync SET down_acked = $2 WHERE store_id = $1")
+        .bind(store.as_str())
+        .bind(n)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM downlink WHERE store_id = $1 AND seq <= $2")
+        .bind(store.as_str())
+        .bind(n)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(AckOutcome::Applied)
+}
+
+/// The `DownBatch` of items pending for `store` after `after`, if any.
+pub async fn pending_batch(db: &Db, store: &StoreId, after: Seq) -> Result<Option<DownBatch>, sqlx::Error> {
     let rows =
         sqlx::query("SELECT seq, body FROM downlink WHERE store_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
             .bind(store.as_str())
@@ -125,10 +160,10 @@ pub async fn pending_batch(db: &Db, store: &StoreId, after: Seq) -> Result<Optio
     if items.is_empty() {
         return Ok(None);
     }
-    Ok(Some(encode(&Message::DownBatch(DownBatch {
+    Ok(Some(DownBatch {
         store: store.clone(),
         items,
-    }))))
+    }))
 }
 
 /// The store's downlink cursor: (acked up to, next seq).
@@ -176,9 +211,4 @@ pub async fn claim_stale(db: &Db, older_than_ms: i64) -> Result<Vec<StoreId>, sq
         }
     }
     Ok(claimed)
-}
-
-/// The topic a store's downlink goes to.
-pub fn topic(store: &StoreId) -> String {
-    WanTopic::Down(store.clone()).to_string()
 }

@@ -29,6 +29,12 @@
 //! - [`quarantine`]: messages that could not be used, with raw bytes.
 //! - [`stores`]: store registry, presence, sync state, devices.
 //! - [`auth`]: users, argon2 passwords, JWTs, API keys, login throttle.
+//! - [`pki`]: the chain CA and the hub's key files; issuing store and hub
+//!   certificates, store bundles, CRLs.
+//! - [`credentials`]: store credentials in the database and every
+//!   replica's refreshed view of them (revocation without a restart).
+//! - [`trust`]: signing what the hub sends, checking what arrives; who may
+//!   connect to the embedded broker's TLS listener.
 //! - [`api`]: the REST API (axum, OpenAPI via utoipa).
 //! - [`sql`]: `$N` SQL text helpers for both databases.
 //!
@@ -42,6 +48,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod catalog;
+pub mod credentials;
 pub mod db;
 pub mod downlink;
 pub mod idempotency;
@@ -49,6 +56,7 @@ pub mod ingest;
 pub mod mqtt;
 pub mod orders;
 pub mod payments;
+pub mod pki;
 pub mod quarantine;
 pub mod settings;
 pub mod shipping;
@@ -56,6 +64,7 @@ pub mod sql;
 pub mod stock;
 pub mod stores;
 pub mod tasks;
+pub mod trust;
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -84,6 +93,23 @@ pub enum StartError {
     /// The bootstrap admin could not be created.
     #[error("bootstrap admin: {0}")]
     Bootstrap(#[from] auth::CreateUserError),
+    /// Keys or certificates are missing or unusable.
+    #[error("WAN trust: {0}")]
+    Pki(#[from] pki::PkiError),
+    /// The store credentials could not be read.
+    #[error("store credentials: {0}")]
+    Credentials(#[from] credentials::CredentialError),
+    /// A TLS configuration could not be built.
+    #[error("TLS: {0}")]
+    Tls(#[from] storegate_broker::tls::TlsError),
+    /// The TLS listener could not bind.
+    #[error("embedded broker TLS listener cannot listen on {addr}: {source}; change `broker.tls_listen`")]
+    TlsBind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The API could not listen.
     #[error("REST API cannot listen on {addr}: {source}; change `api.listen` (SG_HUB_API__LISTEN)")]
     ApiBind {
@@ -101,6 +127,12 @@ pub struct Hub {
     pub api_addr: SocketAddr,
     /// The broker the hub uses (the embedded one's address, or the external one's).
     pub broker_addr: String,
+    /// Where the embedded broker's TLS listener (the gate) listens.
+    pub tls_addr: Option<SocketAddr>,
+    /// Signs and checks WAN messages; the store credentials.
+    pub trust: trust::Trust,
+    /// The PKI directory (chain CA, the hub's keys).
+    pub pki_dir: std::path::PathBuf,
     /// The database.
     pub db: db::Db,
     /// The MQTT link.
@@ -157,8 +189,51 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Hu
         tracing::info!(email, "bootstrap admin created");
     }
 
-    let (host, port, broker_addr) = match &v.external_broker {
-        Some((h, p)) => (h.clone(), *p, format!("{h}:{p}")),
+    let identity = load_identity(&settings, &v)?;
+    let registry = credentials::Registry::load(db.clone()).await?;
+    let sealer = if settings.wan.insecure_unsigned {
+        tracing::warn!(
+            "wan.insecure_unsigned: WAN messages are sent and accepted UNSIGNED; anyone who reaches the broker can forge acks, batches and downlink"
+        );
+        storegate_protocol::seal::Sealer::unsigned()
+    } else {
+        storegate_protocol::seal::Sealer::signing(identity.signing.clone())
+    };
+    let trust = trust::Trust::new(sealer, registry.clone(), settings.wan.insecure_unsigned);
+    if v.plain_remote {
+        tracing::warn!(
+            "wan.allow_plain_remote: plain MQTT leaves this machine; anyone on the network can read every store's traffic (messages stay signed)"
+        );
+    }
+
+    let tasks = TaskTracker::new();
+    tasks.spawn(registry.clone().run_refresher(
+        std::time::Duration::from_secs(settings.wan.refresh_secs),
+        shutdown.clone(),
+    ));
+    let pki_dir = pki::PkiDir(v.pki_dir.clone());
+    let path_or = |p: &Option<std::path::PathBuf>, d: std::path::PathBuf| p.clone().unwrap_or(d);
+    let mut tls_addr = None;
+    let (host, port, broker_addr, link_tls) = match &v.external_broker {
+        Some(url) => {
+            let tls = if url.tls {
+                let read = |p: std::path::PathBuf| {
+                    std::fs::read_to_string(&p).map_err(|source| pki::PkiError::Io { path: p, source })
+                };
+                let ca = read(path_or(&settings.wan.broker_ca, pki_dir.ca_cert()))?;
+                let cert = read(path_or(&settings.wan.client_cert, pki_dir.client_cert()))?;
+                let key = read(path_or(&settings.wan.client_key, pki_dir.client_key()))?;
+                Some(storegate_broker::tls::client_config(&ca, &cert, &key)?)
+            } else {
+                None
+            };
+            let addr = if url.host.contains(':') {
+                format!("[{}]:{}", url.host, url.port)
+            } else {
+                format!("{}:{}", url.host, url.port)
+            };
+            (url.host.clone(), url.port, addr, tls)
+        }
         None => {
             let config = storegate_broker::load_config(
                 settings.broker.config_file.as_deref(),
@@ -169,11 +244,44 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Hu
                 v.broker_listen,
                 "broker.listen (SG_HUB_BROKER__LISTEN)",
             )?;
-            (addr.ip().to_string(), addr.port(), addr.to_string())
+            if let Some(listen) = v.broker_tls_listen {
+                let read = |p: std::path::PathBuf| {
+                    std::fs::read_to_string(&p).map_err(|source| pki::PkiError::Io { path: p, source })
+                };
+                let cert = read(path_or(&settings.wan.server_cert, pki_dir.server_cert()))?;
+                let key = read(path_or(&settings.wan.server_key, pki_dir.server_key()))?;
+                let server = storegate_broker::tls::server_config(&identity.ca_pem, &cert, &key)?;
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .map_err(|source| StartError::TlsBind { addr: listen, source })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| StartError::TlsBind { addr: listen, source })?;
+                storegate_broker::gate::spawn(
+                    listener,
+                    storegate_broker::gate::GateConfig {
+                        name: "wan",
+                        upstream: addr,
+                        tls: server,
+                        handshake_timeout: std::time::Duration::from_secs(
+                            settings.wan.handshake_timeout_secs,
+                        ),
+                        max_pending: settings.wan.max_pending_handshakes,
+                        max_packet: settings.ingest.max_payload_bytes.saturating_add(64 * 1024),
+                    },
+                    std::sync::Arc::new(trust::StoreGate {
+                        registry: registry.clone(),
+                    }),
+                    &tasks,
+                    shutdown.clone(),
+                );
+                tracing::info!(addr = %bound, "embedded broker TLS listener (client certificates required)");
+                tls_addr = Some(bound);
+            }
+            (addr.ip().to_string(), addr.port(), addr.to_string(), None)
         }
     };
 
-    let tasks = TaskTracker::new();
     let (rpc_tx, rpc_rx) = tokio::sync::mpsc::unbounded_channel();
     let link = mqtt::spawn(
         mqtt::LinkConfig {
@@ -185,6 +293,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Hu
                 .username
                 .clone()
                 .map(|u| (u, settings.broker.password.clone().unwrap_or_default())),
+            tls: link_tls,
+            trust: trust.clone(),
             ingest: settings.ingest.clone(),
             clean_session: settings
                 .broker
@@ -271,10 +381,56 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Hu
     Ok(Hub {
         api_addr,
         broker_addr,
+        tls_addr,
+        trust,
+        pki_dir: v.pki_dir.clone(),
         db,
         link,
         shutdown,
         tasks,
+    })
+}
+
+/// The hub's signing key and the chain CA, from the PKI directory; on a
+/// single hub with its embedded broker, a PKI is created there first if
+/// none exists (`wan.auto_init`).
+fn load_identity(settings: &Settings, v: &settings::Validated) -> Result<pki::HubIdentity, StartError> {
+    let dir = pki::PkiDir(v.pki_dir.clone());
+    let explicit_key = settings.wan.signing_key.is_some() && settings.wan.ca.is_some();
+    if !dir.exists() && !explicit_key {
+        if settings.wan.auto_init && v.external_broker.is_none() {
+            let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+            if let Some(a) = v.broker_tls_listen
+                && !a.ip().is_unspecified()
+                && !a.ip().is_loopback()
+            {
+                names.push(a.ip().to_string());
+            }
+            let report = pki::init(&dir, "storegate", &names, &settings.broker.client_id)?;
+            tracing::info!(
+                dir = %report.dir.display(),
+                hub_key = %report.hub_key,
+                "created a chain CA and the hub's keys (wan.auto_init); in production create them with `hub ca init` and keep ca.key offline"
+            );
+        } else {
+            return Err(pki::PkiError::Missing(dir.0).into());
+        }
+    }
+    let key_path = settings
+        .wan
+        .signing_key
+        .clone()
+        .unwrap_or_else(|| dir.hub_signing_key());
+    let ca_path = settings.wan.ca.clone().unwrap_or_else(|| dir.ca_cert());
+    let signing = pki::load_signing_key(&key_path)?;
+    let ca_pem = std::fs::read_to_string(&ca_path).map_err(|source| pki::PkiError::Io {
+        path: ca_path.clone(),
+        source,
+    })?;
+    tracing::info!(hub_key = %signing.kid(), "hub signing key loaded");
+    Ok(pki::HubIdentity {
+        signing: std::sync::Arc::new(signing),
+        ca_pem,
     })
 }
 

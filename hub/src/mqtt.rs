@@ -2,14 +2,25 @@
 //! subscription, hands batches to ingestion workers, acks MQTT messages in
 //! order after their work is committed, and publishes acks and downlink.
 //!
+//! Every message is checked ([`Trust::open`]: signed by a valid credential
+//! of the store the topic names) before anything reads it, and everything
+//! the hub publishes is signed ([`Link::send`]). A message that fails the
+//! check is dropped with no effect and still acked at the MQTT level, so
+//! nothing behind it waits. Only checked messages from a store can end up
+//! in quarantine; nothing unchecked ever reaches the database.
+//!
 //! # Tasks
 //!
 //! - the **event loop** polls rumqttc and never waits on anything else: it
-//!   numbers each incoming QoS 1 message (its *receipt*) and dispatches it;
+//!   numbers each incoming QoS 1 message (its *receipt*) and routes it by
+//!   topic and store;
 //! - **ingestion workers** (`ingest.workers`), each owning a fixed share of
-//!   the stores, so one store's batches are applied in order; each applies
-//!   whatever is queued as one transaction (group commit);
+//!   the stores, so one store's batches are applied in order; each checks
+//!   its messages' signatures, then applies whatever is queued as one
+//!   transaction (group commit); downlink acks go on to the misc worker;
 //! - a **misc worker** for presence and downlink acks;
+//! - the **RPC opener**, which checks and decodes lanes' RPC requests and
+//!   hands them to the commerce side;
 //! - the **acker**, which acks MQTT messages strictly in receipt order once
 //!   their work is done (rumqttd disconnects a client that acks out of
 //!   order; acking from the poll loop deadlocked under load);
@@ -25,8 +36,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
 use storegate_protocol::envelope::{self, Message, ResendUnacked};
+use storegate_protocol::rpc::{RpcRequest, RpcResponse};
 use storegate_protocol::topic::{RpcLeg, RpcSide, WanKind, WanTopic};
 use storegate_protocol::{Seq, StoreId};
 use tokio::sync::mpsc;
@@ -38,6 +50,7 @@ use crate::downlink;
 use crate::ingest::{self, Batch, Verdict};
 use crate::quarantine::{self, Reason};
 use crate::settings::IngestSettings;
+use crate::trust::Trust;
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
@@ -50,6 +63,10 @@ pub struct LinkConfig {
     pub client_id: String,
     /// Credentials, if any.
     pub credentials: Option<(String, String)>,
+    /// TLS towards an external `mqtts://` broker.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Signs what the hub sends, checks what arrives.
+    pub trust: Trust,
     /// Ingestion settings.
     pub ingest: IngestSettings,
     /// MQTT clean session (see `broker.clean_session`).
@@ -63,16 +80,24 @@ pub struct LinkConfig {
     pub rpc: Option<mpsc::UnboundedSender<RpcJob>>,
 }
 
-/// An RPC request from a store, with when it arrived (deadlines are
+/// A checked RPC request from a store, with when it arrived (deadlines are
 /// measured from here: clocks across machines are not trusted).
 #[derive(Debug)]
 pub struct RpcJob {
-    /// The store.
+    /// The store (whose credential signed the request).
     pub store: StoreId,
-    /// The raw payload.
-    pub payload: Vec<u8>,
+    /// The request.
+    pub request: RpcRequest,
     /// Arrival.
     pub received: std::time::Instant,
+}
+
+/// An RPC request as it arrived, before its check.
+struct RawRpc {
+    topic: WanTopic,
+    text: String,
+    payload: Vec<u8>,
+    received: std::time::Instant,
 }
 
 /// Link state other modules read and use.
@@ -89,6 +114,8 @@ pub struct Link {
     pub received: Arc<AtomicU64>,
     /// Asks the misc worker to send pending downlink to a store.
     kick: mpsc::UnboundedSender<Misc>,
+    /// Signs what the hub sends.
+    trust: Trust,
 }
 
 impl Link {
@@ -96,6 +123,28 @@ impl Link {
     /// enqueued some).
     pub fn send_downlink(&self, store: &StoreId) {
         let _ = self.kick.send(Misc::SendDownlink(store.clone()));
+    }
+
+    /// Publishes `message` on `topic`, signed by the hub (QoS 1).
+    pub async fn send(&self, topic: &WanTopic, message: &Message) {
+        let payload = self.trust.seal(topic, message);
+        // Topics come from `WanTopic`, so the only failure is an event loop
+        // that has stopped: the hub is shutting down, and what was not sent
+        // is resent after the restart (acks by the broker's redelivery,
+        // downlink by the sweeper). Not worth a warning on every stop.
+        if let Err(e) = self
+            .client
+            .publish(topic.to_string(), QoS::AtLeastOnce, false, payload)
+            .await
+        {
+            tracing::debug!(error = %e, "publish not queued: the MQTT link has stopped");
+        }
+    }
+
+    /// Answers a store's RPC request.
+    pub async fn reply_rpc(&self, store: &StoreId, response: RpcResponse) {
+        let topic = WanTopic::Rpc(store.clone(), RpcSide::Edge, RpcLeg::Res);
+        self.send(&topic, &Message::RpcResponse(response)).await;
     }
 }
 
@@ -119,6 +168,9 @@ enum AckMsg {
 
 struct Job {
     store: StoreId,
+    /// The topic, parsed.
+    wan: WanTopic,
+    /// The topic as received (what the signature covers).
     topic: String,
     payload: Vec<u8>,
     receipt: Receipt,
@@ -139,6 +191,9 @@ enum Misc {
 /// Starts the link's tasks on `tracker`.
 pub fn spawn(cfg: LinkConfig, db: Db, tracker: &TaskTracker, shutdown: CancellationToken) -> Link {
     let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    if let Some(tls) = &cfg.tls {
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls.clone())));
+    }
     let max_packet = cfg.ingest.max_payload_bytes.max(1 << 20) * 8;
     opts.set_clean_session(cfg.clean_session)
         .set_manual_acks(true)
@@ -164,6 +219,7 @@ pub fn spawn(cfg: LinkConfig, db: Db, tracker: &TaskTracker, shutdown: Cancellat
         subscribed: subscribed.clone(),
         received: received.clone(),
         kick: misc_tx.clone(),
+        trust: cfg.trust.clone(),
     };
 
     tracker.spawn(acker(client.clone(), ack_rx, shutdown.clone()));
@@ -176,6 +232,8 @@ pub fn spawn(cfg: LinkConfig, db: Db, tracker: &TaskTracker, shutdown: Cancellat
                 index: i,
                 db: db.clone(),
                 link: link.clone(),
+                trust: cfg.trust.clone(),
+                misc: misc_tx.clone(),
                 acks: ack_tx.clone(),
                 max_group: cfg.ingest.max_group,
                 abort_after_commit: cfg.abort_after_commit,
@@ -187,6 +245,7 @@ pub fn spawn(cfg: LinkConfig, db: Db, tracker: &TaskTracker, shutdown: Cancellat
     tracker.spawn(misc_worker(
         db.clone(),
         link.clone(),
+        cfg.trust.clone(),
         misc_rx,
         ack_tx.clone(),
         shutdown.clone(),
@@ -194,7 +253,17 @@ pub fn spawn(cfg: LinkConfig, db: Db, tracker: &TaskTracker, shutdown: Cancellat
     tracker.spawn(sweeper(db.clone(), link.clone(), shutdown.clone()));
 
     let max_payload = cfg.ingest.max_payload_bytes;
-    let rpc = cfg.rpc.clone();
+    let rpc = cfg.rpc.clone().map(|commerce| {
+        let (raw_tx, raw_rx) = mpsc::unbounded_channel();
+        tracker.spawn(rpc_opener(
+            db.clone(),
+            cfg.trust.clone(),
+            raw_rx,
+            commerce,
+            shutdown.clone(),
+        ));
+        raw_tx
+    });
     tracker.spawn(async move {
         let mut generation = 0u64;
         let mut next_no = 0u64;
@@ -259,16 +328,7 @@ pub fn spawn(cfg: LinkConfig, db: Db, tracker: &TaskTracker, shutdown: Cancellat
                     if p.qos != QoS::AtMostOnce {
                         next_no += 1;
                     }
-                    dispatch(
-                        &db,
-                        &shards,
-                        &misc_tx,
-                        &ack_tx,
-                        rpc.as_ref(),
-                        p,
-                        receipt,
-                        max_payload,
-                    );
+                    dispatch(&shards, &misc_tx, &ack_tx, rpc.as_ref(), p, receipt, max_payload);
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -291,113 +351,121 @@ pub fn spawn(cfg: LinkConfig, db: Db, tracker: &TaskTracker, shutdown: Cancellat
     link
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Routes a message by topic and store. Nothing here reads the payload:
+/// its signature is checked by whoever handles it, before anything else.
 fn dispatch(
-    db: &Db,
     shards: &[mpsc::UnboundedSender<Job>],
     misc: &mpsc::UnboundedSender<Misc>,
     acks: &mpsc::UnboundedSender<AckMsg>,
-    rpc: Option<&mpsc::UnboundedSender<RpcJob>>,
+    rpc: Option<&mpsc::UnboundedSender<RawRpc>>,
     p: Publish,
     receipt: Receipt,
     max_payload: usize,
 ) {
-    let topic = p.topic.clone();
-    let payload = p.payload.to_vec();
     let needs_ack = p.qos != QoS::AtMostOnce;
-    let done = move |receipt: Receipt| {
+    let done = |receipt: Receipt| {
         if needs_ack {
             let _ = acks.send(AckMsg::Done(receipt));
         }
     };
-    let quarantine_later = |store: Option<String>, reason: Reason, detail: String, receipt: Receipt| {
-        let db = db.clone();
-        let acks = acks.clone();
-        let topic = topic.clone();
-        let payload = payload.clone();
-        tokio::spawn(async move {
-            quarantine::put(&db, &topic, store.as_deref(), reason, &detail, &payload).await;
-            if needs_ack {
-                let _ = acks.send(AckMsg::Done(receipt));
-            }
-        });
-    };
-    let parsed = match WanTopic::parse(&topic) {
+    let wan = match WanTopic::parse(&p.topic) {
         Ok(t) => t,
-        Err(e) => return quarantine_later(None, Reason::UnknownTopic, e.to_string(), receipt),
+        Err(_) => {
+            // Not a store's topic (a filter matched an invalid store id).
+            metrics::counter!("hub_wan_refused_total", "reason" => "unknown_topic").increment(1);
+            return done(receipt);
+        }
     };
-    let store = parsed.store().clone();
-    if payload.len() > max_payload {
-        return quarantine_later(
-            Some(store.to_string()),
-            Reason::Oversized,
-            format!("{} bytes > ingest.max_payload_bytes {max_payload}", payload.len()),
-            receipt,
-        );
+    if p.payload.len() > max_payload {
+        metrics::counter!("hub_wan_refused_total", "reason" => "oversized").increment(1);
+        tracing::warn!(topic = %p.topic, bytes = p.payload.len(), max_payload, "payload over ingest.max_payload_bytes dropped");
+        return done(receipt);
     }
-    match parsed.kind() {
-        WanKind::Up => match envelope::peek_up_batch(&payload) {
-            Ok(Some(h)) if h.store != store => quarantine_later(
-                Some(store.to_string()),
-                Reason::StoreMismatch,
-                format!("batch from {} on {}'s topic", h.store, store),
-                receipt,
-            ),
-            Ok(Some(_)) => {
-                let shard = shard_of(&store, shards.len());
-                let _ = shards[shard].send(Job {
-                    store,
-                    topic,
-                    payload,
-                    receipt,
-                });
-            }
-            Ok(None) => match envelope::decode(&payload) {
-                Ok(Message::DownAck(a)) => {
-                    let _ = misc.send(Misc::DownAck(store, a.applied_up_to, receipt));
-                }
-                Ok(other) => quarantine_later(
-                    Some(store.to_string()),
-                    Reason::UnexpectedMessage,
-                    format!("{} on an uplink topic", other.name()),
-                    receipt,
-                ),
-                Err(e) => quarantine_later(
-                    Some(store.to_string()),
-                    Reason::Undecodable,
-                    e.to_string(),
-                    receipt,
-                ),
-            },
-            Err(e) => quarantine_later(
-                Some(store.to_string()),
-                Reason::Undecodable,
-                e.to_string(),
-                receipt,
-            ),
-        },
+    let store = wan.store().clone();
+    let job = Job {
+        store,
+        wan,
+        topic: p.topic,
+        payload: p.payload.to_vec(),
+        receipt,
+    };
+    match job.wan.kind() {
+        WanKind::Up => {
+            let shard = shard_of(&job.store, shards.len());
+            let _ = shards[shard].send(job);
+        }
         WanKind::Status => {
-            let _ = misc.send(Misc::Presence(Job {
-                store,
-                topic,
-                payload,
-                receipt,
-            }));
+            let _ = misc.send(Misc::Presence(job));
         }
         WanKind::Rpc(RpcSide::Edge, RpcLeg::Req) if rpc.is_some() => {
             if let Some(rpc) = rpc {
-                let _ = rpc.send(RpcJob {
-                    store,
-                    payload,
+                let _ = rpc.send(RawRpc {
+                    topic: job.wan,
+                    text: job.topic,
+                    payload: job.payload,
                     received: std::time::Instant::now(),
                 });
             }
             // An RPC is not durable: the lane times out and falls back.
-            done(receipt);
+            done(job.receipt);
         }
         _ => {
             // The hub subscribes to nothing else; a broker bridge might.
-            done(receipt);
+            done(job.receipt);
+        }
+    }
+}
+
+/// Checks lanes' RPC requests and hands the good ones to the commerce side;
+/// signed ones that are unusable are quarantined, like uplink.
+async fn rpc_opener(
+    db: Db,
+    trust: Trust,
+    mut rx: mpsc::UnboundedReceiver<RawRpc>,
+    commerce: mpsc::UnboundedSender<RpcJob>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let raw = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = rx.recv() => match r { Some(r) => r, None => return },
+        };
+        let Ok(body) = trust.open(&raw.topic, &raw.text, &raw.payload).await else {
+            continue;
+        };
+        match envelope::decode_body(body) {
+            Ok(Message::RpcRequest(request)) => {
+                let _ = commerce.send(RpcJob {
+                    store: raw.topic.store().clone(),
+                    request,
+                    received: raw.received,
+                });
+            }
+            Ok(other) => {
+                let why = format!("{} on an RPC request topic", other.name());
+                let store = raw.topic.store().as_str();
+                quarantine::put(
+                    &db,
+                    &raw.text,
+                    Some(store),
+                    Reason::UnexpectedMessage,
+                    &why,
+                    &raw.payload,
+                )
+                .await;
+            }
+            Err(e) => {
+                let store = raw.topic.store().as_str();
+                quarantine::put(
+                    &db,
+                    &raw.text,
+                    Some(store),
+                    Reason::Undecodable,
+                    &e.to_string(),
+                    &raw.payload,
+                )
+                .await;
+            }
         }
     }
 }
@@ -441,16 +509,6 @@ async fn acker(client: AsyncClient, mut rx: mpsc::UnboundedReceiver<AckMsg>, shu
     }
 }
 
-async fn publish(link: &Link, topic: String, payload: Vec<u8>) {
-    // Topics come from `WanTopic`, so the only failure is an event loop
-    // that has stopped: the hub is shutting down, and what was not sent is
-    // resent after the restart (acks by the broker's redelivery, downlink
-    // by the sweeper). Not worth a warning on every stop.
-    if let Err(e) = link.client.publish(topic, QoS::AtLeastOnce, false, payload).await {
-        tracing::debug!(error = %e, "publish not queued: the MQTT link has stopped");
-    }
-}
-
 /// What an ingestion worker works with.
 struct Worker {
     /// Its number (logs).
@@ -459,6 +517,10 @@ struct Worker {
     db: Db,
     /// For publishing acks.
     link: Link,
+    /// Checks signatures.
+    trust: Trust,
+    /// Where downlink acks go.
+    misc: mpsc::UnboundedSender<Misc>,
     /// Where finished receipts go.
     acks: mpsc::UnboundedSender<AckMsg>,
     /// Most batches per transaction.
@@ -472,6 +534,8 @@ async fn worker(w: Worker, mut rx: mpsc::UnboundedReceiver<Job>, shutdown: Cance
         index,
         db,
         link,
+        trust,
+        misc,
         acks,
         max_group,
         abort_after_commit,
@@ -491,7 +555,27 @@ async fn worker(w: Worker, mut rx: mpsc::UnboundedReceiver<Job>, shutdown: Cance
         }
         let mut batches: Vec<(Batch, Receipt)> = Vec::with_capacity(n);
         for job in jobs.drain(..) {
-            match envelope::decode(&job.payload) {
+            let Ok(body) = trust.open(&job.wan, &job.topic, &job.payload).await else {
+                let _ = acks.send(AckMsg::Done(job.receipt));
+                continue;
+            };
+            match envelope::decode_body(body) {
+                Ok(Message::UpBatch(b)) if b.store != job.store => {
+                    let why = format!("batch from {} on {}'s topic", b.store, job.store);
+                    quarantine::put(
+                        &db,
+                        &job.topic,
+                        Some(job.store.as_str()),
+                        Reason::StoreMismatch,
+                        &why,
+                        &job.payload,
+                    )
+                    .await;
+                    let _ = acks.send(AckMsg::Done(job.receipt));
+                }
+                Ok(Message::DownAck(a)) => {
+                    let _ = misc.send(Misc::DownAck(job.store, a.applied_up_to, job.receipt));
+                }
                 Ok(Message::UpBatch(b)) => {
                     if let Err(why) = ingest::validate(&b) {
                         quarantine::put(
@@ -521,12 +605,7 @@ async fn worker(w: Worker, mut rx: mpsc::UnboundedReceiver<Job>, shutdown: Cance
                             tracing::warn!(error = %e, "duplicate count not stored");
                         }
                         let reply = Verdict::Duplicate { hwm: *mark }.reply();
-                        publish(
-                            &link,
-                            WanTopic::Ack(job.store.clone()).to_string(),
-                            envelope::encode(&reply),
-                        )
-                        .await;
+                        link.send(&WanTopic::Ack(job.store.clone()), &reply).await;
                         let _ = acks.send(AckMsg::Done(job.receipt));
                         continue;
                     }
@@ -539,7 +618,7 @@ async fn worker(w: Worker, mut rx: mpsc::UnboundedReceiver<Job>, shutdown: Cance
                     ));
                 }
                 Ok(other) => {
-                    let why = format!("{} where an UpBatch was expected", other.name());
+                    let why = format!("{} on an uplink topic", other.name());
                     quarantine::put(
                         &db,
                         &job.topic,
@@ -593,12 +672,7 @@ async fn worker(w: Worker, mut rx: mpsc::UnboundedReceiver<Job>, shutdown: Cance
                     Verdict::Gap { .. } => "gap",
                 };
                 metrics::counter!("hub_ingest_batches_total", "result" => result).increment(1);
-                publish(
-                    &link,
-                    WanTopic::Ack(batch.store.clone()).to_string(),
-                    envelope::encode(&v.reply()),
-                )
-                .await;
+                link.send(&WanTopic::Ack(batch.store.clone()), &v.reply()).await;
             }
             // Acked even when the database failed: the edge still holds the
             // events and resends them after its ack timeout.
@@ -644,6 +718,7 @@ async fn apply_with_fallbacks(db: &Db, worker: usize, batches: &[(Batch, Receipt
 async fn misc_worker(
     db: Db,
     link: Link,
+    trust: Trust,
     mut rx: mpsc::UnboundedReceiver<Misc>,
     acks: mpsc::UnboundedSender<AckMsg>,
     shutdown: CancellationToken,
@@ -655,7 +730,11 @@ async fn misc_worker(
         };
         match msg {
             Misc::Presence(job) => {
-                match envelope::decode(&job.payload) {
+                let Ok(body) = trust.open(&job.wan, &job.topic, &job.payload).await else {
+                    let _ = acks.send(AckMsg::Done(job.receipt));
+                    continue;
+                };
+                match envelope::decode_body(body) {
                     Ok(Message::Presence(p)) if p.store == job.store => {
                         if let Err(e) = crate::stores::presence(&db, &p).await {
                             tracing::warn!(error = %e, store = %job.store, "presence not stored");
@@ -693,8 +772,14 @@ async fn misc_worker(
                 let _ = acks.send(AckMsg::Done(job.receipt));
             }
             Misc::DownAck(store, seq, receipt) => {
-                if let Err(e) = downlink::acked(&db, &store, seq).await {
-                    tracing::warn!(error = %e, store = %store, "down ack not stored");
+                match downlink::acked(&db, &store, seq).await {
+                    Ok(downlink::AckOutcome::Beyond { highest }) => {
+                        metrics::counter!("hub_wan_refused_total", "reason" => "down_ack_beyond")
+                            .increment(1);
+                        tracing::warn!(store = %store, acked = seq.0, highest = highest.0, "downlink ack above anything sent to the store ignored");
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, store = %store, "down ack not stored"),
                 }
                 let _ = acks.send(AckMsg::Done(receipt));
                 send_pending(&db, &link, &store).await;
@@ -714,11 +799,11 @@ async fn invite_resends(db: &Db, link: &Link) {
         Ok(s) => s,
         Err(e) => return tracing::warn!(error = %e, "stores unreadable; they resend at their ack timeout"),
     };
-    let payload = envelope::encode(&Message::ResendUnacked(ResendUnacked {}));
+    let message = Message::ResendUnacked(ResendUnacked {});
     let mut invited = 0u64;
     for s in stores {
         if let Ok(store) = StoreId::parse(s) {
-            publish(link, WanTopic::Ack(store).to_string(), payload.clone()).await;
+            link.send(&WanTopic::Ack(store), &message).await;
             invited += 1;
         }
     }
@@ -736,9 +821,10 @@ async fn send_pending(db: &Db, link: &Link, store: &StoreId) {
         Err(e) => return tracing::warn!(error = %e, "downlink cursor unreadable"),
     };
     match downlink::pending_batch(db, store, acked).await {
-        Ok(Some(bytes)) => {
+        Ok(Some(batch)) => {
             metrics::counter!("hub_downlink_batches_total").increment(1);
-            publish(link, downlink::topic(store), bytes).await;
+            link.send(&WanTopic::Down(store.clone()), &Message::DownBatch(batch))
+                .await;
         }
         Ok(None) => {}
         Err(e) => tracing::warn!(error = %e, "downlink unreadable"),

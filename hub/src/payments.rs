@@ -900,42 +900,11 @@ pub async fn rpc_loop(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::mqtt::RpcJob>,
     shutdown: CancellationToken,
 ) {
-    use storegate_protocol::envelope::{self, Message};
-    use storegate_protocol::topic::{RpcLeg, RpcSide, WanTopic};
     let permits = Arc::new(tokio::sync::Semaphore::new(256));
     loop {
         let job = tokio::select! {
             () = shutdown.cancelled() => return,
             j = rx.recv() => match j { Some(j) => j, None => return },
-        };
-        let topic = WanTopic::Rpc(job.store.clone(), RpcSide::Edge, RpcLeg::Req).to_string();
-        let req = match envelope::decode(&job.payload) {
-            Ok(Message::RpcRequest(r)) => r,
-            Ok(other) => {
-                let why = format!("{} on an RPC request topic", other.name());
-                crate::quarantine::put(
-                    &payments.db,
-                    &topic,
-                    Some(job.store.as_str()),
-                    crate::quarantine::Reason::UnexpectedMessage,
-                    &why,
-                    &job.payload,
-                )
-                .await;
-                continue;
-            }
-            Err(e) => {
-                crate::quarantine::put(
-                    &payments.db,
-                    &topic,
-                    Some(job.store.as_str()),
-                    crate::quarantine::Reason::Undecodable,
-                    &e.to_string(),
-                    &job.payload,
-                )
-                .await;
-                continue;
-            }
         };
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
@@ -944,16 +913,8 @@ pub async fn rpc_loop(
         let link = link.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Some(resp) = payments.answer_rpc(&job.store, req, job.received).await {
-                let topic = WanTopic::Rpc(job.store, RpcSide::Edge, RpcLeg::Res).to_string();
-                let bytes = envelope::encode(&Message::RpcResponse(resp));
-                if let Err(e) = link
-                    .client
-                    .publish(topic, rumqttc::QoS::AtLeastOnce, false, bytes)
-                    .await
-                {
-                    tracing::warn!(error = %e, "RPC answer not queued");
-                }
+            if let Some(resp) = payments.answer_rpc(&job.store, job.request, job.received).await {
+                link.reply_rpc(&job.store, resp).await;
             }
         });
     }

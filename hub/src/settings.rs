@@ -18,6 +18,8 @@ pub struct Settings {
     pub database: DatabaseSettings,
     /// The MQTT broker.
     pub broker: BrokerSettings,
+    /// Trust on the WAN: keys, certificates, TLS.
+    pub wan: WanSettings,
     /// The REST API.
     pub api: ApiSettings,
     /// Tokens and passwords.
@@ -43,11 +45,16 @@ pub struct DatabaseSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerSettings {
-    /// `mqtt://host:port` of an external broker (Mosquitto, EMQX). Empty:
-    /// run rumqttd in-process.
+    /// `mqtts://host:port` (or `mqtt://` on loopback) of an external broker
+    /// (Mosquitto, EMQX). Empty: run rumqttd in-process.
     pub url: String,
-    /// Where the embedded broker listens. Port 0 picks a free port.
+    /// Where the embedded broker listens for plain MQTT. Port 0 picks a
+    /// free port. Loopback only, unless `wan.allow_plain_remote`: the hub
+    /// itself and local tools connect here; stores connect to `tls_listen`.
     pub listen: String,
+    /// Where the embedded broker listens for stores over TLS with client
+    /// certificates (e.g. `0.0.0.0:8883`). Empty: no TLS listener.
+    pub tls_listen: Option<String>,
     /// A rumqttd TOML file for the embedded broker; empty: the built-in
     /// `broker-config/rumqttd.toml`.
     pub config_file: Option<PathBuf>,
@@ -64,6 +71,72 @@ pub struct BrokerSettings {
     /// persistent session with messages unacked), false on an external
     /// broker (so it keeps the hub's queue while the hub restarts).
     pub clean_session: Option<bool>,
+}
+
+/// Trust on the WAN (see ARCHITECTURE.md, threat model).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WanSettings {
+    /// The PKI directory (`hub ca init`): chain CA, the hub's signing key
+    /// and certificates. Empty: `{data_dir}/pki`.
+    pub pki_dir: Option<PathBuf>,
+    /// When the PKI directory has no CA and the broker is embedded, create
+    /// one at start (a single-hub setup that just works). With an external
+    /// broker the CA must exist (`hub ca init`), so replicas share it.
+    pub auto_init: bool,
+    /// The hub's message signing key. Empty: `{pki_dir}/hub-signing.key`.
+    pub signing_key: Option<PathBuf>,
+    /// The chain CA certificate. Empty: `{pki_dir}/ca.pem`.
+    pub ca: Option<PathBuf>,
+    /// The TLS listener's certificate. Empty: `{pki_dir}/hub-server.pem`.
+    pub server_cert: Option<PathBuf>,
+    /// Its key. Empty: `{pki_dir}/hub-server.key`.
+    pub server_key: Option<PathBuf>,
+    /// The hub's client certificate for an external `mqtts://` broker.
+    /// Empty: `{pki_dir}/hub-client.pem`.
+    pub client_cert: Option<PathBuf>,
+    /// Its key. Empty: `{pki_dir}/hub-client.key`.
+    pub client_key: Option<PathBuf>,
+    /// The CA that issued the external broker's certificate. Empty: the
+    /// chain CA.
+    pub broker_ca: Option<PathBuf>,
+    /// How often store credentials are re-read, seconds: a revocation takes
+    /// effect on connected stores within this time.
+    pub refresh_secs: u64,
+    /// TLS handshake and MQTT CONNECT must complete within this, seconds.
+    pub handshake_timeout_secs: u64,
+    /// Connections allowed between accept and CONNECT at once.
+    pub max_pending_handshakes: usize,
+    /// Allow plain MQTT off loopback (`broker.listen` on another address,
+    /// or an external `mqtt://` broker on another host). Anyone on that
+    /// network then sees every store's traffic; messages stay signed.
+    /// Logged as a warning at every start.
+    pub allow_plain_remote: bool,
+    /// Send and accept unsigned (version 1) messages: anyone who reaches
+    /// the broker can then forge acks, batches and downlink. Only for
+    /// measuring what signatures cost; logged as a warning at every start.
+    pub insecure_unsigned: bool,
+}
+
+impl Default for WanSettings {
+    fn default() -> Self {
+        WanSettings {
+            pki_dir: None,
+            auto_init: true,
+            signing_key: None,
+            ca: None,
+            server_cert: None,
+            server_key: None,
+            client_cert: None,
+            client_key: None,
+            broker_ca: None,
+            refresh_secs: 5,
+            handshake_timeout_secs: 10,
+            max_pending_handshakes: 1024,
+            allow_plain_remote: false,
+            insecure_unsigned: false,
+        }
+    }
 }
 
 /// The REST API.
@@ -151,6 +224,7 @@ impl Default for Settings {
             data_dir: PathBuf::from("data/hub"),
             database: DatabaseSettings::default(),
             broker: BrokerSettings::default(),
+            wan: WanSettings::default(),
             api: ApiSettings::default(),
             auth: AuthSettings::default(),
             ingest: IngestSettings::default(),
@@ -173,6 +247,7 @@ impl Default for BrokerSettings {
         BrokerSettings {
             url: String::new(),
             listen: "127.0.0.1:1884".into(),
+            tls_listen: None,
             config_file: None,
             client_id: "hub-1".into(),
             username: None,
@@ -234,10 +309,16 @@ pub enum SettingsError {
 pub struct Validated {
     /// Database URL (SQLite default filled in).
     pub database_url: String,
-    /// External broker `(host, port)`, or `None` for the embedded one.
-    pub external_broker: Option<(String, u16)>,
-    /// Embedded broker listen address.
+    /// External broker, or `None` for the embedded one.
+    pub external_broker: Option<BrokerUrl>,
+    /// Embedded broker listen address (plain).
     pub broker_listen: SocketAddr,
+    /// Embedded broker TLS listen address.
+    pub broker_tls_listen: Option<SocketAddr>,
+    /// Plain MQTT leaves this machine (allowed by `wan.allow_plain_remote`).
+    pub plain_remote: bool,
+    /// The PKI directory.
+    pub pki_dir: PathBuf,
     /// API listen address.
     pub api_listen: SocketAddr,
 }
@@ -279,13 +360,49 @@ impl Settings {
         let external_broker = if self.broker.url.is_empty() {
             None
         } else {
-            Some(parse_mqtt_url(&self.broker.url).map_err(|m| invalid("broker.url", m))?)
+            Some(BrokerUrl::parse(&self.broker.url).map_err(|m| invalid("broker.url", m))?)
         };
-        let broker_listen = self
+        let broker_listen: SocketAddr = self
             .broker
             .listen
             .parse()
             .map_err(|e| invalid("broker.listen", format!("{:?}: {e}", self.broker.listen)))?;
+        let broker_tls_listen = match self.broker.tls_listen.as_deref() {
+            None | Some("") => None,
+            Some(a) => Some(
+                a.parse()
+                    .map_err(|e| invalid("broker.tls_listen", format!("{a:?}: {e}")))?,
+            ),
+        };
+        let plain_remote = match &external_broker {
+            Some(b) => !b.tls && !b.is_loopback(),
+            None => !broker_listen.ip().is_loopback(),
+        };
+        if plain_remote && !self.wan.allow_plain_remote {
+            let key = if external_broker.is_some() {
+                "broker.url"
+            } else {
+                "broker.listen"
+            };
+            return Err(invalid(
+                key,
+                "plain MQTT off this machine lets anyone on the network read every store's traffic; \
+                 use mqtts:// (or broker.tls_listen for stores) and keep plain MQTT on loopback, \
+                 or set wan.allow_plain_remote = true (warned at every start)"
+                    .into(),
+            ));
+        }
+        if self.wan.refresh_secs == 0 || self.wan.handshake_timeout_secs == 0 {
+            return Err(invalid(
+                "wan.refresh_secs / wan.handshake_timeout_secs",
+                "must be at least 1".into(),
+            ));
+        }
+        let pki_dir = self
+            .wan
+            .pki_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("pki"));
         let api_listen = self
             .api
             .listen
@@ -322,12 +439,15 @@ impl Settings {
             database_url,
             external_broker,
             broker_listen,
+            broker_tls_listen,
+            plain_remote,
+            pki_dir,
             api_listen,
         })
     }
 }
 
-pub use storegate_protocol::endpoint::parse_mqtt_url;
+pub use storegate_protocol::endpoint::BrokerUrl;
 
 #[cfg(test)]
 mod tests {
@@ -343,6 +463,27 @@ mod tests {
     }
 
     #[test]
+    fn plain_mqtt_off_loopback_needs_an_explicit_setting() {
+        let mut s = Settings::default();
+        s.broker.listen = "0.0.0.0:1884".into();
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("allow_plain_remote")
+        );
+        s.wan.allow_plain_remote = true;
+        assert!(s.validate().unwrap().plain_remote);
+        let mut s = Settings::default();
+        s.broker.url = "mqtt://10.1.2.3:1883".into();
+        assert!(s.validate().unwrap_err().to_string().contains("broker.url"));
+        s.broker.url = "mqtt://127.0.0.1:1883".into();
+        assert!(!s.validate().unwrap().plain_remote);
+        s.broker.url = "mqtts://10.1.2.3:8883".into();
+        assert!(!s.validate().unwrap().plain_remote);
+    }
+
+    #[test]
     fn bad_values_name_the_setting() {
         let mut s = Settings::default();
         s.database.url = "mysql://x".into();
@@ -350,10 +491,10 @@ mod tests {
         s.database.url = String::new();
         s.broker.url = "http://x".into();
         assert!(s.validate().unwrap_err().to_string().contains("broker.url"));
-        s.broker.url = "mqtt://broker:1883".into();
+        s.broker.url = "mqtts://broker:8883".into();
         assert_eq!(
             s.validate().unwrap().external_broker,
-            Some(("broker".into(), 1883))
+            Some(BrokerUrl::parse("mqtts://broker:8883").unwrap())
         );
         s.auth.jwt_secret = "short".into();
         assert!(s.validate().unwrap_err().to_string().contains("jwt_secret"));

@@ -1,8 +1,11 @@
 //! The versioned postcard envelope for every edge <-> hub message.
 //!
-//! Wire layout: `varint(version)` then the postcard encoding of [`Message`]
+//! A message's *body* is the postcard encoding of [`Message`]
 //! (`varint(variant index)` then the variant's fields in declaration order).
-//! See the crate docs for how the format evolves.
+//! Version 2 (what this build writes) wraps the body in a signature bound to
+//! the topic ([`crate::seal`]); version 1 was `varint(1)` then the body,
+//! unsigned, and is read only where a receiver is explicitly set to accept
+//! unsigned messages. See the crate docs for how the format evolves.
 
 use serde::{Deserialize, Serialize};
 
@@ -11,10 +14,13 @@ use crate::event::Event;
 use crate::ids::{Seq, StoreId};
 use crate::rpc::{RpcRequest, RpcResponse};
 
-/// The version this build writes.
-pub const PROTOCOL_VERSION: u16 = 1;
-/// The oldest version this build still reads.
+/// The version this build writes: signed ([`crate::seal`]).
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The oldest version this build still reads (version 1, unsigned, only
+/// where a receiver accepts unsigned messages).
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// The unsigned layout: `varint(1)` then the body.
+pub const UNSIGNED_VERSION: u16 = 1;
 
 /// A batch of outbox events, in seq order, from one store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -148,37 +154,30 @@ pub enum DecodeError {
     Malformed(String),
 }
 
-#[derive(Serialize)]
-struct EnvelopeRef<'a> {
-    version: u16,
-    message: &'a Message,
+/// The body of a message: its postcard encoding, which the envelope wraps.
+pub fn encode_body(message: &Message) -> Vec<u8> {
+    postcard::to_allocvec(message).expect("protocol types have known lengths and no fallible Serialize impls")
 }
 
-/// Encodes a message in the current envelope version.
-pub fn encode(message: &Message) -> Vec<u8> {
-    postcard::to_allocvec(&EnvelopeRef {
-        version: PROTOCOL_VERSION,
-        message,
-    })
-    .expect("protocol types have known lengths and no fallible Serialize impls")
-}
-
-/// Decodes an envelope. Trailing bytes after the message are ignored (a
-/// newer peer may have appended fields to the top-level message).
-pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
-    if bytes.is_empty() {
+/// Decodes a body ([`encode_body`]). Trailing bytes after the message are
+/// ignored (a newer peer may have appended fields to the top-level message).
+pub fn decode_body(body: &[u8]) -> Result<Message, DecodeError> {
+    if body.is_empty() {
         return Err(DecodeError::Empty);
     }
-    let (version, rest) = postcard::take_from_bytes::<u16>(bytes)
-        .map_err(|e| DecodeError::Malformed(format!("version: {e}")))?;
-    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
-        return Err(DecodeError::UnsupportedVersion {
-            found: version,
-            min: MIN_PROTOCOL_VERSION,
-            max: PROTOCOL_VERSION,
-        });
-    }
-    postcard::from_bytes::<Message>(rest).map_err(|e| DecodeError::Malformed(e.to_string()))
+    postcard::take_from_bytes::<Message>(body)
+        .map(|(m, _)| m)
+        .map_err(|e| DecodeError::Malformed(e.to_string()))
+}
+
+/// A version 1 (unsigned) envelope: `varint(1)` then the body. Only for
+/// receivers set to accept unsigned messages (the insecure mode), and for
+/// tests that prove signed receivers refuse it.
+pub fn encode_unsigned(message: &Message) -> Vec<u8> {
+    let mut out = Vec::new();
+    push_varint(&mut out, u64::from(UNSIGNED_VERSION));
+    out.extend_from_slice(&encode_body(message));
+    out
 }
 
 /// Encodes one event on its own (no envelope), as the edge's outbox stores it.
@@ -194,11 +193,11 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, DecodeError> {
     postcard::from_bytes(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
 }
 
-/// Builds the bytes of `Message::UpBatch` from `event_count` events already
+/// Builds the body of `Message::UpBatch` from `event_count` events already
 /// encoded with [`encode_event`] and concatenated, without decoding them:
 /// the edge's publish path splices outbox rows straight into the batch.
-/// Byte-identical to [`encode`] of the same batch (tested).
-pub fn encode_up_batch_from_encoded(
+/// Byte-identical to [`encode_body`] of the same batch (tested).
+pub fn up_batch_body_from_encoded(
     store: &StoreId,
     (first, last): (Seq, Seq),
     event_count: usize,
@@ -207,8 +206,7 @@ pub fn encode_up_batch_from_encoded(
     dropped_telemetry: u64,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(concatenated_events.len() + store.as_str().len() + 48);
-    // varint(version), varint(variant index of UpBatch = 0).
-    push_varint(&mut out, u64::from(PROTOCOL_VERSION));
+    // varint(variant index of UpBatch = 0).
     push_varint(&mut out, 0);
     push_varint(&mut out, store.as_str().len() as u64);
     out.extend_from_slice(store.as_str().as_bytes());
@@ -235,22 +233,14 @@ pub struct UpBatchHeader {
     pub count: u64,
 }
 
-/// Reads only the header of an envelope holding an `UpBatch`. Returns
+/// Reads only the header of a body holding an `UpBatch`. Returns
 /// `Ok(None)` for any other message.
-pub fn peek_up_batch(bytes: &[u8]) -> Result<Option<UpBatchHeader>, DecodeError> {
-    if bytes.is_empty() {
+pub fn peek_up_batch_body(body: &[u8]) -> Result<Option<UpBatchHeader>, DecodeError> {
+    if body.is_empty() {
         return Err(DecodeError::Empty);
     }
     let malformed = |e: postcard::Error| DecodeError::Malformed(e.to_string());
-    let (version, rest) = postcard::take_from_bytes::<u16>(bytes).map_err(malformed)?;
-    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
-        return Err(DecodeError::UnsupportedVersion {
-            found: version,
-            min: MIN_PROTOCOL_VERSION,
-            max: PROTOCOL_VERSION,
-        });
-    }
-    let (variant, rest) = postcard::take_from_bytes::<u32>(rest).map_err(malformed)?;
+    let (variant, rest) = postcard::take_from_bytes::<u32>(body).map_err(malformed)?;
     if variant != 0 {
         return Ok(None);
     }
@@ -258,47 +248,37 @@ pub fn peek_up_batch(bytes: &[u8]) -> Result<Option<UpBatchHeader>, DecodeError>
     Ok(Some(header))
 }
 
-/// postcard's unsigned varint (LEB128).
-fn push_varint(out: &mut Vec<u8>, mut v: u64) {
-    loop {
-        let byte = (v & 0x7F) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
+use crate::seal::push_varint;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_newer_version_is_refused_clearly() {
-        let mut bytes = encode(&Message::AppAck(AppAck {
+    fn versions_outside_the_range_are_refused_clearly() {
+        let mut bytes = encode_unsigned(&Message::AppAck(AppAck {
             committed_up_to: Seq(7),
         }));
-        bytes[0] = 2;
-        assert_eq!(
-            decode(&bytes),
+        bytes[0] = 3;
+        assert!(matches!(
+            crate::seal::frame(&bytes),
             Err(DecodeError::UnsupportedVersion {
-                found: 2,
+                found: 3,
                 min: 1,
-                max: 1
+                max: 2
             })
-        );
-        assert_eq!(decode(&[]), Err(DecodeError::Empty));
-        assert!(matches!(decode(&[1, 99]), Err(DecodeError::Malformed(_))));
+        ));
+        assert_eq!(crate::seal::frame(&[]).err(), Some(DecodeError::Empty));
+        assert_eq!(decode_body(&[]), Err(DecodeError::Empty));
+        assert!(matches!(decode_body(&[99]), Err(DecodeError::Malformed(_))));
     }
 
     #[test]
     fn trailing_bytes_from_a_newer_peer_are_ignored() {
         let msg = Message::ResendRequest(ResendRequest { from: Seq(3) });
-        let mut bytes = encode(&msg);
+        let mut bytes = encode_body(&msg);
         bytes.extend_from_slice(&[5, 6, 7]);
-        assert_eq!(decode(&bytes), Ok(msg));
+        assert_eq!(decode_body(&bytes), Ok(msg));
     }
 
     #[test]

@@ -21,6 +21,10 @@
 //! - [`rpc`]: request/response with correlation id and timeout (card
 //!   authorisation, lookups).
 //! - [`envelope`]: the versioned postcard envelope around all of the above.
+//! - [`seal`]: end-to-end signatures on that envelope (Ed25519, bound to
+//!   the topic), key ids, keyrings; why a message was refused.
+//! - [`bundle`]: what a store's edge needs to join the chain (its
+//!   credentials, the chain CA, the hub's keys, the broker address).
 //! - [`endpoint`]: `mqtt://host:port` broker addresses.
 //! - [`device`]: JSON messages on the store LAN device bus, with their schema.
 //! - [`samples`]: one realistic value of every message, for tests, golden
@@ -29,7 +33,9 @@
 //! # Wire format and how it evolves
 //!
 //! Edge <-> hub payloads are [postcard] (compact, not self-describing) in an
-//! envelope: `varint(version)` followed by a [`envelope::Message`]. Postcard
+//! envelope: `varint(version)` followed, in version 2, by the signer's key
+//! id, the length-prefixed [`envelope::Message`] and an Ed25519 signature
+//! bound to the topic ([`seal`]); version 1 had the message alone. Postcard
 //! encodes structs as their fields in order and enums as `varint(variant
 //! index)` followed by the variant's fields. Because nothing names a field
 //! on the wire, the rules are strict:
@@ -42,8 +48,9 @@
 //!    announced in its [`envelope::Presence`].
 //! 2. **Fields are never removed, reordered or retyped.**
 //! 3. **A field may be appended only at the end of a top-level message
-//!    struct.** An old decoder ignores the trailing bytes (`decode` ignores
-//!    what follows the message). A new decoder cannot read an old message
+//!    struct.** An old decoder ignores the trailing bytes
+//!    ([`envelope::decode_body`] ignores what follows the message; in a
+//!    signed envelope they are inside the signed body). A new decoder cannot read an old message
 //!    that lacks the field, so appending a field bumps
 //!    [`envelope::PROTOCOL_VERSION`], and the decoder keeps reading the
 //!    previous layout until [`envelope::MIN_PROTOCOL_VERSION`] moves past it.
@@ -61,6 +68,7 @@
 //!
 //! Decoding never panics, whatever the bytes (property-tested).
 
+pub mod bundle;
 pub mod device;
 pub mod downlink;
 pub mod endpoint;
@@ -72,9 +80,10 @@ pub mod money;
 pub mod pricing;
 pub mod rpc;
 pub mod samples;
+pub mod seal;
 pub mod topic;
 
-pub use envelope::{DecodeError, Message, PROTOCOL_VERSION, decode, encode};
+pub use envelope::{DecodeError, Message, PROTOCOL_VERSION};
 pub use gtin::{Gtin, GtinError};
 pub use ids::{DeviceId, EventId, IdError, LaneId, Seq, Sku, StoreId};
 pub use money::{Currency, Measure, Money, MoneyError, Qty};

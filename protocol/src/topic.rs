@@ -79,6 +79,16 @@ pub enum RpcLeg {
     Res,
 }
 
+/// Who may send on a WAN topic (and so whose key must sign what arrives
+/// there; see [`crate::seal`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Sender {
+    /// The hub.
+    Hub,
+    /// The store the topic names.
+    Store,
+}
+
 /// A WAN topic between an edge and the hub.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum WanTopic {
@@ -106,6 +116,35 @@ impl WanTopic {
             | WanTopic::Rpc(s, _, _)
             | WanTopic::Status(s) => s,
         }
+    }
+
+    /// Who sends on this topic.
+    pub fn sender(&self) -> Sender {
+        match self {
+            WanTopic::Up(_)
+            | WanTopic::Status(_)
+            | WanTopic::Rpc(_, RpcSide::Edge, RpcLeg::Req)
+            | WanTopic::Rpc(_, RpcSide::Hub, RpcLeg::Res) => Sender::Store,
+            WanTopic::Ack(_)
+            | WanTopic::Down(_)
+            | WanTopic::Rpc(_, RpcSide::Edge, RpcLeg::Res)
+            | WanTopic::Rpc(_, RpcSide::Hub, RpcLeg::Req) => Sender::Hub,
+        }
+    }
+
+    /// Every WAN topic of `store`.
+    pub fn all_of(store: &StoreId) -> [WanTopic; 8] {
+        let s = || store.clone();
+        [
+            WanTopic::Up(s()),
+            WanTopic::Ack(s()),
+            WanTopic::Down(s()),
+            WanTopic::Status(s()),
+            WanTopic::Rpc(s(), RpcSide::Edge, RpcLeg::Req),
+            WanTopic::Rpc(s(), RpcSide::Edge, RpcLeg::Res),
+            WanTopic::Rpc(s(), RpcSide::Hub, RpcLeg::Req),
+            WanTopic::Rpc(s(), RpcSide::Hub, RpcLeg::Res),
+        ]
     }
 
     /// Parses a topic string; anything that is not exactly one of the WAN
@@ -332,16 +371,9 @@ mod tests {
     #[test]
     fn every_wan_topic_round_trips() {
         let s = store();
-        let all = [
-            WanTopic::Up(s.clone()),
-            WanTopic::Ack(s.clone()),
-            WanTopic::Down(s.clone()),
-            WanTopic::Status(s.clone()),
-            WanTopic::Rpc(s.clone(), RpcSide::Edge, RpcLeg::Req),
-            WanTopic::Rpc(s.clone(), RpcSide::Edge, RpcLeg::Res),
-            WanTopic::Rpc(s.clone(), RpcSide::Hub, RpcLeg::Req),
-            WanTopic::Rpc(s.clone(), RpcSide::Hub, RpcLeg::Res),
-        ];
+        let all = WanTopic::all_of(&s);
+        let hub_sends = all.iter().filter(|t| t.sender() == Sender::Hub).count();
+        assert_eq!(hub_sends, 4, "half the topics are the hub's");
         for t in all {
             let text = t.to_string();
             assert_eq!(WanTopic::parse(&text), Ok(t.clone()), "{text}");

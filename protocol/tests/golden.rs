@@ -17,7 +17,14 @@ use storegate_protocol::device::{
 use storegate_protocol::envelope::{self, Message};
 use storegate_protocol::event::{DeviceKind, HealthStatus};
 use storegate_protocol::rpc::{RpcRequest, RpcResponse};
+use storegate_protocol::seal::{self, Party, SigningKey, StaticKeys};
+use storegate_protocol::topic::{RpcLeg, RpcSide, WanTopic};
 use storegate_protocol::{EventId, Measure, samples};
+
+/// The version 1 (unsigned) layout the `message.*` lines pin.
+mod envelope_v1 {
+    pub use storegate_protocol::envelope::encode_unsigned as encode;
+}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().fold(String::new(), |mut s, b| {
@@ -26,13 +33,42 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-/// Every named wire value: the envelope variants, then each event body,
-/// downlink body, RPC call and RPC result inside its envelope.
+/// The key the signed golden values are sealed with (a fixed seed, so the
+/// Ed25519 signatures are fixed too).
+fn golden_key() -> SigningKey {
+    SigningKey::from_seed_for_tests(&[7; 32])
+}
+
+/// The topic each sample message travels on.
+fn golden_topic(m: &Message) -> WanTopic {
+    let s = samples::store();
+    match m {
+        Message::UpBatch(_) | Message::DownAck(_) => WanTopic::Up(s),
+        Message::AppAck(_) | Message::ResendRequest(_) | Message::ResendUnacked(_) => WanTopic::Ack(s),
+        Message::DownBatch(_) => WanTopic::Down(s),
+        Message::RpcRequest(_) => WanTopic::Rpc(s, RpcSide::Edge, RpcLeg::Req),
+        Message::RpcResponse(_) => WanTopic::Rpc(s, RpcSide::Edge, RpcLeg::Res),
+        Message::Presence(_) => WanTopic::Status(s),
+    }
+}
+
+/// Every named wire value: the envelope variants (version 1, unsigned:
+/// `varint(1)` and the body, so these lines also pin every body), the same
+/// sealed in version 2, then each event body, downlink body, RPC call and
+/// RPC result inside its (unsigned) envelope.
 fn wire_values() -> Vec<(String, Vec<u8>)> {
     let mut out: Vec<(String, Vec<u8>)> = samples::messages()
         .into_iter()
-        .map(|(name, m)| (format!("message.{name}"), envelope::encode(&m)))
+        .map(|(name, m)| (format!("message.{name}"), envelope_v1::encode(&m)))
         .collect();
+    let key = golden_key();
+    for (name, m) in samples::messages() {
+        let topic = golden_topic(&m).to_string();
+        out.push((
+            format!("signed.{name}"),
+            seal::seal(&key, &topic, &envelope::encode_body(&m)),
+        ));
+    }
     for body in samples::event_bodies() {
         let name = format!("event.{}", body.kind());
         out.push((name, envelope::encode_event(&samples::event(1, body))));
@@ -45,7 +81,7 @@ fn wire_values() -> Vec<(String, Vec<u8>)> {
                 body,
             }],
         });
-        out.push((format!("down.{i}"), envelope::encode(&m)));
+        out.push((format!("down.{i}"), envelope_v1::encode(&m)));
     }
     for (i, call) in samples::rpc_calls().into_iter().enumerate() {
         let m = Message::RpcRequest(RpcRequest {
@@ -54,14 +90,14 @@ fn wire_values() -> Vec<(String, Vec<u8>)> {
             timeout_ms: 1500,
             call,
         });
-        out.push((format!("rpc_call.{i}"), envelope::encode(&m)));
+        out.push((format!("rpc_call.{i}"), envelope_v1::encode(&m)));
     }
     for (i, result) in samples::rpc_results().into_iter().enumerate() {
         let m = Message::RpcResponse(RpcResponse {
             correlation_id: EventId::from_u128(9),
             result,
         });
-        out.push((format!("rpc_result.{i}"), envelope::encode(&m)));
+        out.push((format!("rpc_result.{i}"), envelope_v1::encode(&m)));
     }
     out
 }
@@ -209,9 +245,43 @@ fn postcard_encoding_of_every_message_is_pinned() {
 
 #[test]
 fn every_golden_message_decodes_back_to_itself() {
+    let key = golden_key();
     for (name, m) in samples::messages() {
-        let bytes = envelope::encode(&m);
-        assert_eq!(envelope::decode(&bytes).as_ref(), Ok(&m), "{name}");
+        let topic = golden_topic(&m);
+        let text = topic.to_string();
+        let sealed = seal::seal(&key, &text, &envelope::encode_body(&m));
+        for party in [Party::Hub, Party::Store(samples::store())] {
+            let keys = StaticKeys {
+                party: party.clone(),
+                keys: vec![key.public()],
+            };
+            let opened = seal::open(&sealed, &topic, &text, &keys, false);
+            let sender_is = match topic.sender() {
+                storegate_protocol::topic::Sender::Hub => Party::Hub,
+                storegate_protocol::topic::Sender::Store => Party::Store(samples::store()),
+            };
+            if party == sender_is {
+                assert_eq!(envelope::decode_body(opened.unwrap()).as_ref(), Ok(&m), "{name}");
+            } else {
+                assert!(
+                    opened.is_err(),
+                    "{name} opened with {party}'s key on a topic it may not send on"
+                );
+            }
+        }
+        let v1 = envelope_v1::encode(&m);
+        let body = seal::open(
+            &v1,
+            &topic,
+            &text,
+            &StaticKeys {
+                party: Party::Hub,
+                keys: vec![],
+            },
+            true,
+        )
+        .unwrap();
+        assert_eq!(envelope::decode_body(body).as_ref(), Ok(&m), "{name} (v1)");
     }
     for body in samples::event_bodies() {
         let e = samples::event(7, body);
@@ -232,7 +302,7 @@ fn device_bus_json_is_pinned() {
 fn spliced_up_batch_is_byte_identical_to_a_serialized_one() {
     let batch = samples::sale_batch(20, 5);
     let concatenated: Vec<u8> = batch.events.iter().flat_map(envelope::encode_event).collect();
-    let spliced = envelope::encode_up_batch_from_encoded(
+    let spliced = envelope::up_batch_body_from_encoded(
         &batch.store,
         (batch.first, batch.last),
         batch.events.len(),
@@ -245,5 +315,20 @@ fn spliced_up_batch_is_byte_identical_to_a_serialized_one() {
         dropped_telemetry: 300,
         ..batch
     };
-    assert_eq!(spliced, envelope::encode(&Message::UpBatch(batch)));
+    assert_eq!(spliced, envelope::encode_body(&Message::UpBatch(batch)));
+}
+
+/// A version 1 build's decoder reads `varint(version)` first and refuses
+/// anything outside `1..=1`: a version 2 (signed) message fails there,
+/// clearly, before any of its bytes are read as a message.
+#[test]
+fn a_version_1_decoder_refuses_a_signed_message_at_its_version() {
+    let sealed = seal::seal(
+        &golden_key(),
+        "sg/v1/store/store-0001/ack",
+        &envelope::encode_body(&samples::messages()[1].1),
+    );
+    let (version, _) = postcard::take_from_bytes::<u16>(&sealed).unwrap();
+    assert_eq!(version, 2);
+    assert!(!(1..=1).contains(&version));
 }

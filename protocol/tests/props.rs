@@ -14,10 +14,9 @@ use storegate_protocol::event::{
 };
 use storegate_protocol::gtin::{Gtin, gs1_check_digit};
 use storegate_protocol::rpc::{RpcCall, RpcRequest, RpcResponse, RpcResult};
+use storegate_protocol::seal::{self, Party, SigningKey, StaticKeys};
 use storegate_protocol::topic::{LanTopic, WanTopic};
-use storegate_protocol::{
-    Currency, DeviceId, EventId, LaneId, Measure, Money, Qty, Seq, Sku, StoreId, decode,
-};
+use storegate_protocol::{Currency, DeviceId, EventId, LaneId, Measure, Money, Qty, Seq, Sku, StoreId};
 
 fn id_string(max: usize) -> impl Strategy<Value = String> {
     proptest::string::string_regex(&format!("[A-Za-z0-9._-]{{1,{max}}}")).expect("regex")
@@ -299,15 +298,20 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
-    fn every_message_round_trips(m in message()) {
-        let bytes = envelope::encode(&m);
-        prop_assert_eq!(decode(&bytes), Ok(m));
+    fn every_message_round_trips_sealed_and_opened(m in message(), s in store()) {
+        let key = SigningKey::from_seed_for_tests(&[5; 32]);
+        let keys = StaticKeys { party: Party::Store(s.clone()), keys: vec![key.public()] };
+        let topic = WanTopic::Up(s);
+        let text = topic.to_string();
+        let bytes = seal::seal(&key, &text, &envelope::encode_body(&m));
+        let body = seal::open(&bytes, &topic, &text, &keys, false).unwrap();
+        prop_assert_eq!(envelope::decode_body(body), Ok(m));
     }
 
     #[test]
     fn peeking_a_batch_header_agrees_with_a_full_decode(m in message()) {
-        let bytes = envelope::encode(&m);
-        let peeked = envelope::peek_up_batch(&bytes).unwrap();
+        let bytes = envelope::encode_body(&m);
+        let peeked = envelope::peek_up_batch_body(&bytes).unwrap();
         match m {
             Message::UpBatch(b) => {
                 let h = peeked.unwrap();
@@ -324,23 +328,35 @@ proptest! {
 
     #[test]
     fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let _ = decode(&bytes);
-        let _ = envelope::peek_up_batch(&bytes);
+        let _ = envelope::decode_body(&bytes);
+        let _ = envelope::peek_up_batch_body(&bytes);
         let _ = envelope::decode_event(&bytes);
+        let keys = StaticKeys { party: Party::Hub, keys: vec![SigningKey::from_seed_for_tests(&[5; 32]).public()] };
+        let topic = WanTopic::Ack(StoreId::parse("s").expect("valid"));
+        let _ = seal::open(&bytes, &topic, &topic.to_string(), &keys, true);
         let _ = device::parse_json::<PosRequest>(&bytes);
         let _ = device::salvage_request_id(&bytes);
     }
 
     #[test]
-    fn decoding_a_corrupted_message_never_panics(m in message(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8), cut in any::<usize>()) {
-        let mut bytes = envelope::encode(&m);
+    fn a_corrupted_signed_message_never_panics_and_never_opens(m in message(), flips in proptest::collection::vec((any::<usize>(), 1u8..=255), 1..8), cut in any::<usize>()) {
+        let key = SigningKey::from_seed_for_tests(&[6; 32]);
+        let keys = StaticKeys { party: Party::Hub, keys: vec![key.public()] };
+        let topic = WanTopic::Down(StoreId::parse("s").expect("valid"));
+        let text = topic.to_string();
+        let mut bytes = seal::seal(&key, &text, &envelope::encode_body(&m));
+        let original = bytes.clone();
         for (i, b) in flips {
             let n = bytes.len();
             bytes[i % n] ^= b;
         }
         let n = bytes.len();
         bytes.truncate(cut % (n + 1));
-        let _ = decode(&bytes);
+        let opened = seal::open(&bytes, &topic, &text, &keys, false);
+        if bytes != original {
+            prop_assert!(opened.is_err());
+        }
+        let _ = envelope::decode_body(&bytes);
     }
 
     #[test]

@@ -100,6 +100,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("sqlite://{}", dir.join("hub").join("hub.db").display()));
     settings.api.listen = free_or_any(&args.api_listen, "REST API");
     settings.broker.listen = free_or_any(&args.broker_listen, "broker");
+    // Stores connect over TLS with their certificates, as in production;
+    // the hub creates its chain CA in the data directory at first start.
+    settings.broker.tls_listen = Some("127.0.0.1:0".into());
     settings.auth.bootstrap_admin_email = Some(ADMIN_EMAIL.into());
     settings.auth.bootstrap_admin_password = Some(admin_password.clone());
     let shutdown = CancellationToken::new();
@@ -110,6 +113,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     let api_base = format!("http://{}", hub.api_addr);
     let broker = hub.broker_addr.clone();
+    let tls = hub.tls_addr.context("the hub's TLS listener")?;
     let admin = Api::login(&api_base, ADMIN_EMAIL, &admin_password).await?;
 
     let mut locations: Vec<Location> = (1..=args.stores)
@@ -138,13 +142,22 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         // Each store reaches the hub through its own WAN link, which the
         // demo can cut; the warehouse's link is direct.
         let (upstream, wan) = if is_store {
-            let p = Proxy::start(broker.parse()?).await?;
-            (format!("mqtt://{}", p.addr), Some(p))
+            let p = Proxy::start(tls).await?;
+            (format!("mqtts://{}", p.addr), Some(p))
         } else {
-            (format!("mqtt://{broker}"), None)
+            (format!("mqtts://{tls}"), None)
         };
+        // Each location's credential, as `hub store provision` makes it.
+        let bundle = crate::trust::bundle_at_hub(
+            &hub,
+            &StoreId::parse(&l.id)?,
+            &format!("mqtts://{tls}"),
+            &dir.join(&l.id),
+        )
+        .await?;
         let sim = store::start(StoreConfig {
             store: l.id.clone(),
+            bundle,
             upstream,
             data_dir: dir.join(&l.id),
             lanes: if is_store { args.lanes } else { 0 },
@@ -192,7 +205,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "REST API  {api_base}/api/v1   docs {api_base}/api/docs   OpenAPI {api_base}/api/v1/openapi.json\n\
          admin     {ADMIN_EMAIL} / {admin_password}\n\
          token     curl -s {api_base}/oauth/token -d grant_type=password -d username={ADMIN_EMAIL} -d password={admin_password}\n\
-         broker    mqtt://{broker}   data {}",
+         broker    stores: mqtts://{tls} (client certificates; bundles in each store's directory)   local: mqtt://{broker}\n\
+         data      {}",
         dir.display()
     );
     println!("{banner}");

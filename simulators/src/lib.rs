@@ -13,6 +13,8 @@
 //! - [`pg`]: scratch PostgreSQL databases for tests and benchmarks.
 //! - [`store`]: a whole simulated store (edge agent, devices, shoppers).
 //! - [`vstore`]: a light virtual store for chain-scale load (sync protocol only).
+//! - [`trust`]: store credentials for simulators and tests (a chain CA in
+//!   memory, or provisioning at a real hub).
 //! - [`stats`]: latency percentiles and table printing for benchmarks.
 //! - [`bench`]: the benchmark commands (`storegate-sim bench ...`).
 
@@ -29,4 +31,5 @@ pub mod procs;
 pub mod responder;
 pub mod stats;
 pub mod store;
+pub mod trust;
 pub mod vstore;

@@ -90,6 +90,27 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Runs `hub --data-dir dir --database-url url ARGS` (an operator's command)
+/// and checks it succeeded.
+async fn hub_cli(dir: &Path, url: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = tokio::process::Command::new(sibling("hub")?)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--database-url", url])
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .await
+        .context("running hub")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "hub {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 struct HubChild {
     child: tokio::process::Child,
     api: String,
@@ -152,12 +173,9 @@ struct EdgeChild {
 impl EdgeChild {
     async fn start(&mut self) -> anyhow::Result<()> {
         let mut child = tokio::process::Command::new(sibling("edge-agent")?)
-            .args([
-                "--store-id",
-                &self.store,
-                "--upstream",
-                &format!("mqtt://{}", self.wan.addr),
-            ])
+            .arg("--bundle")
+            .arg(self.dir.join("bundle.toml"))
+            .args(["--upstream", &format!("mqtt://{}", self.wan.addr)])
             .arg("--data-dir")
             .arg(&self.dir)
             .args(["--http-listen", "127.0.0.1:0", "--lan-listen", "127.0.0.1:0"])
@@ -268,6 +286,32 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
             "the hub's embedded rumqttd"
         }
     );
+    // The chain's CA and every store's credential, as an operator makes
+    // them: `hub ca init`, then one credential per store (the edge agents'
+    // through `hub store provision`, the virtual stores' through the same
+    // library call, for speed).
+    hub_cli(&hub_dir, &url, &["ca", "init"]).await?;
+    let vtrust = {
+        let db = storegate_hub::db::Db::connect(&url, 2).await?;
+        db.migrate().await?;
+        let mut out = Vec::with_capacity(args.stores);
+        for i in 0..args.stores {
+            let store = StoreId::parse(format!("load-{i:05}"))?;
+            let bundle = crate::trust::provision_at_hub(
+                &db,
+                &hub_dir.join("pki"),
+                &store,
+                &format!("mqtt://{broker}"),
+            )
+            .await?;
+            out.push((
+                store,
+                Arc::new(storegate_edge::trust::EdgeTrust::from_bundle(&bundle)?),
+            ));
+        }
+        db.pool.close().await;
+        out
+    };
     let mut hub = Some(spawn_hub(&hub_dir, &url, broker, external, api_port).await?);
     let api_base = hub.as_ref().map(|h| h.api.clone()).unwrap_or_default();
     let admin = Api::login(&api_base, ADMIN_EMAIL, ADMIN_PASSWORD).await?;
@@ -304,11 +348,13 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let sell_until = start + Duration::from_secs(args.duration);
     let mut wans = Vec::new();
     let mut vtasks = Vec::new();
-    for i in 0..args.stores {
+    for (i, (store, trust)) in vtrust.into_iter().enumerate() {
         let wan = Proxy::start(broker).await?;
         let cfg = VStoreConfig {
-            store: StoreId::parse(format!("load-{i:05}"))?,
+            store,
             broker: wan.addr,
+            tls: false,
+            trust,
             rate: args.rate,
             lines: (2, 6),
             window: 16,
@@ -330,6 +376,21 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     for (i, id) in edge_ids.iter().enumerate() {
         let edir = dir.join(id);
         std::fs::create_dir_all(&edir)?;
+        let bundle = edir.join("bundle.toml");
+        hub_cli(
+            &hub_dir,
+            &url,
+            &[
+                "store",
+                "provision",
+                id,
+                "--broker",
+                &format!("mqtt://{broker}"),
+                "--out",
+                &bundle.display().to_string(),
+            ],
+        )
+        .await?;
         let mut e = EdgeChild {
             store: id.clone(),
             dir: edir,

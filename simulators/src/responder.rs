@@ -2,6 +2,10 @@
 //! tests, demos and benchmarks without a hub: keeps a high-water mark per
 //! store, accepts events in seq order, re-acks duplicates, asks for a
 //! resend on a gap, and publishes application acks.
+//!
+//! Like the hub it checks every message's signature (against the stores
+//! its [`TestChain`] issued bundles to, [`Responder::write_bundle`]) and
+//! signs everything it sends with its own hub key.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,8 +16,11 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
 use storegate_protocol::envelope::{self, AppAck, Message, ResendRequest, UpBatchHeader};
 use storegate_protocol::event::Event;
+use storegate_protocol::seal;
 use storegate_protocol::topic::{WanKind, WanTopic};
 use storegate_protocol::{Seq, StoreId};
+
+use crate::trust::TestChain;
 
 /// What the responder has seen of one store.
 #[derive(Debug, Default, Clone)]
@@ -49,6 +56,10 @@ pub struct Responder {
     pub batches: Arc<AtomicU64>,
     /// Messages that could not be decoded.
     pub undecodable: Arc<AtomicU64>,
+    /// Messages refused: unsigned, forged or signed by an unknown key.
+    pub refused: Arc<AtomicU64>,
+    /// Its CA and hub key; the stores it issued credentials to.
+    chain: Arc<TestChain>,
     /// Whether accepted events are kept in the logs.
     keep_events: bool,
     /// Card authorisations answer after this many ms (to test deadlines).
@@ -90,6 +101,8 @@ impl Responder {
             batches: Arc::default(),
             lose_batches: Arc::default(),
             undecodable: Arc::default(),
+            refused: Arc::default(),
+            chain: TestChain::new()?,
             keep_events,
             rpc_delay_ms: Arc::default(),
             decline_cents: 13,
@@ -138,16 +151,24 @@ impl Responder {
     async fn handle(&self, client: &AsyncClient, topic: &str, payload: &[u8]) {
         let Ok(t) = WanTopic::parse(topic) else { return };
         let store = t.store().clone();
+        let payload = match seal::open(payload, &t, topic, self.chain.as_ref(), false) {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "responder: refused a message");
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
         if !self.keep_events
-            && let Ok(Some(h)) = envelope::peek_up_batch(payload)
+            && let Ok(Some(h)) = envelope::peek_up_batch_body(payload)
         {
             // Counting mode: the header says everything needed to ack.
             return self.ack_header(client, store, h).await;
         }
-        if let Ok(Message::RpcRequest(req)) = envelope::decode(payload) {
+        if let Ok(Message::RpcRequest(req)) = envelope::decode_body(payload) {
             return self.answer_rpc(client, store, req).await;
         }
-        let msg = match envelope::decode(payload) {
+        let msg = match envelope::decode_body(payload) {
             Ok(m) => m,
             Err(e) => {
                 tracing::error!(topic, error = %e, "responder: undecodable message");
@@ -208,13 +229,10 @@ impl Responder {
             }
         };
         if let Some(m) = reply {
+            let topic = WanTopic::Ack(store);
+            let bytes = self.chain.hub_sealer().seal(&topic, &m);
             let _ = client
-                .publish(
-                    WanTopic::Ack(store).to_string(),
-                    QoS::AtLeastOnce,
-                    false,
-                    envelope::encode(&m),
-                )
+                .publish(topic.to_string(), QoS::AtLeastOnce, false, bytes)
                 .await;
         }
     }
@@ -257,12 +275,15 @@ impl Responder {
             store,
             storegate_protocol::topic::RpcSide::Edge,
             storegate_protocol::topic::RpcLeg::Res,
-        )
-        .to_string();
-        let bytes = envelope::encode(&Message::RpcResponse(RpcResponse {
-            correlation_id: req.correlation_id,
-            result,
-        }));
+        );
+        let bytes = self.chain.hub_sealer().seal(
+            &topic,
+            &Message::RpcResponse(RpcResponse {
+                correlation_id: req.correlation_id,
+                result,
+            }),
+        );
+        let topic = topic.to_string();
         let client = client.clone();
         tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
@@ -293,13 +314,10 @@ impl Responder {
                 })
             }
         };
+        let topic = WanTopic::Ack(store);
+        let bytes = self.chain.hub_sealer().seal(&topic, &reply);
         let _ = client
-            .publish(
-                WanTopic::Ack(store).to_string(),
-                QoS::AtLeastOnce,
-                false,
-                envelope::encode(&reply),
-            )
+            .publish(topic.to_string(), QoS::AtLeastOnce, false, bytes)
             .await;
     }
 
@@ -311,7 +329,29 @@ impl Responder {
             .unwrap_or_default()
     }
 
-    /// Publishes raw bytes (downlink, for tests).
+    /// The CA and hub key it stands in with.
+    pub fn chain(&self) -> Arc<TestChain> {
+        self.chain.clone()
+    }
+
+    /// Issues a credential for `store` (whose edge connects to `broker`,
+    /// `mqtt://...`) and writes its bundle into `dir`.
+    pub fn write_bundle(
+        &self,
+        store: &str,
+        broker: &str,
+        dir: &std::path::Path,
+    ) -> anyhow::Result<std::path::PathBuf> {
+        self.chain.write_bundle(&StoreId::parse(store)?, broker, dir)
+    }
+
+    /// Publishes `message` on `topic`, signed as the hub (downlink, for tests).
+    pub async fn send(&self, topic: &WanTopic, message: &Message) -> anyhow::Result<()> {
+        let bytes = self.chain.hub_sealer().seal(topic, message);
+        self.publish(topic.to_string(), bytes).await
+    }
+
+    /// Publishes raw bytes (forgeries, for tests).
     pub async fn publish(&self, topic: String, payload: Vec<u8>) -> anyhow::Result<()> {
         Ok(self
             .client

@@ -26,7 +26,9 @@ use crate::lane::LaneClient;
 pub struct StoreConfig {
     /// Store id.
     pub store: String,
-    /// The hub's broker, `mqtt://host:port`.
+    /// Its bundle (credential, CA, the hub's key and broker address).
+    pub bundle: PathBuf,
+    /// The hub's broker (`mqtts://host:port`); empty: the bundle's.
     pub upstream: String,
     /// Where the edge keeps its journal.
     pub data_dir: PathBuf,
@@ -89,6 +91,7 @@ pub async fn start(cfg: StoreConfig) -> anyhow::Result<StoreSim> {
         data_dir: cfg.data_dir.clone(),
         ..Settings::default()
     };
+    settings.upstream.bundle = Some(cfg.bundle.clone());
     settings.upstream.url = cfg.upstream.clone();
     settings.http.listen = cfg.http_listen.clone();
     settings.lan.listen = cfg.lan_listen.clone();

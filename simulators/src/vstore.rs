@@ -20,9 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use storegate_edge::trust::EdgeTrust;
 use storegate_protocol::envelope::{self, Message, UpBatch};
 use storegate_protocol::event::{Event, EventBody};
+use storegate_protocol::seal;
 use storegate_protocol::topic::WanTopic;
 use storegate_protocol::{EventId, Seq, StoreId, samples};
 use tokio::sync::mpsc;
@@ -48,6 +50,11 @@ pub struct VStoreConfig {
     pub store: StoreId,
     /// Where it connects (the hub's broker, or a proxy standing for its WAN).
     pub broker: SocketAddr,
+    /// Over TLS with its certificate (the broker's certificate must name
+    /// the address's IP).
+    pub tls: bool,
+    /// Its credential: signs its batches, checks the hub's acks.
+    pub trust: Arc<EdgeTrust>,
     /// Sales per second (exponential inter-arrival times).
     pub rate: f64,
     /// Lines per sale, chosen uniformly in this range.
@@ -90,10 +97,15 @@ enum Link {
 /// sale is acknowledged, or `stop`. Returns the last seq it sold.
 pub async fn run(cfg: VStoreConfig, store_no: u64, stats: Arc<VStats>, stop: CancellationToken) -> u64 {
     let mut opts = MqttOptions::new(
-        format!("vstore-{}", cfg.store),
+        format!("edge-{}", cfg.store),
         cfg.broker.ip().to_string(),
         cfg.broker.port(),
     );
+    if cfg.tls
+        && let Some(tls) = &cfg.trust.tls
+    {
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls.clone())));
+    }
     opts.set_keep_alive(Duration::from_secs(15))
         .set_clean_session(true)
         .set_max_packet_size(4 << 20, 4 << 20);
@@ -101,8 +113,11 @@ pub async fn run(cfg: VStoreConfig, store_no: u64, stats: Arc<VStats>, stop: Can
     let mut net = eventloop.network_options();
     net.set_tcp_nodelay(true);
     eventloop.set_network_options(net);
-    let ack_topic = WanTopic::Ack(cfg.store.clone()).to_string();
-    let up_topic = WanTopic::Up(cfg.store.clone()).to_string();
+    let ack_wan = WanTopic::Ack(cfg.store.clone());
+    let ack_topic = ack_wan.to_string();
+    let up_wan = WanTopic::Up(cfg.store.clone());
+    let up_topic = up_wan.to_string();
+    let trust = cfg.trust.clone();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let c = client.clone();
     let link_stop = stop.clone();
@@ -119,7 +134,16 @@ pub async fn run(cfg: VStoreConfig, store_no: u64, stats: Arc<VStats>, stop: Can
                 Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
                     let _ = c.try_subscribe(ack_topic.clone(), QoS::AtLeastOnce);
                 }
-                Ok(MqttEvent::Incoming(Packet::Publish(p))) => match envelope::decode(&p.payload) {
+                Ok(MqttEvent::Incoming(Packet::Publish(p))) => match seal::open(
+                    &p.payload,
+                    &ack_wan,
+                    &p.topic,
+                    &trust.hub_keys,
+                    trust.accept_unsigned,
+                )
+                .map_err(|e| e.to_string())
+                .and_then(|body| envelope::decode_body(body).map_err(|e| e.to_string()))
+                {
                     Ok(Message::AppAck(a)) => {
                         let _ = tx.send(Link::Ack(a.committed_up_to.0));
                     }
@@ -140,14 +164,17 @@ pub async fn run(cfg: VStoreConfig, store_no: u64, stats: Arc<VStats>, stop: Can
     let publish = |events: Vec<Event>| {
         let first = events.first().map_or(0, |e| e.seq.0);
         let last = events.last().map_or(0, |e| e.seq.0);
-        let batch = envelope::encode(&Message::UpBatch(UpBatch {
-            store: cfg.store.clone(),
-            first: Seq(first),
-            last: Seq(last),
-            events,
-            backlog: 0,
-            dropped_telemetry: 0,
-        }));
+        let batch = cfg.trust.sealer.seal(
+            &up_wan,
+            &Message::UpBatch(UpBatch {
+                store: cfg.store.clone(),
+                first: Seq(first),
+                last: Seq(last),
+                events,
+                backlog: 0,
+                dropped_telemetry: 0,
+            }),
+        );
         client.try_publish(up_topic.clone(), QoS::AtLeastOnce, false, batch)
     };
     // seq -> (event, published at)

@@ -110,7 +110,8 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// The real `edge-agent` binary running as a child process.
+/// The real `edge-agent` binary running as a child process, with the
+/// store bundle given.
 #[derive(Debug)]
 pub struct EdgeProcess {
     /// The process.
@@ -122,17 +123,13 @@ pub struct EdgeProcess {
 }
 
 impl EdgeProcess {
-    /// Spawns `edge-agent` for `store` with its journal in `dir`, syncing to
-    /// the broker at `upstream`. Extra `SG_EDGE_*` variables in `env`.
-    pub async fn spawn(
-        store: &StoreId,
-        dir: &Path,
-        upstream: SocketAddr,
-        env: &[(&str, &str)],
-    ) -> EdgeProcess {
+    /// Spawns `edge-agent` with the store bundle `bundle` and its journal
+    /// in `dir`, syncing to the broker at `upstream` (plain, loopback).
+    /// Extra `SG_EDGE_*` variables in `env`.
+    pub async fn spawn(bundle: &Path, dir: &Path, upstream: SocketAddr, env: &[(&str, &str)]) -> EdgeProcess {
         let mut cmd = Command::new(bin("edge-agent"));
-        cmd.arg("--store-id")
-            .arg(store.as_str())
+        cmd.arg("--bundle")
+            .arg(bundle)
             .arg("--data-dir")
             .arg(dir)
             .arg("--upstream")
@@ -263,6 +260,16 @@ pub async fn spawn_hub_with(
     };
     let mut settings = hub_settings(dir.path(), &database_url);
     tweak(&mut settings);
+    if !settings.broker.url.is_empty() {
+        // Hubs on an external broker share a CA made beforehand (`hub ca init`).
+        storegate_hub::pki::init(
+            &storegate_hub::pki::PkiDir(dir.path().join("pki")),
+            "storegate test chain",
+            &["localhost".into(), "127.0.0.1".into()],
+            &settings.broker.client_id,
+        )
+        .expect("test PKI");
+    }
     let hub = storegate_hub::start(settings, CancellationToken::new())
         .await
         .expect("hub starts");
@@ -288,6 +295,35 @@ pub async fn spawn_hub_with(
 }
 
 impl TestHub {
+    /// Provisions `store` at this hub (as `hub store provision` does) for
+    /// an edge reaching its plain loopback listener; returns the bundle's
+    /// path, written into `dir`.
+    pub async fn bundle(&self, store: &StoreId, dir: &Path) -> PathBuf {
+        storegate_sim::trust::bundle_at_hub(&self.hub, store, &format!("mqtt://{}", self.broker), dir)
+            .await
+            .expect("store provisioned")
+    }
+
+    /// Provisions `store` at this hub; returns its credential.
+    pub async fn credential(&self, store: &str) -> std::sync::Arc<storegate_edge::trust::EdgeTrust> {
+        let store = StoreId::parse(store).expect("valid store id");
+        let broker = match self.hub.tls_addr {
+            Some(a) => format!("mqtts://{a}"),
+            None => format!("mqtt://{}", self.broker),
+        };
+        let bundle = storegate_sim::trust::provision_at_hub(&self.hub.db, &self.hub.pki_dir, &store, &broker)
+            .await
+            .expect("store provisioned");
+        std::sync::Arc::new(storegate_edge::trust::EdgeTrust::from_bundle(&bundle).expect("bundle usable"))
+    }
+
+    /// A new store credential and a client acting as that store on the
+    /// hub's plain loopback listener.
+    pub async fn store_peer(&self, store: &str) -> StorePeer {
+        let trust = self.credential(store).await;
+        StorePeer::connect(self.broker, &format!("edge-{store}"), trust, false).await
+    }
+
     /// Stops the hub and drops its PostgreSQL database.
     pub async fn stop(self) {
         let url = self.database_url.clone();
@@ -346,10 +382,25 @@ pub struct MqttPeer {
 impl MqttPeer {
     /// Connects to `addr` and subscribes to `filters`; returns when subscribed.
     pub async fn connect(addr: SocketAddr, client_id: &str, filters: &[String]) -> MqttPeer {
+        Self::connect_with(addr, client_id, filters, None).await
+    }
+
+    /// Like [`MqttPeer::connect`], over TLS with `tls` if given.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        client_id: &str,
+        filters: &[String],
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    ) -> MqttPeer {
         use rumqttc::{Event, MqttOptions, Packet, QoS};
         let mut opts = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
         opts.set_max_packet_size(16 << 20, 16 << 20)
             .set_keep_alive(Duration::from_secs(5));
+        if let Some(tls) = tls {
+            opts.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls),
+            ));
+        }
         let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 1024);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -416,6 +467,111 @@ impl MqttPeer {
     }
 }
 
+/// A test client acting as a store: its credential signs what it sends and
+/// checks what the hub sends back, like an edge agent's sync engine.
+#[derive(Debug)]
+pub struct StorePeer {
+    /// The MQTT connection.
+    pub mqtt: MqttPeer,
+    /// The store.
+    pub store: StoreId,
+    /// Its credential.
+    pub trust: std::sync::Arc<storegate_edge::trust::EdgeTrust>,
+}
+
+impl StorePeer {
+    /// Connects as `store` with `trust` (client id `client_id`), subscribed
+    /// to every topic the hub sends the store (`ack`, `down`, RPC answers
+    /// and requests); over TLS if `tls`.
+    pub async fn connect(
+        addr: SocketAddr,
+        client_id: &str,
+        trust: std::sync::Arc<storegate_edge::trust::EdgeTrust>,
+        tls: bool,
+    ) -> StorePeer {
+        use storegate_protocol::topic::WanTopic;
+        let store = trust.store.clone();
+        let filters: Vec<String> = WanTopic::all_of(&store)
+            .iter()
+            .filter(|t| t.sender() == storegate_protocol::topic::Sender::Hub)
+            .map(ToString::to_string)
+            .collect();
+        let mqtt = MqttPeer::connect_with(
+            addr,
+            client_id,
+            &filters,
+            tls.then(|| trust.tls.clone()).flatten(),
+        )
+        .await;
+        StorePeer { mqtt, store, trust }
+    }
+
+    /// The envelope of `message` for `topic`, signed with this store's key.
+    pub fn seal(
+        &self,
+        topic: &storegate_protocol::topic::WanTopic,
+        message: &storegate_protocol::Message,
+    ) -> Vec<u8> {
+        self.trust.sealer.seal(topic, message)
+    }
+
+    /// Publishes `message` on `topic`, signed.
+    pub async fn send(
+        &self,
+        topic: &storegate_protocol::topic::WanTopic,
+        message: &storegate_protocol::Message,
+    ) {
+        self.mqtt
+            .publish(topic.to_string(), self.seal(topic, message))
+            .await;
+    }
+
+    /// Publishes `message` on `topic` (a WAN topic), signed.
+    pub async fn publish(&self, topic: impl Into<String>, message: storegate_protocol::Message) {
+        let topic = storegate_protocol::topic::WanTopic::parse(&topic.into()).expect("a WAN topic");
+        self.send(&topic, &message).await;
+    }
+
+    /// Publishes `message` retained on `topic`, signed.
+    pub async fn publish_retained(&self, topic: impl Into<String>, message: storegate_protocol::Message) {
+        let topic = storegate_protocol::topic::WanTopic::parse(&topic.into()).expect("a WAN topic");
+        self.mqtt
+            .publish_retained(topic.to_string(), self.seal(&topic, &message))
+            .await;
+    }
+
+    /// The next message from the hub with its topic, checked, waiting at
+    /// most `timeout`; panics if it fails the check.
+    pub async fn next(&mut self, timeout: Duration) -> Option<(String, storegate_protocol::Message)> {
+        let (topic, payload) = self.mqtt.next(timeout).await?;
+        let wan = storegate_protocol::topic::WanTopic::parse(&topic).expect("a WAN topic");
+        let body = storegate_protocol::seal::open(&payload, &wan, &topic, &self.trust.hub_keys, false)
+            .unwrap_or_else(|e| panic!("the hub's message on {topic} fails its check: {e}"));
+        Some((
+            topic,
+            storegate_protocol::envelope::decode_body(body).expect("hub messages decode"),
+        ))
+    }
+
+    /// Publishes `message` on this store's `up` topic, signed.
+    pub async fn send_up(&self, message: &storegate_protocol::Message) {
+        self.send(
+            &storegate_protocol::topic::WanTopic::Up(self.store.clone()),
+            message,
+        )
+        .await;
+    }
+
+    /// The next message from the hub, checked against the hub's key
+    /// (panics if none comes in 15 s or it fails the check).
+    pub async fn next_message(&mut self) -> storegate_protocol::Message {
+        self.next(Duration::from_secs(15))
+            .await
+            .expect("a message from the hub")
+            .1
+    }
+}
+
 /// Runs `$body` (an async block taking a [`Backend`]) once per backend,
 /// as `<name>_sqlite` and `<name>_postgres` tests.
 #[macro_export]
@@ -445,6 +601,32 @@ pub struct HubProcess {
     pub api: SocketAddr,
     /// Its embedded broker.
     pub broker: SocketAddr,
+    /// Its data directory (PKI in `pki/`).
+    pub dir: PathBuf,
+    /// Its database.
+    pub database_url: String,
+}
+
+/// Runs the `hub` binary as an operator would (`hub --data-dir DIR
+/// --database-url URL ARGS`); panics if it fails. Returns its stdout.
+pub async fn hub_cli(dir: &Path, database_url: &str, args: &[&str]) -> String {
+    let out = Command::new(bin("hub"))
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--database-url")
+        .arg(database_url)
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .await
+        .expect("run hub");
+    assert!(
+        out.status.success(),
+        "hub {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Which broker a [`HubProcess`] uses.
@@ -471,6 +653,10 @@ impl HubProcess {
         broker: HubBroker,
         env: &[(&str, &str)],
     ) -> HubProcess {
+        if matches!(broker, HubBroker::External(_)) && !dir.join("pki").join("ca.pem").exists() {
+            // Hubs on an external broker share a CA made beforehand.
+            hub_cli(dir, database_url, &["ca", "init"]).await;
+        }
         let mut cmd = Command::new(bin("hub"));
         cmd.arg("--database-url")
             .arg(database_url)
@@ -512,7 +698,19 @@ impl HubProcess {
             },
         )
         .await;
-        HubProcess { child, api, broker }
+        HubProcess {
+            child,
+            api,
+            broker,
+            dir: dir.to_path_buf(),
+            database_url: database_url.to_owned(),
+        }
+    }
+
+    /// Provisions `store` with `hub store provision` for an edge reaching
+    /// `broker`; writes the bundle into `out_dir` and returns its path.
+    pub async fn provision(&self, store: &StoreId, broker: &str, out_dir: &Path) -> PathBuf {
+        provision_with_cli(&self.dir, &self.database_url, store, broker, out_dir).await
     }
 
     /// Waits for the process to exit by itself.
@@ -536,6 +734,42 @@ impl HubProcess {
         }
         let _ = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await;
     }
+}
+
+/// `hub store provision STORE --broker BROKER --out OUT_DIR/STORE.bundle.toml`
+/// against a hub's data directory and database (the hub may be running or
+/// not). Returns the bundle's path.
+pub async fn provision_with_cli(
+    dir: &Path,
+    database_url: &str,
+    store: &StoreId,
+    broker: &str,
+    out_dir: &Path,
+) -> PathBuf {
+    std::fs::create_dir_all(out_dir).expect("bundle dir");
+    let out = out_dir.join(format!("{store}.bundle.toml"));
+    let _ = std::fs::remove_file(&out);
+    let shown = out.display().to_string();
+    hub_cli(
+        dir,
+        database_url,
+        &[
+            "store",
+            "provision",
+            store.as_str(),
+            "--broker",
+            broker,
+            "--out",
+            &shown,
+        ],
+    )
+    .await;
+    out
+}
+
+/// Loads a store bundle file as its edge would.
+pub fn load_bundle(path: &Path) -> std::sync::Arc<storegate_edge::trust::EdgeTrust> {
+    std::sync::Arc::new(storegate_edge::trust::EdgeTrust::from_bundle_file(path).expect("bundle loads"))
 }
 
 /// A REST client for one principal.

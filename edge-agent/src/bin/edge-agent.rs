@@ -22,9 +22,12 @@ struct Cli {
     /// Where the journal lives (overrides the file).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Upstream broker, mqtt://host:port (overrides the file).
+    /// Upstream broker, mqtts://host:port (overrides the bundle and the file).
     #[arg(long)]
     upstream: Option<String>,
+    /// The store bundle from `hub store provision` (overrides the file).
+    #[arg(long)]
+    bundle: Option<PathBuf>,
     /// Local HTTP endpoint address (overrides the file).
     #[arg(long)]
     http_listen: Option<String>,
@@ -54,6 +57,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(u) = cli.upstream {
         settings.upstream.url = u;
+    }
+    if let Some(b) = cli.bundle {
+        settings.upstream.bundle = Some(b);
     }
     if let Some(h) = cli.http_listen {
         settings.http.listen = h;

@@ -20,7 +20,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, SqliteConnection};
 use storegate_edge::journal::Journal;
 use storegate_edge::settings::JournalSettings;
-use storegate_protocol::envelope::encode_up_batch_from_encoded;
+use storegate_protocol::envelope::up_batch_body_from_encoded;
 use storegate_protocol::event::EventBody;
 use storegate_protocol::{Currency, EventId, Seq, StoreId, samples};
 use tokio_util::sync::CancellationToken;
@@ -213,12 +213,13 @@ async fn drain(
         writer.await?;
     }
     let responder = Responder::start_with(broker, false).await?;
+    let bundle = responder.write_bundle("bench-drain", &format!("mqtt://{broker}"), &data)?;
     let mut settings = storegate_edge::Settings {
         store_id: "bench-drain".into(),
         data_dir: data,
         ..Default::default()
     };
-    settings.upstream.url = format!("mqtt://{broker}");
+    settings.upstream.bundle = Some(bundle);
     settings.http.listen = "127.0.0.1:0".into();
     settings.lan.enabled = false;
     let shutdown = CancellationToken::new();
@@ -268,7 +269,10 @@ async fn raw_publish(
     drop(journal);
     writer.await?;
     let store = StoreId::parse("bench-raw")?;
-    let batch = encode_up_batch_from_encoded(&store, (raw.first, raw.last), raw.events, &raw.bytes, 0, 0);
+    // Sealed once (the edge seals each batch), so the bytes are the same size.
+    let body = up_batch_body_from_encoded(&store, (raw.first, raw.last), raw.events, &raw.bytes, 0, 0);
+    let (key, _) = storegate_protocol::seal::SigningKey::generate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let batch = storegate_protocol::seal::seal(&key, "bench/raw", &body);
     let per_batch = raw.events;
     let batches = events.div_ceil(per_batch);
 

@@ -61,10 +61,11 @@ fn event(store: usize, seq: u64, lines: usize) -> Event {
     }
 }
 
-/// One simulated store: its id, its encoded batches, its last seq.
+/// One simulated store: its id, its encoded batch bodies (sealed once its
+/// credential exists), its last seq.
 pub type StoreWork = (StoreId, Vec<Vec<u8>>, u64);
 
-/// Per store: its id and its encoded batches.
+/// Per store: its id and its encoded batch bodies.
 pub fn workload(args: &HubBenchArgs) -> anyhow::Result<Vec<StoreWork>> {
     let per_store = args.events.div_ceil(args.stores) as u64;
     (0..args.stores)
@@ -75,7 +76,7 @@ pub fn workload(args: &HubBenchArgs) -> anyhow::Result<Vec<StoreWork>> {
             while seq <= per_store {
                 let last = (seq + args.batch as u64 - 1).min(per_store);
                 let events: Vec<Event> = (seq..=last).map(|s| event(i, s, args.lines)).collect();
-                batches.push(envelope::encode(&Message::UpBatch(UpBatch {
+                batches.push(envelope::encode_body(&Message::UpBatch(UpBatch {
                     store: store.clone(),
                     first: Seq(seq),
                     last: Seq(last),
@@ -111,7 +112,7 @@ pub async fn raw_ceiling(
     let mut rows: Vec<Row> = Vec::with_capacity(args.events);
     for (store, batches, _) in work {
         for b in batches {
-            if let Ok(Message::UpBatch(b)) = envelope::decode(b) {
+            if let Ok(Message::UpBatch(b)) = envelope::decode_body(b) {
                 for e in b.events {
                     let sale_id = match &e.body {
                         EventBody::Sale(s) => s.sale_id.to_bytes().to_vec(),
@@ -211,9 +212,17 @@ async fn hub_ingest(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let broker: SocketAddr = hub.broker_addr.parse()?;
-    // Connect every store first, then start the clock.
+    // Provision every store and seal its batches, connect every store,
+    // then start the clock.
+    let pki = dir.join("pki");
     let mut clients = Vec::new();
-    for (store, batches, last) in work {
+    for (store, bodies, last) in work {
+        let bundle =
+            crate::trust::provision_at_hub(&hub.db, &pki, store, &format!("mqtt://{broker}")).await?;
+        let trust = storegate_edge::trust::EdgeTrust::from_bundle(&bundle)?;
+        let up = WanTopic::Up(store.clone()).to_string();
+        let batches: Vec<Vec<u8>> = bodies.iter().map(|b| trust.sealer.seal_body(&up, b)).collect();
+        let ack_wan = WanTopic::Ack(store.clone());
         let mut opts = MqttOptions::new(format!("edge-{store}"), broker.ip().to_string(), broker.port());
         opts.set_max_packet_size(16 << 20, 16 << 20)
             .set_keep_alive(Duration::from_secs(30));
@@ -237,7 +246,14 @@ async fn hub_ingest(
                         }
                     }
                     Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
-                        if let Ok(Message::AppAck(a)) = envelope::decode(&p.payload)
+                        let opened = storegate_protocol::seal::open(
+                            &p.payload,
+                            &ack_wan,
+                            &p.topic,
+                            &trust.hub_keys,
+                            false,
+                        );
+                        if let Ok(Ok(Message::AppAck(a))) = opened.map(envelope::decode_body)
                             && a.committed_up_to.0 >= want
                             && let Some(d) = done.take()
                         {
@@ -250,7 +266,7 @@ async fn hub_ingest(
             }
         });
         ready_rx.await.context("store client subscribed")?;
-        clients.push((client, store.clone(), batches.clone(), done_rx));
+        clients.push((client, store.clone(), batches, done_rx));
     }
     let start = Instant::now();
     let mut waits = Vec::new();

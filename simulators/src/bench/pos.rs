@@ -43,7 +43,13 @@ pub async fn run(args: PosBenchArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     // No hub: lanes work offline-first; cash only, so no card calls wait.
-    settings.upstream.url = "mqtt://127.0.0.1:9".into();
+
+    let chain = crate::trust::TestChain::new()?;
+    settings.upstream.bundle = Some(chain.write_bundle(
+        &StoreId::parse(settings.store_id.as_str())?,
+        "mqtt://127.0.0.1:9",
+        &settings.data_dir,
+    )?);
     settings.http.listen = "127.0.0.1:0".into();
     settings.lan.listen = "127.0.0.1:0".into();
     let stop = CancellationToken::new();

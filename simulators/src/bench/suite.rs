@@ -377,12 +377,14 @@ async fn catch_up(dir: &Path, args: &SuiteArgs) -> anyhow::Result<Vec<Row>> {
     let mut edges = Vec::new();
     let shutdown = CancellationToken::new();
     for (i, d) in stores.iter().enumerate() {
+        let store = StoreId::parse(format!("catchup-{i:04}"))?;
+        let bundle = crate::trust::bundle_at_hub(&hub, &store, &format!("mqtt://{broker}"), d).await?;
         let mut s = storegate_edge::Settings {
-            store_id: format!("catchup-{i:04}"),
+            store_id: store.to_string(),
             data_dir: d.clone(),
             ..Default::default()
         };
-        s.upstream.url = format!("mqtt://{broker}");
+        s.upstream.bundle = Some(bundle);
         s.http.listen = "127.0.0.1:0".into();
         s.lan.enabled = false;
         edges.push(storegate_edge::start(s, shutdown.child_token()).await?);
@@ -520,10 +522,14 @@ async fn sustained(
     events_per_sec: f64,
     label: &str,
 ) -> anyhow::Result<Vec<Row>> {
-    let one_sale = storegate_protocol::envelope::encode(&storegate_protocol::envelope::Message::UpBatch(
-        samples::sale_batch(1, args.lines),
-    ))
-    .len();
+    let one_sale = {
+        let (key, _) =
+            storegate_protocol::seal::SigningKey::generate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let body = storegate_protocol::envelope::encode_body(
+            &storegate_protocol::envelope::Message::UpBatch(samples::sale_batch(1, args.lines)),
+        );
+        storegate_protocol::seal::seal(&key, "sg/v1/store/load-00000/up", &body).len()
+    };
     // Ceiling: the same connections and rate through the same kind of
     // broker: an embedded rumqttd configured as the hub's, or the external one.
     let broker = match &args.broker {
@@ -552,16 +558,29 @@ async fn sustained(
     let (hub, hub_stop) = hub_on(&url, dir, 4, args.broker.as_deref()).await?;
     super::hub::seed_sample_catalog(&hub.db, 6).await?;
     let broker: SocketAddr = hub.broker_addr.parse()?;
+    let mut trusts = Vec::with_capacity(args.connections);
+    for i in 0..args.connections {
+        let store = StoreId::parse(format!("load-{i:05}"))?;
+        let bundle =
+            crate::trust::provision_at_hub(&hub.db, &hub.pki_dir, &store, &format!("mqtt://{broker}"))
+                .await?;
+        trusts.push((
+            store,
+            Arc::new(storegate_edge::trust::EdgeTrust::from_bundle(&bundle)?),
+        ));
+    }
     let stats = Arc::new(VStats::default());
     let stop = CancellationToken::new();
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(5);
     let sell_until = start + Duration::from_secs(args.sustain_secs);
     let mut tasks = Vec::new();
-    for i in 0..args.connections {
+    for (i, (store, trust)) in trusts.into_iter().enumerate() {
         let cfg = VStoreConfig {
-            store: StoreId::parse(format!("load-{i:05}"))?,
+            store,
             broker,
+            tls: false,
+            trust,
             rate: events_per_sec / args.connections as f64,
             lines: (2, 6),
             window: 16,
@@ -661,11 +680,18 @@ async fn spawn_agent(
     bin: &Path,
     dir: &Path,
     store: &str,
-    broker: &str,
+    hub: &storegate_hub::Hub,
     lanes: usize,
 ) -> anyhow::Result<AgentProcess> {
     let data = dir.join(store);
     std::fs::create_dir_all(&data)?;
+    let bundle = crate::trust::bundle_at_hub(
+        hub,
+        &StoreId::parse(store)?,
+        &format!("mqtt://{}", hub.broker_addr),
+        &data,
+    )
+    .await?;
     let config = data.join("edge.toml");
     let mut toml = String::new();
     for l in 1..=lanes {
@@ -675,7 +701,8 @@ async fn spawn_agent(
     let mut child = tokio::process::Command::new(bin)
         .arg("--config")
         .arg(&config)
-        .args(["--store-id", store, "--upstream", &format!("mqtt://{broker}")])
+        .arg("--bundle")
+        .arg(&bundle)
         .arg("--data-dir")
         .arg(&data)
         .args(["--http-listen", "127.0.0.1:0", "--lan-listen", "127.0.0.1:0"])
@@ -730,8 +757,8 @@ async fn edge_memory(dir: &Path, args: &SuiteArgs) -> anyhow::Result<Vec<Row>> {
         .collect();
     crate::chain::seed(&admin, &locations, ("rss@example.com", "rss shopper password")).await?;
 
-    let mut idle = spawn_agent(&edge_bin, dir, "rss-idle", &hub.broker_addr, 0).await?;
-    let mut busy = spawn_agent(&edge_bin, dir, "rss-busy", &hub.broker_addr, args.rss_lanes).await?;
+    let mut idle = spawn_agent(&edge_bin, dir, "rss-idle", &hub, 0).await?;
+    let mut busy = spawn_agent(&edge_bin, dir, "rss-busy", &hub, args.rss_lanes).await?;
     // Wait for the catalog to arrive.
     let http = reqwest::Client::new();
     let probe = format!("http://{}/api/v1/stock/MILK-1L", busy.http);

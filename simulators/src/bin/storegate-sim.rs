@@ -76,10 +76,14 @@ enum Command {
     /// A whole store: an edge agent with a scale and scanner on ptys per lane,
     /// and shoppers, against the hub's broker.
     Store {
-        /// The hub's broker.
-        #[arg(long, default_value = "mqtt://127.0.0.1:1884")]
+        /// The store's bundle from `hub store provision` (its credential and
+        /// the hub's broker address).
+        #[arg(long)]
+        bundle: PathBuf,
+        /// The hub's broker, if not the one the bundle names.
+        #[arg(long, default_value = "")]
         upstream: String,
-        /// Store id.
+        /// Store id (must be the bundle's).
         #[arg(long, default_value = "store-0001")]
         store: String,
         /// Lanes.
@@ -228,10 +232,11 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok(())
             }
-            Command::Store { upstream, store, lanes, rate, data_dir, local_catalog, http_listen, lan_listen } => {
+            Command::Store { bundle, upstream, store, lanes, rate, data_dir, local_catalog, http_listen, lan_listen } => {
                 let tmp = tempfile::tempdir()?;
                 let sim = storegate_sim::store::start(storegate_sim::store::StoreConfig {
                     store: store.clone(),
+                    bundle,
                     upstream,
                     data_dir: data_dir.unwrap_or_else(|| tmp.path().to_path_buf()),
                     lanes,

@@ -118,6 +118,8 @@ async fn edge_level(edge: SocketAddr, sku: &str) -> Option<i64> {
 struct Store {
     id: StoreId,
     dir: tempfile::TempDir,
+    /// Its bundle, from `hub store provision`.
+    bundle: std::path::PathBuf,
     wan: Proxy,
     edge: Option<EdgeProcess>,
     url: Arc<Mutex<String>>,
@@ -126,7 +128,7 @@ struct Store {
 
 impl Store {
     async fn start_edge(&mut self) {
-        let edge = EdgeProcess::spawn(&self.id, self.dir.path(), self.wan.addr, self.env).await;
+        let edge = EdgeProcess::spawn(&self.bundle, self.dir.path(), self.wan.addr, self.env).await;
         *self.url.lock().unwrap() = format!("http://{}", edge.http);
         self.edge = Some(edge);
     }
@@ -197,9 +199,17 @@ async fn fault_run(backend: Backend, external_broker: bool) {
 
     let mut stores = Vec::new();
     for name in names {
+        let id = StoreId::parse(name).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = hub
+            .as_ref()
+            .unwrap()
+            .provision(&id, &format!("mqtt://{broker}"), dir.path())
+            .await;
         let mut s = Store {
-            id: StoreId::parse(name).unwrap(),
-            dir: tempfile::tempdir().unwrap(),
+            id,
+            dir,
+            bundle,
             wan: Proxy::start(broker).await.unwrap(),
             edge: None,
             url: Arc::new(Mutex::new(String::new())),
@@ -370,7 +380,10 @@ both_backends!(
         let store = StoreId::parse("c1").unwrap();
         let dir = tempfile::tempdir().unwrap();
         let wan = Proxy::start(hub.broker).await.unwrap();
-        let edge = EdgeProcess::spawn(&store, dir.path(), wan.addr, &[]).await;
+        let bundle = hub
+            .provision(&store, &format!("mqtt://{}", hub.broker), dir.path())
+            .await;
+        let edge = EdgeProcess::spawn(&bundle, dir.path(), wan.addr, &[]).await;
         let lan = edge.lan.expect("the edge runs its device bus");
         let mut handheld =
             MqttPeer::connect(lan, "handheld-1", &[LanTopic::Tasks(store.clone()).to_string()]).await;

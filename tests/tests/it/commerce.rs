@@ -9,11 +9,11 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 use storegate_e2e::{
-    Backend, HubProcess, MqttPeer, Rest, TestHub, both_backends, drop_pg_database, free_port,
+    Backend, HubProcess, Rest, StorePeer, TestHub, both_backends, drop_pg_database, free_port,
     fresh_pg_database, spawn_hub, spawn_hub_with, token, wait_until,
 };
 use storegate_protocol::downlink::{DownBody, PaymentOutcome};
-use storegate_protocol::envelope::{self, DownAck, Message, Presence, UpBatch};
+use storegate_protocol::envelope::{DownAck, Message, Presence, UpBatch};
 use storegate_protocol::event::{
     CardAuth, CardPayment, CardRef, CardToken, Event, EventBody, Last4, Sale, SaleLine, TaskStatus,
     TaskUpdate, Tender, TenderMethod, Totals,
@@ -713,41 +713,32 @@ fn event(seq: u64, body: EventBody) -> Event {
     }
 }
 
-fn batch(store: &str, events: Vec<Event>) -> Vec<u8> {
-    envelope::encode(&Message::UpBatch(UpBatch {
+fn batch(store: &str, events: Vec<Event>) -> Message {
+    Message::UpBatch(UpBatch {
         store: StoreId::parse(store).unwrap(),
         first: events.first().unwrap().seq,
         last: events.last().unwrap().seq,
         events,
         backlog: 0,
         dropped_telemetry: 0,
-    }))
+    })
 }
 
 /// An edge stand-in for store `store`: receives acks, downlink and RPC
 /// answers.
-async fn edge(hub: &TestHub, store: &str) -> MqttPeer {
+async fn edge(hub: &TestHub, store: &str) -> StorePeer {
     let s = StoreId::parse(store).unwrap();
-    let peer = MqttPeer::connect(
-        hub.broker,
-        &format!("edge-{store}"),
-        &[
-            WanTopic::Ack(s.clone()).to_string(),
-            WanTopic::Down(s.clone()).to_string(),
-            WanTopic::Rpc(s.clone(), RpcSide::Edge, RpcLeg::Res).to_string(),
-        ],
-    )
-    .await;
+    let peer = hub.store_peer(store).await;
     // Online, as an edge announces itself: the hub sends its snapshot.
     peer.publish_retained(
         WanTopic::Status(s.clone()).to_string(),
-        envelope::encode(&Message::Presence(Presence {
+        Message::Presence(Presence {
             store: s,
             online: true,
             agent_version: "test".into(),
-            protocol_version: 1,
+            protocol_version: 2,
             at_ms: 0,
-        })),
+        }),
     )
     .await;
     peer
@@ -756,7 +747,7 @@ async fn edge(hub: &TestHub, store: &str) -> MqttPeer {
 /// Collects downlink items (acking them, skipping seqs already seen, as an
 /// edge does) until `until` holds or `timeout`.
 async fn downlink_until(
-    peer: &mut MqttPeer,
+    peer: &mut StorePeer,
     store: &str,
     applied: &mut u64,
     timeout: Duration,
@@ -766,13 +757,13 @@ async fn downlink_until(
     let deadline = tokio::time::Instant::now() + timeout;
     while !until(&got) {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let Some((topic, payload)) = peer.next(left).await else {
+        let Some((topic, message)) = peer.next(left).await else {
             panic!("downlink did not arrive in time; got {got:?}");
         };
         if !topic.ends_with("/down") {
             continue;
         }
-        if let Ok(Message::DownBatch(b)) = envelope::decode(&payload) {
+        if let Message::DownBatch(b) = message {
             let last = b.items.last().map(|i| i.seq);
             for i in b.items {
                 if i.seq.0 == *applied + 1 {
@@ -783,7 +774,7 @@ async fn downlink_until(
             if let Some(last) = last.filter(|l| l.0 <= *applied) {
                 peer.publish(
                     WanTopic::Up(StoreId::parse(store).unwrap()).to_string(),
-                    envelope::encode(&Message::DownAck(DownAck { applied_up_to: last })),
+                    Message::DownAck(DownAck { applied_up_to: last }),
                 )
                 .await;
             }
@@ -1102,8 +1093,8 @@ both_backends!(
     }
 );
 
-fn rpc(payment_key: EventId, token: &str, amount: i64, timeout_ms: u32) -> Vec<u8> {
-    envelope::encode(&Message::RpcRequest(RpcRequest {
+fn rpc(payment_key: EventId, token: &str, amount: i64, timeout_ms: u32) -> Message {
+    Message::RpcRequest(RpcRequest {
         correlation_id: EventId::from_parts(
             1_700_000_000_000,
             u128::from(amount as u64) << 4 | u128::from(timeout_ms),
@@ -1117,16 +1108,16 @@ fn rpc(payment_key: EventId, token: &str, amount: i64, timeout_ms: u32) -> Vec<u
             card: card(token),
             amount: eur(amount),
         },
-    }))
+    })
 }
 
-async fn rpc_answer(peer: &mut MqttPeer, timeout: Duration) -> Option<RpcResult> {
+async fn rpc_answer(peer: &mut StorePeer, timeout: Duration) -> Option<RpcResult> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let (topic, payload) = peer.next(left).await?;
+        let (topic, message) = peer.next(left).await?;
         if topic.ends_with("/rpc/edge/res")
-            && let Ok(Message::RpcResponse(r)) = envelope::decode(&payload)
+            && let Message::RpcResponse(r) = message
         {
             return Some(r.result);
         }
@@ -1185,8 +1176,11 @@ both_backends!(
         )
         .await;
 
-        // A malformed request is quarantined, and the next one is answered.
-        peer.publish(req.clone(), b"not an envelope".to_vec()).await;
+        // Garbage is dropped unread; a signed request that does not decode
+        // is quarantined; the next one is answered.
+        peer.mqtt.publish(req.clone(), b"not an envelope".to_vec()).await;
+        let signed_garbage = peer.trust.sealer.seal_body(&req, b"\xffnot a message");
+        peer.mqtt.publish(req.clone(), signed_garbage).await;
         peer.publish(req.clone(), rpc(ids(4, 7), "tok_visa", 100, 3000))
             .await;
         assert!(matches!(

@@ -22,13 +22,16 @@ async fn kill_9_during_recording_and_sync_loses_nothing_acknowledged_and_renumbe
     let responder = Responder::start(broker).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = StoreId::parse("s-crash").unwrap();
+    let bundle = responder
+        .write_bundle(store.as_str(), &format!("mqtt://{broker}"), dir.path())
+        .unwrap();
     // seq -> (event id, sale number) for every sale the agent acknowledged (201).
     let acknowledged: Arc<Mutex<HashMap<u64, EventId>>> = Arc::default();
     let mut next_sale: u128 = 0;
 
     for round in 0..6u64 {
         let edge = EdgeProcess::spawn(
-            &store,
+            &bundle,
             dir.path(),
             broker,
             &[("SG_EDGE_SYNC__BATCH_MAX_EVENTS", "25")],
@@ -72,7 +75,7 @@ async fn kill_9_during_recording_and_sync_loses_nothing_acknowledged_and_renumbe
     }
 
     // Restart once more and let everything drain.
-    let edge = EdgeProcess::spawn(&store, dir.path(), broker, &[]).await;
+    let edge = EdgeProcess::spawn(&bundle, dir.path(), broker, &[]).await;
     let status_url = format!("http://{}/status", edge.http);
     let final_next = Arc::new(AtomicU64::new(0));
     wait_until(

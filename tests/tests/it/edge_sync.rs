@@ -9,18 +9,33 @@ use std::time::Duration;
 use storegate_e2e::{Mosquitto, Proxy, Responder, broker, service_or_skip, wait_until};
 use storegate_edge::{Edge, Settings};
 use storegate_protocol::downlink::{DownBody, DownItem, Price, StockLevel};
-use storegate_protocol::envelope::{self, DownBatch, Message};
+use storegate_protocol::envelope::{DownBatch, Message};
 use storegate_protocol::event::{EventBody, EventKind, ScanOutcome, ScanRecord};
 use storegate_protocol::topic::WanTopic;
 use storegate_protocol::{Currency, DeviceId, EventId, Money, Seq, Sku, StoreId, samples};
 use tokio_util::sync::CancellationToken;
 
-fn settings(dir: &std::path::Path, store: &str, upstream: std::net::SocketAddr) -> Settings {
+/// An edge's settings: `store`'s credential from `chain` (the stand-in
+/// hub's CA), syncing to `upstream`.
+fn settings(
+    chain: &storegate_sim::trust::TestChain,
+    dir: &std::path::Path,
+    store: &str,
+    upstream: std::net::SocketAddr,
+) -> Settings {
     let mut s = Settings {
         store_id: store.into(),
         data_dir: dir.to_path_buf(),
         ..Settings::default()
     };
+    let bundle = chain
+        .write_bundle(
+            &StoreId::parse(store).unwrap(),
+            &format!("mqtt://{upstream}"),
+            dir,
+        )
+        .unwrap();
+    s.upstream.bundle = Some(bundle);
     s.upstream.url = format!("mqtt://{upstream}");
     s.http.listen = "127.0.0.1:0".into();
     s.lan.listen = "127.0.0.1:0".into();
@@ -86,7 +101,7 @@ async fn sales_recorded_while_the_wan_is_down_reach_the_hub_in_order_exactly_onc
     let proxy = Proxy::start(broker).await.unwrap();
     proxy.cut();
     let dir = tempfile::tempdir().unwrap();
-    let edge = start(settings(dir.path(), "s-wan", proxy.addr)).await;
+    let edge = start(settings(&responder.chain(), dir.path(), "s-wan", proxy.addr)).await;
 
     let mut recorded = record_many(&edge, 0, 150).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -145,7 +160,12 @@ async fn a_broker_restart_that_loses_every_session_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut mosquitto = Mosquitto::start(dir.path()).await.expect("mosquitto starts");
     let responder = Responder::start(mosquitto.addr).await.unwrap();
-    let mut s = settings(&dir.path().join("edge"), "s-restart", mosquitto.addr);
+    let mut s = settings(
+        &responder.chain(),
+        &dir.path().join("edge"),
+        "s-restart",
+        mosquitto.addr,
+    );
     // Batches published after the restart but before the hub re-subscribes
     // are dropped by the broker; the ack timeout is what recovers them.
     s.sync.ack_timeout_ms = 1000;
@@ -189,7 +209,7 @@ async fn a_lost_batch_is_answered_with_a_resend_request_and_recovered() {
     let broker = broker();
     let responder = Responder::start(broker).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut s = settings(dir.path(), "s-lost", broker);
+    let mut s = settings(&responder.chain(), dir.path(), "s-lost", broker);
     s.sync.batch_max_events = 10;
     s.sync.window = 4;
     // The first batch vanishes on the way.
@@ -211,21 +231,25 @@ async fn downlink_is_applied_in_order_idempotently_and_bad_messages_do_not_stop_
     let broker = broker();
     let responder = Responder::start(broker).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let edge = start(settings(dir.path(), "s-down", broker)).await;
+    let edge = start(settings(&responder.chain(), dir.path(), "s-down", broker)).await;
     wait_until("edge connected", Duration::from_secs(10), || async {
         edge.sync.status.connected.load(Ordering::Acquire)
     })
     .await;
     let store = StoreId::parse("s-down").unwrap();
     let sku = Sku::parse("SKU-00001").unwrap();
+    let hub = responder.chain().hub_sealer();
     let down = |items: Vec<(u64, DownBody)>| {
-        envelope::encode(&Message::DownBatch(DownBatch {
-            store: store.clone(),
-            items: items
-                .into_iter()
-                .map(|(s, body)| DownItem { seq: Seq(s), body })
-                .collect(),
-        }))
+        hub.seal(
+            &WanTopic::Down(store.clone()),
+            &Message::DownBatch(DownBatch {
+                store: store.clone(),
+                items: items
+                    .into_iter()
+                    .map(|(s, body)| DownItem { seq: Seq(s), body })
+                    .collect(),
+            }),
+        )
     };
     let level = |on_hand, as_of| {
         DownBody::StockLevel(StockLevel {
@@ -305,7 +329,7 @@ async fn presence_is_retained_and_the_last_will_marks_the_store_offline() {
     let responder = Responder::start(broker).await.unwrap();
     let proxy = Proxy::start(broker).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let edge = start(settings(dir.path(), "s-presence", proxy.addr)).await;
+    let edge = start(settings(&responder.chain(), dir.path(), "s-presence", proxy.addr)).await;
     wait_until("online presence", Duration::from_secs(10), || async {
         responder.log("s-presence").online == Some(true)
     })
@@ -335,7 +359,7 @@ async fn over_budget_telemetry_is_dropped_oldest_first_and_counted_while_sales_a
     let proxy = Proxy::start(broker).await.unwrap();
     proxy.cut();
     let dir = tempfile::tempdir().unwrap();
-    let mut s = settings(dir.path(), "s-budget", proxy.addr);
+    let mut s = settings(&responder.chain(), dir.path(), "s-budget", proxy.addr);
     s.journal.outbox_budget_bytes = 16 * 1024;
     let edge = start(s).await;
 
@@ -407,7 +431,8 @@ async fn status_endpoint_reports_outbox_and_link() {
     let proxy = Proxy::start(broker).await.unwrap();
     proxy.cut();
     let dir = tempfile::tempdir().unwrap();
-    let edge = start(settings(dir.path(), "s-status", proxy.addr)).await;
+    let chain = storegate_sim::trust::TestChain::new().unwrap();
+    let edge = start(settings(&chain, dir.path(), "s-status", proxy.addr)).await;
     record_many(&edge, 0, 5).await;
     let v: serde_json::Value = storegate_e2e::http()
         .get(format!("http://{}/status", edge.http_addr))

@@ -4,21 +4,19 @@
 use std::time::Duration;
 
 use storegate_e2e::{
-    Backend, HubProcess, MqttPeer, both_backends, drop_pg_database, free_port, fresh_pg_database,
+    Backend, HubProcess, StorePeer, both_backends, drop_pg_database, free_port, fresh_pg_database,
 };
-use storegate_protocol::envelope::{self, AppAck, Message};
-use storegate_protocol::topic::WanTopic;
+use storegate_protocol::envelope::{AppAck, Message};
 use storegate_protocol::{Seq, StoreId};
 
-use crate::hub_ingest::{sales, up};
+use crate::hub_ingest::sales;
 
 /// The next message on the ack topic that is not the restarted hub's
 /// `ResendUnacked` (it asks every known store for what it may have missed;
 /// harmless, and whether it reaches this peer depends on timing).
-async fn next_ack(peer: &mut MqttPeer, what: &str) -> Message {
+async fn next_ack(peer: &mut StorePeer) -> Message {
     loop {
-        let (_, reply) = peer.next(Duration::from_secs(20)).await.expect(what);
-        match envelope::decode(&reply).unwrap() {
+        match peer.next_message().await {
             Message::ResendUnacked(_) => continue,
             m => return m,
         }
@@ -49,17 +47,17 @@ both_backends!(
         )
         .await;
         let store = StoreId::parse("s-crash").unwrap();
-        let mut peer = MqttPeer::connect(
-            hub.broker,
-            "edge-s-crash",
-            &[WanTopic::Ack(store.clone()).to_string()],
-        )
-        .await;
-        peer.publish(up("s-crash"), sales("s-crash", 1, 10)).await;
+        let bundle = hub
+            .provision(&store, &format!("mqtt://{}", hub.broker), dir.path())
+            .await;
+        let trust = storegate_e2e::load_bundle(&bundle);
+        let peer = StorePeer::connect(hub.broker, "edge-s-crash", trust.clone(), false).await;
+        peer.send_up(&sales("s-crash", 1, 10)).await;
         let status = hub.exited(Duration::from_secs(30)).await;
         assert!(!status.success(), "the failpoint aborted the hub");
+        let mut peer = peer;
         assert!(
-            peer.next(Duration::from_millis(200)).await.is_none(),
+            peer.mqtt.next(Duration::from_millis(200)).await.is_none(),
             "no ack escaped before the crash"
         );
 
@@ -70,22 +68,17 @@ both_backends!(
 
         // Restarted, the edge (which never got its ack) sends the batch again.
         let hub = HubProcess::spawn(dir.path(), &url, port, &[]).await;
-        let mut peer = MqttPeer::connect(
-            hub.broker,
-            "edge-s-crash-2",
-            &[WanTopic::Ack(store.clone()).to_string()],
-        )
-        .await;
-        peer.publish(up("s-crash"), sales("s-crash", 1, 10)).await;
+        let mut peer = StorePeer::connect(hub.broker, "edge-s-crash-2", trust, false).await;
+        peer.send_up(&sales("s-crash", 1, 10)).await;
         assert_eq!(
-            next_ack(&mut peer, "ack after restart").await,
+            next_ack(&mut peer).await,
             Message::AppAck(AppAck {
                 committed_up_to: Seq(10)
             })
         );
-        peer.publish(up("s-crash"), sales("s-crash", 11, 12)).await;
+        peer.send_up(&sales("s-crash", 11, 12)).await;
         assert_eq!(
-            next_ack(&mut peer, "ack").await,
+            next_ack(&mut peer).await,
             Message::AppAck(AppAck {
                 committed_up_to: Seq(12)
             })

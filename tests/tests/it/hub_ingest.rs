@@ -4,10 +4,12 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use storegate_e2e::{Backend, MqttPeer, TestHub, both_backends, http, spawn_hub, spawn_hub_with, wait_until};
+use storegate_e2e::{
+    Backend, StorePeer, TestHub, both_backends, http, spawn_hub, spawn_hub_with, wait_until,
+};
 use storegate_protocol::downlink::{DownBody, StockLevel};
 use storegate_protocol::envelope::{
-    self, AppAck, DownAck, Message, Presence, ResendRequest, ResendUnacked, UpBatch,
+    AppAck, DownAck, Message, Presence, ResendRequest, ResendUnacked, UpBatch,
 };
 use storegate_protocol::event::{DeviceHealthRecord, DeviceKind, Event, EventBody, HealthStatus};
 use storegate_protocol::topic::WanTopic;
@@ -27,18 +29,18 @@ pub fn sale_event(seq: u64) -> Event {
     }
 }
 
-pub fn batch_of(store: &str, events: Vec<Event>) -> Vec<u8> {
-    envelope::encode(&Message::UpBatch(UpBatch {
+pub fn batch_of(store: &str, events: Vec<Event>) -> Message {
+    Message::UpBatch(UpBatch {
         store: StoreId::parse(store).unwrap(),
         first: events.first().map_or(Seq(0), |e| e.seq),
         last: events.last().map_or(Seq(0), |e| e.seq),
         events,
         backlog: 0,
         dropped_telemetry: 0,
-    }))
+    })
 }
 
-pub fn sales(store: &str, from: u64, to: u64) -> Vec<u8> {
+pub fn sales(store: &str, from: u64, to: u64) -> Message {
     batch_of(store, (from..=to).map(sale_event).collect())
 }
 
@@ -46,25 +48,12 @@ pub fn up(store: &str) -> String {
     WanTopic::Up(StoreId::parse(store).unwrap()).to_string()
 }
 
-pub async fn edge_peer(hub: &TestHub, store: &str) -> MqttPeer {
-    let s = StoreId::parse(store).unwrap();
-    MqttPeer::connect(
-        hub.broker,
-        &format!("edge-{store}"),
-        &[
-            WanTopic::Ack(s.clone()).to_string(),
-            WanTopic::Down(s).to_string(),
-        ],
-    )
-    .await
+pub async fn edge_peer(hub: &TestHub, store: &str) -> StorePeer {
+    hub.store_peer(store).await
 }
 
-pub async fn next_reply(peer: &mut MqttPeer) -> Message {
-    let (_, payload) = peer
-        .next(Duration::from_secs(15))
-        .await
-        .expect("a reply from the hub");
-    envelope::decode(&payload).expect("hub replies decode")
+pub async fn next_reply(peer: &mut StorePeer) -> Message {
+    peer.next_message().await
 }
 
 pub async fn get(hub: &TestHub, path: &str) -> Value {
@@ -99,23 +88,23 @@ both_backends!(
             return;
         };
         let mut peer = edge_peer(&hub, "s1").await;
-        peer.publish(up("s1"), sales("s1", 1, 10)).await;
+        peer.send_up(&sales("s1", 1, 10)).await;
         assert_eq!(next_reply(&mut peer).await, ack(10));
         // A replay is acked again without effect.
-        peer.publish(up("s1"), sales("s1", 1, 10)).await;
+        peer.send_up(&sales("s1", 1, 10)).await;
         assert_eq!(next_reply(&mut peer).await, ack(10));
         // Reordered: 21..30 arrives before 11..20.
-        peer.publish(up("s1"), sales("s1", 21, 30)).await;
+        peer.send_up(&sales("s1", 21, 30)).await;
         assert_eq!(
             next_reply(&mut peer).await,
             Message::ResendRequest(ResendRequest { from: Seq(11) })
         );
-        peer.publish(up("s1"), sales("s1", 11, 20)).await;
+        peer.send_up(&sales("s1", 11, 20)).await;
         assert_eq!(next_reply(&mut peer).await, ack(20));
-        peer.publish(up("s1"), sales("s1", 21, 30)).await;
+        peer.send_up(&sales("s1", 21, 30)).await;
         assert_eq!(next_reply(&mut peer).await, ack(30));
         // Overlapping: only the new part counts.
-        peer.publish(up("s1"), sales("s1", 25, 35)).await;
+        peer.send_up(&sales("s1", 25, 35)).await;
         assert_eq!(next_reply(&mut peer).await, ack(35));
 
         let store = get(&hub, "/api/v1/stores/s1").await;
@@ -146,18 +135,50 @@ both_backends!(
     }
 );
 
+/// The hub's Prometheus text.
+pub async fn metrics(hub: &TestHub) -> String {
+    http()
+        .get(format!("{}/metrics", hub.api))
+        .bearer_auth(&hub.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of a counter with these labels in Prometheus text (0 if absent).
+pub fn counter(metrics: &str, name: &str, label: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
 both_backends!(
-    bad_messages_are_quarantined_and_ingestion_goes_on,
+    bad_messages_are_dropped_or_quarantined_and_ingestion_goes_on,
     |backend: Backend| async move {
         let Some(hub) = spawn_hub_with(backend, |s| s.ingest.max_payload_bytes = 8 * 1024).await else {
             return;
         };
+        let before = metrics(&hub).await;
+        let refused =
+            |m: &str, reason: &str| counter(m, "hub_wan_refused_total", &format!("reason=\"{reason}\""));
         let mut peer = edge_peer(&hub, "s2").await;
-        peer.publish(up("s2"), b"\x01\xff garbage".to_vec()).await;
-        peer.publish(up("s2"), sales("s2", 1, 60)).await; // larger than 8 KiB
-        peer.publish(up("s2"), sales("other", 1, 3)).await; // another store's batch
-        peer.publish("sg/v1/store/bad%id/up", sales("s2", 1, 3)).await; // not a store id
-        peer.publish(up("s2"), envelope::encode(&ack(3))).await; // not uplink
+        let s2 = WanTopic::Up(StoreId::parse("s2").unwrap());
+        // Dropped unread (nothing unchecked reaches the database): garbage,
+        // an oversized payload, a topic with no valid store id.
+        peer.mqtt.publish(up("s2"), b"\x02\xff garbage".to_vec()).await;
+        peer.send_up(&sales("s2", 1, 60)).await; // larger than 8 KiB
+        peer.mqtt
+            .publish("sg/v1/store/bad%id/up", peer.seal(&s2, &sales("s2", 1, 3)))
+            .await;
+        // Signed by the store, but unusable: quarantined with their bytes.
+        peer.send_up(&sales("other", 1, 3)).await; // another store's batch
+        peer.send_up(&ack(3)).await; // not uplink
         let mut bad = UpBatch {
             store: StoreId::parse("s2").unwrap(),
             first: Seq(1),
@@ -166,24 +187,22 @@ both_backends!(
             backlog: 0,
             dropped_telemetry: 0,
         };
-        peer.publish(up("s2"), envelope::encode(&Message::UpBatch(bad.clone())))
-            .await; // header lies
+        peer.send_up(&Message::UpBatch(bad.clone())).await; // header lies
         bad.last = Seq(3);
         bad.events[2].seq = Seq(7);
-        peer.publish(up("s2"), envelope::encode(&Message::UpBatch(bad)))
-            .await; // seq jumps
+        peer.send_up(&Message::UpBatch(bad)).await; // seq jumps
         // And then a good batch still goes through.
-        peer.publish(up("s2"), sales("s2", 1, 3)).await;
+        peer.send_up(&sales("s2", 1, 3)).await;
         assert_eq!(next_reply(&mut peer).await, ack(3));
 
         let quarantined = || async { storegate_hub::quarantine::count(&hub.hub.db).await.unwrap() };
-        wait_until("seven quarantined messages", Duration::from_secs(10), || async {
-            quarantined().await >= 7
+        wait_until("four quarantined messages", Duration::from_secs(10), || async {
+            quarantined().await >= 4
         })
         .await;
-        assert_eq!(quarantined().await, 7);
-        let page = get(&hub, "/api/v1/quarantine?limit=5").await;
-        assert_eq!(page["items"].as_array().unwrap().len(), 5);
+        assert_eq!(quarantined().await, 4);
+        let page = get(&hub, "/api/v1/quarantine?limit=3").await;
+        assert_eq!(page["items"].as_array().unwrap().len(), 3);
         let next = page["next_cursor"].as_str().unwrap();
         let rest = get(&hub, &format!("/api/v1/quarantine?cursor={next}")).await;
         let mut reasons: Vec<String> = page["items"]
@@ -207,29 +226,25 @@ both_backends!(
             [
                 "invalid_batch",
                 "invalid_batch",
-                "oversized",
                 "store_mismatch",
-                "undecodable",
-                "unexpected_message",
-                "unknown_topic"
+                "unexpected_message"
             ]
         );
-        let first = &rest["items"][1];
+        let first = &rest["items"][0];
         let one = get(&hub, &format!("/api/v1/quarantine/{}", first["id"])).await;
         assert!(
             !one["payload_hex"].as_str().unwrap().is_empty(),
             "raw bytes are kept"
         );
-        let metrics = http()
-            .get(format!("{}/metrics", hub.api))
-            .bearer_auth(&hub.admin_token)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        assert!(metrics.contains("hub_quarantined_total"), "{metrics}");
+        let after = metrics(&hub).await;
+        assert!(after.contains("hub_quarantined_total"), "{after}");
+        for reason in ["malformed", "oversized", "unknown_topic"] {
+            assert_eq!(
+                refused(&after, reason) - refused(&before, reason),
+                1,
+                "one {reason} message counted"
+            );
+        }
         hub.stop().await;
     }
 );
@@ -265,7 +280,7 @@ both_backends!(
             }
         }
         let mut peer = edge_peer(&hub, "s3").await;
-        peer.publish(up("s3"), batch_of("s3", vec![e])).await;
+        peer.send_up(&batch_of("s3", vec![e])).await;
         assert_eq!(
             next_reply(&mut peer).await,
             ack(1),
@@ -302,16 +317,22 @@ both_backends!(
         };
         let mut peer = edge_peer(&hub, "s4").await;
         let store = StoreId::parse("s4").unwrap();
+        let status = WanTopic::Status(store.clone());
+        let sealer = peer.trust.sealer.clone();
         let presence = |online| {
-            envelope::encode(&Message::Presence(Presence {
-                store: store.clone(),
-                online,
-                agent_version: "9.9.9".into(),
-                protocol_version: 1,
-                at_ms: 0,
-            }))
+            sealer.seal(
+                &status,
+                &Message::Presence(Presence {
+                    store: store.clone(),
+                    online,
+                    agent_version: "9.9.9".into(),
+                    protocol_version: 2,
+                    at_ms: 0,
+                }),
+            )
         };
-        peer.publish_retained(WanTopic::Status(store.clone()).to_string(), presence(true))
+        peer.mqtt
+            .publish_retained(status.to_string(), presence(true))
             .await;
         let health = Event {
             id: EventId::from_u128(77),
@@ -325,7 +346,7 @@ both_backends!(
                 error_count: 3,
             }),
         };
-        peer.publish(up("s4"), batch_of("s4", vec![health])).await;
+        peer.send_up(&batch_of("s4", vec![health])).await;
         assert_eq!(next_reply(&mut peer).await, ack(1));
         wait_until("presence stored", Duration::from_secs(10), || async {
             get(&hub, "/api/v1/stores/s4").await["online"] == true
@@ -337,7 +358,8 @@ both_backends!(
         assert_eq!(devices[0]["device_id"], "scale-1");
         assert_eq!(devices[0]["status"], "degraded");
         assert_eq!(devices[0]["error_count"], 3);
-        peer.publish_retained(WanTopic::Status(store.clone()).to_string(), presence(false))
+        peer.mqtt
+            .publish_retained(status.to_string(), presence(false))
             .await;
         wait_until("offline stored", Duration::from_secs(10), || async {
             get(&hub, "/api/v1/stores/s4").await["online"] == false
@@ -376,12 +398,9 @@ both_backends!(
         };
         assert_eq!(b.items.iter().map(|i| i.seq.0).collect::<Vec<_>>(), vec![1, 2, 3]);
         // The edge applied only up to 2: the rest is sent again.
-        peer.publish(
-            up("s5"),
-            envelope::encode(&Message::DownAck(DownAck {
-                applied_up_to: Seq(2),
-            })),
-        )
+        peer.send_up(&Message::DownAck(DownAck {
+            applied_up_to: Seq(2),
+        }))
         .await;
         // A send that raced the ack (the store coming online, the stock
         // pusher) may still carry 1..=3: duplicates are harmless by design.
@@ -400,12 +419,9 @@ both_backends!(
             assert!(seen.len() < 3, "the unacked tail is never sent alone: {seen:?}");
         };
         assert_eq!(after_ack, vec![3]);
-        peer.publish(
-            up("s5"),
-            envelope::encode(&Message::DownAck(DownAck {
-                applied_up_to: Seq(3),
-            })),
-        )
+        peer.send_up(&Message::DownAck(DownAck {
+            applied_up_to: Seq(3),
+        }))
         .await;
         wait_until("downlink acked and deleted", Duration::from_secs(10), || async {
             get(&hub, "/api/v1/stores/s5").await["downlink_pending"] == 0
@@ -442,22 +458,22 @@ async fn a_hub_that_lost_its_broker_session_asks_stores_to_resend() {
     else {
         return;
     };
-    let acks = [WanTopic::Ack(StoreId::parse("s9").unwrap()).to_string()];
-    let mut peer = MqttPeer::connect(addr, "edge-s9", &acks).await;
-    peer.publish(up("s9"), sales("s9", 1, 3)).await;
+    let trust = hub.credential("s9").await;
+    let mut peer = StorePeer::connect(addr, "edge-s9", trust.clone(), false).await;
+    peer.send_up(&sales("s9", 1, 3)).await;
     assert_eq!(next_reply(&mut peer).await, ack(3));
 
     drop(peer);
     mosquitto.restart().await.expect("mosquitto restarts");
     // The store is back first (the hub backs off before reconnecting).
-    let mut peer = MqttPeer::connect(addr, "edge-s9-again", &acks).await;
+    let mut peer = StorePeer::connect(addr, "edge-s9-again", trust, false).await;
     assert_eq!(
         next_reply(&mut peer).await,
         Message::ResendUnacked(ResendUnacked {}),
         "the hub asks for what it may have missed"
     );
     // ...and what the store sends then is taken.
-    peer.publish(up("s9"), sales("s9", 4, 5)).await;
+    peer.send_up(&sales("s9", 4, 5)).await;
     assert_eq!(next_reply(&mut peer).await, ack(5));
     assert_eq!(get(&hub, "/api/v1/stores/s9").await["hwm"], 5);
     hub.stop().await;

@@ -74,7 +74,11 @@ pub async fn shop(store: &str, tweak: impl FnOnce(&mut Settings)) -> Shop {
         data_dir: dir.path().to_path_buf(),
         ..Settings::default()
     };
-    s.upstream.url = format!("mqtt://{}", proxy.addr);
+    s.upstream.bundle = Some(
+        responder
+            .write_bundle(store, &format!("mqtt://{}", proxy.addr), dir.path())
+            .unwrap(),
+    );
     s.http.listen = "127.0.0.1:0".into();
     s.lan.listen = "127.0.0.1:0".into();
     s.sync.backoff_initial_ms = 20;

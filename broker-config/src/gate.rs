@@ -1,0 +1,544 @@
+//! The gate: a TLS-terminating, MQTT-aware front door for an embedded
+//! rumqttd, which has no per-client authorisation of its own.
+//!
+//! Each TCP connection gets its own task, so a peer that never finishes its
+//! TLS handshake (or never sends CONNECT) holds up nobody else (rumqttd's
+//! own TLS listener handshakes inside its accept loop: one idle socket
+//! froze every client). The handshake and the CONNECT must both arrive
+//! within `handshake_timeout`, and at most `max_pending` connections may be
+//! in that state at once; past it, new sockets are closed at once.
+//!
+//! After the handshake the [`Policy`] decides, from the client certificate
+//! and the CONNECT packet, whether the peer may connect and what it may
+//! publish and subscribe to ([`Grant`]). The CONNECT is then forwarded
+//! unchanged to the broker's loopback listener, and every later packet from
+//! the client is framed and checked: a PUBLISH to a topic, or a SUBSCRIBE
+//! to a filter, outside the grant closes the connection (MQTT 3.1.1 has no
+//! negative PUBACK; closing is what the standard allows), as does a second
+//! CONNECT or a malformed packet. Packets from the broker to the client are
+//! copied as they are: the broker only sends what the client subscribed to,
+//! and that was checked. A grant's `revoked` token closes the connection
+//! whenever it is cancelled (revocation without a restart).
+//!
+//! Only MQTT 3.1.1 (protocol level 4) is spoken here; every storegate
+//! client uses it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::burst::BurstLog;
+
+/// What a peer presented.
+#[derive(Debug)]
+pub struct Peer<'a> {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its TLS client certificate (leaf, DER).
+    pub cert: Option<&'a [u8]>,
+    /// The CONNECT's client id.
+    pub client_id: &'a str,
+    /// The CONNECT's will topic, if any.
+    pub will_topic: Option<&'a str>,
+    /// The CONNECT's username, if any.
+    pub username: Option<&'a str>,
+}
+
+/// What an admitted peer may do.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// Who it is (logs).
+    pub label: String,
+    /// Topics it may publish to (exact).
+    pub publish: Vec<String>,
+    /// Filters it may subscribe to (exact).
+    pub subscribe: Vec<String>,
+    /// Cancelled when its identity stops being valid (revoked): the
+    /// connection is closed.
+    pub revoked: CancellationToken,
+}
+
+/// Why a peer was refused at CONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// No or unknown identity (CONNACK 5, not authorised).
+    NotAuthorized(&'static str),
+    /// The client id is not the one its identity must use (CONNACK 2).
+    BadClientId,
+}
+
+/// Decides who may connect and what they may do.
+pub trait Policy: Send + Sync + 'static {
+    /// Admits `peer` with a grant, or refuses it.
+    fn admit(&self, peer: &Peer<'_>) -> impl Future<Output = Result<Grant, Refused>> + Send;
+}
+
+/// How the gate runs.
+#[derive(Debug, Clone)]
+pub struct GateConfig {
+    /// A name for logs and metrics (`wan`).
+    pub name: &'static str,
+    /// The broker's own (loopback) listener the gate forwards to.
+    pub upstream: SocketAddr,
+    /// TLS, requiring client certificates.
+    pub tls: Arc<rustls::ServerConfig>,
+    /// Longest time from accept to a complete CONNECT.
+    pub handshake_timeout: Duration,
+    /// Most connections between accept and CONNECT at once.
+    pub max_pending: usize,
+    /// Largest MQTT packet accepted from a client.
+    pub max_packet: usize,
+}
+
+/// Starts the gate on `listener`. Returns at once; the accept loop and
+/// every connection live on `tracker` until `shutdown`.
+pub fn spawn<P: Policy>(
+    listener: TcpListener,
+    cfg: GateConfig,
+    policy: Arc<P>,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg.tls.clone());
+    let pending = Arc::new(Semaphore::new(cfg.max_pending.max(1)));
+    let cfg = Arc::new(cfg);
+    let log = Arc::new(BurstLog::new(Duration::from_secs(10)));
+    let conns = tracker.clone();
+    tracker.spawn(async move {
+        loop {
+            let (tcp, addr) = tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off a little.
+                        tracing::warn!(gate = cfg.name, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = pending.clone().try_acquire_owned() else {
+                refused(&cfg, &log, "too_many_pending", addr);
+                drop(tcp);
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, cfg, policy, log, shutdown) = (
+                acceptor.clone(),
+                cfg.clone(),
+                policy.clone(),
+                log.clone(),
+                shutdown.clone(),
+            );
+            conns.spawn(async move {
+                let admitted = tokio::time::timeout(
+                    cfg.handshake_timeout,
+                    handshake(&acceptor, tcp, addr, &cfg, policy.as_ref()),
+                )
+                .await;
+                drop(permit);
+                let (client, connect, grant) = match admitted {
+                    Ok(Ok(x)) => x,
+                    Ok(Err(reason)) => return refused(&cfg, &log, reason, addr),
+                    Err(_) => return refused(&cfg, &log, "handshake_timeout", addr),
+                };
+                metrics::counter!("mqtt_gate_admitted_total", "gate" => cfg.name).increment(1);
+                tracing::debug!(gate = cfg.name, peer = %addr, who = %grant.label, "admitted");
+                if let Some(reason) = relay(client, connect, &grant, &cfg, &shutdown).await {
+                    refused(&cfg, &log, reason, addr);
+                    tracing::info!(gate = cfg.name, peer = %addr, who = %grant.label, reason, "connection closed");
+                }
+            });
+        }
+    });
+}
+
+fn refused(cfg: &GateConfig, log: &BurstLog, reason: &'static str, addr: SocketAddr) {
+    metrics::counter!("mqtt_gate_refused_total", "gate" => cfg.name, "reason" => reason).increment(1);
+    if let Some(suppressed) = log.note(reason) {
+        tracing::warn!(gate = cfg.name, peer = %addr, reason, suppressed, "connection refused");
+    }
+}
+
+type Tls = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// TLS handshake, CONNECT, policy. Returns the stream, the CONNECT bytes
+/// to forward and the grant; or why not.
+async fn handshake<P: Policy>(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    addr: SocketAddr,
+    cfg: &GateConfig,
+    policy: &P,
+) -> Result<(Tls, Vec<u8>, Grant), &'static str> {
+    let mut tls = acceptor.accept(tcp).await.map_err(|_| "tls_handshake")?;
+    let packet = read_packet(&mut tls, cfg.max_packet)
+        .await
+        .map_err(|e| e.reason())?;
+    let connect = parse_connect(&packet).ok_or("bad_connect")?;
+    let cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.as_ref().to_vec());
+    let peer = Peer {
+        addr,
+        cert: cert.as_deref(),
+        client_id: &connect.client_id,
+        will_topic: connect.will_topic.as_deref(),
+        username: connect.username.as_deref(),
+    };
+    match policy.admit(&peer).await {
+        Ok(grant) => {
+            if let Some(t) = &connect.will_topic
+                && !grant.publish.iter().any(|p| p == t)
+            {
+                let _ = tls.write_all(&[0x20, 0x02, 0x00, 0x05]).await;
+                return Err("will_not_allowed");
+            }
+            Ok((tls, packet, grant))
+        }
+        Err(r) => {
+            let (code, reason) = match r {
+                Refused::NotAuthorized(why) => (0x05, why),
+                Refused::BadClientId => (0x02, "bad_client_id"),
+            };
+            let _ = tls.write_all(&[0x20, 0x02, 0x00, code]).await;
+            let _ = tls.shutdown().await;
+            Err(reason)
+        }
+    }
+}
+
+/// Forwards between the admitted client and the broker until either side
+/// closes, the grant is revoked or the gate stops. Returns why the gate
+/// closed it, if it did.
+async fn relay(
+    client: Tls,
+    connect: Vec<u8>,
+    grant: &Grant,
+    cfg: &GateConfig,
+    shutdown: &CancellationToken,
+) -> Option<&'static str> {
+    let mut broker = match TcpStream::connect(cfg.upstream).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(gate = cfg.name, error = %e, upstream = %cfg.upstream, "broker unreachable");
+            return Some("broker_unreachable");
+        }
+    };
+    let _ = broker.set_nodelay(true);
+    if broker.write_all(&connect).await.is_err() {
+        return Some("broker_unreachable");
+    }
+    let (mut client_rx, mut client_tx) = tokio::io::split(client);
+    let (mut broker_rx, mut broker_tx) = broker.into_split();
+    let upstream = async {
+        loop {
+            let packet = match read_packet(&mut client_rx, cfg.max_packet).await {
+                Ok(p) => p,
+                Err(PacketError::Closed) => return None,
+                Err(e) => return Some(e.reason()),
+            };
+            if let Err(reason) = check(&packet, grant) {
+                return Some(reason);
+            }
+            if broker_tx.write_all(&packet).await.is_err() {
+                return None;
+            }
+        }
+    };
+    let downstream = async {
+        let _ = tokio::io::copy(&mut broker_rx, &mut client_tx).await;
+        let _ = client_tx.shutdown().await;
+    };
+    tokio::select! {
+        r = upstream => r,
+        () = downstream => None,
+        () = grant.revoked.cancelled() => Some("revoked"),
+        () = shutdown.cancelled() => None,
+    }
+}
+
+/// Checks one client packet against the grant.
+fn check(packet: &[u8], grant: &Grant) -> Result<(), &'static str> {
+    let kind = packet[0] >> 4;
+    let body = body_of(packet).ok_or("malformed")?;
+    match kind {
+        // PUBLISH
+        3 => {
+            let topic = read_str(body, 0).ok_or("malformed")?.0;
+            if grant.publish.iter().any(|t| t == topic) {
+                Ok(())
+            } else {
+                Err("publish_not_allowed")
+            }
+        }
+        // SUBSCRIBE
+        8 => {
+            let mut at = 2; // packet id
+            if body.len() <= at {
+                return Err("malformed");
+            }
+            while at < body.len() {
+                let (filter, next) = read_str(body, at).ok_or("malformed")?;
+                if !grant.subscribe.iter().any(|f| f == filter) {
+                    return Err("subscribe_not_allowed");
+                }
+                at = next + 1; // requested QoS
+                if at > body.len() {
+                    return Err("malformed");
+                }
+            }
+            Ok(())
+        }
+        // CONNECT again
+        1 => Err("second_connect"),
+        // PUBACK, PUBREC, PUBREL, PUBCOMP, UNSUBSCRIBE, PINGREQ, DISCONNECT
+        4..=7 | 10 | 12 | 14 => Ok(()),
+        _ => Err("unexpected_packet"),
+    }
+}
+
+/// The variable header and payload of a framed packet.
+fn body_of(packet: &[u8]) -> Option<&[u8]> {
+    let mut i = 1;
+    while *packet.get(i)? & 0x80 != 0 {
+        i += 1;
+    }
+    packet.get(i + 1..)
+}
+
+/// A length-prefixed UTF-8 string at `at`; returns it and where it ends.
+fn read_str(buf: &[u8], at: usize) -> Option<(&str, usize)> {
+    let len = usize::from(u16::from_be_bytes([*buf.get(at)?, *buf.get(at + 1)?]));
+    let end = at.checked_add(2)?.checked_add(len)?;
+    let s = std::str::from_utf8(buf.get(at + 2..end)?).ok()?;
+    Some((s, end))
+}
+
+/// The fields of a CONNECT the policy needs.
+#[derive(Debug, PartialEq, Eq)]
+struct Connect {
+    /// Protocol level (4: MQTT 3.1.1).
+    level: u8,
+    /// Client id.
+    client_id: String,
+    /// Will topic.
+    will_topic: Option<String>,
+    /// Username.
+    username: Option<String>,
+}
+
+/// Parses an MQTT 3.1.1 CONNECT packet (framed); `None` if it is not one.
+fn parse_connect(packet: &[u8]) -> Option<Connect> {
+    if packet.first()? != &0x10 {
+        return None;
+    }
+    let body = body_of(packet)?;
+    let (name, at) = read_str(body, 0)?;
+    let level = *body.get(at)?;
+    if name != "MQTT" || level != 4 {
+        return None;
+    }
+    let flags = *body.get(at + 1)?;
+    if flags & 0x01 != 0 {
+        return None; // reserved bit
+    }
+    let at = at + 4; // level, flags, keep alive
+    let (client_id, mut at) = read_str(body, at)?;
+    let mut will_topic = None;
+    if flags & 0x04 != 0 {
+        let (t, next) = read_str(body, at)?;
+        will_topic = Some(t.to_owned());
+        let len = usize::from(u16::from_be_bytes([*body.get(next)?, *body.get(next + 1)?]));
+        at = next + 2 + len;
+        body.get(..at)?;
+    }
+    let mut username = None;
+    if flags & 0x80 != 0 {
+        let (u, _) = read_str(body, at)?;
+        username = Some(u.to_owned());
+    }
+    Some(Connect {
+        level,
+        client_id: client_id.to_owned(),
+        will_topic,
+        username,
+    })
+}
+
+#[derive(Debug)]
+enum PacketError {
+    /// The peer closed cleanly between packets.
+    Closed,
+    /// Read failed or ended mid-packet.
+    Io,
+    /// Larger than allowed.
+    TooLarge,
+    /// The remaining length is not a valid varint.
+    Malformed,
+}
+
+impl PacketError {
+    fn reason(&self) -> &'static str {
+        match self {
+            PacketError::Closed | PacketError::Io => "closed_early",
+            PacketError::TooLarge => "packet_too_large",
+            PacketError::Malformed => "malformed",
+        }
+    }
+}
+
+/// Reads one framed MQTT packet (fixed header included).
+async fn read_packet<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Vec<u8>, PacketError> {
+    let mut first = [0u8; 1];
+    match r.read(&mut first).await {
+        Ok(0) => return Err(PacketError::Closed),
+        Ok(_) => {}
+        Err(_) => return Err(PacketError::Io),
+    }
+    let mut out = Vec::with_capacity(64);
+    out.push(first[0]);
+    let mut len = 0usize;
+    for i in 0..4 {
+        let b = r.read_u8().await.map_err(|_| PacketError::Io)?;
+        out.push(b);
+        len |= usize::from(b & 0x7F) << (7 * i);
+        if b & 0x80 == 0 {
+            if len > max {
+                return Err(PacketError::TooLarge);
+            }
+            let start = out.len();
+            out.resize(start + len, 0);
+            r.read_exact(&mut out[start..])
+                .await
+                .map_err(|_| PacketError::Io)?;
+            return Ok(out);
+        }
+    }
+    Err(PacketError::Malformed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect(client_id: &str, will: Option<&str>, user: Option<&str>) -> Vec<u8> {
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4];
+        let mut flags = 0x02;
+        if will.is_some() {
+            flags |= 0x04 | 0x20;
+        }
+        if user.is_some() {
+            flags |= 0x80;
+        }
+        body.push(flags);
+        body.extend_from_slice(&[0, 15]);
+        let s = |b: &mut Vec<u8>, x: &[u8]| {
+            b.extend_from_slice(&(x.len() as u16).to_be_bytes());
+            b.extend_from_slice(x);
+        };
+        s(&mut body, client_id.as_bytes());
+        if let Some(w) = will {
+            s(&mut body, w.as_bytes());
+            s(&mut body, b"bye");
+        }
+        if let Some(u) = user {
+            s(&mut body, u.as_bytes());
+        }
+        let mut p = vec![0x10, body.len() as u8];
+        p.extend_from_slice(&body);
+        p
+    }
+
+    fn grant() -> Grant {
+        Grant {
+            label: "t".into(),
+            publish: vec!["a/up".into()],
+            subscribe: vec!["a/ack".into()],
+            revoked: CancellationToken::new(),
+        }
+    }
+
+    #[test]
+    fn connect_fields_are_read() {
+        assert_eq!(
+            parse_connect(&connect("edge-a", Some("a/status"), Some("u"))),
+            Some(Connect {
+                level: 4,
+                client_id: "edge-a".into(),
+                will_topic: Some("a/status".into()),
+                username: Some("u".into()),
+            })
+        );
+        assert_eq!(parse_connect(&connect("x", None, None)).unwrap().will_topic, None);
+        let mut v5 = connect("x", None, None);
+        v5[8] = 5;
+        assert_eq!(parse_connect(&v5), None, "only MQTT 3.1.1");
+        assert_eq!(parse_connect(&[0x10, 2, 0, 4]), None);
+        assert_eq!(parse_connect(&[0x30, 0]), None);
+    }
+
+    #[test]
+    fn publishes_and_subscriptions_outside_the_grant_are_refused() {
+        let g = grant();
+        let publish = |t: &str| {
+            let mut body = (t.len() as u16).to_be_bytes().to_vec();
+            body.extend_from_slice(t.as_bytes());
+            body.extend_from_slice(b"payload");
+            let mut p = vec![0x30, body.len() as u8];
+            p.extend(body);
+            p
+        };
+        assert_eq!(check(&publish("a/up"), &g), Ok(()));
+        assert_eq!(check(&publish("b/up"), &g), Err("publish_not_allowed"));
+        assert_eq!(check(&publish("a/up/x"), &g), Err("publish_not_allowed"));
+        let subscribe = |filters: &[&str]| {
+            let mut body = vec![0, 1];
+            for f in filters {
+                body.extend_from_slice(&(f.len() as u16).to_be_bytes());
+                body.extend_from_slice(f.as_bytes());
+                body.push(1);
+            }
+            let mut p = vec![0x82, body.len() as u8];
+            p.extend(body);
+            p
+        };
+        assert_eq!(check(&subscribe(&["a/ack"]), &g), Ok(()));
+        assert_eq!(
+            check(&subscribe(&["a/ack", "sg/#"]), &g),
+            Err("subscribe_not_allowed")
+        );
+        assert_eq!(check(&subscribe(&["#"]), &g), Err("subscribe_not_allowed"));
+        assert_eq!(check(&[0x82, 2, 0, 1], &g), Err("malformed"));
+        assert_eq!(check(&connect("x", None, None), &g), Err("second_connect"));
+        assert_eq!(check(&[0xC0, 0], &g), Ok(()), "PINGREQ passes");
+        assert_eq!(check(&[0x30, 1, 0], &g), Err("malformed"));
+    }
+
+    #[tokio::test]
+    async fn packets_are_framed_and_bounded() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        a.write_all(&[0xC0, 0, 0x30, 3, 0, 1, b'x']).await.unwrap();
+        a.write_all(&[0x30, 0xFF, 0xFF, 0x7F]).await.unwrap();
+        assert_eq!(read_packet(&mut b, 100).await.unwrap(), vec![0xC0, 0]);
+        assert_eq!(read_packet(&mut b, 100).await.unwrap(), vec![0x30, 3, 0, 1, b'x']);
+        assert!(matches!(
+            read_packet(&mut b, 100).await,
+            Err(PacketError::TooLarge)
+        ));
+        drop(a);
+        let (a, mut b) = tokio::io::duplex(16);
+        drop(a);
+        assert!(matches!(read_packet(&mut b, 100).await, Err(PacketError::Closed)));
+    }
+}
