@@ -96,19 +96,54 @@ pub struct GateConfig {
     pub max_packet: usize,
 }
 
-/// Starts the gate on `listener`. Returns at once; the accept loop and
-/// every connection live on `tracker` until `shutdown`.
+/// What one gate admitted and refused (the `mqtt_gate_*` metrics count
+/// the same, process-wide).
+#[derive(Debug, Default)]
+pub struct GateStats {
+    /// Connections admitted.
+    pub admitted: std::sync::atomic::AtomicU64,
+    /// Refusals by reason.
+    refused: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+impl GateStats {
+    /// Refusals for `reason` so far.
+    pub fn refused(&self, reason: &str) -> u64 {
+        self.refused
+            .lock()
+            .map(|m| m.get(reason).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// Every refusal reason with its count.
+    pub fn refusals(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.refused.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    fn count(&self, reason: &'static str) {
+        if let Ok(mut m) = self.refused.lock() {
+            *m.entry(reason).or_default() += 1;
+        }
+    }
+}
+
+/// Starts the gate on `listener`. Returns at once (with its counters); the
+/// accept loop and every connection live on `tracker` until `shutdown`.
 pub fn spawn<P: Policy>(
     listener: TcpListener,
     cfg: GateConfig,
     policy: Arc<P>,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
-) {
+) -> Arc<GateStats> {
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg.tls.clone());
     let pending = Arc::new(Semaphore::new(cfg.max_pending.max(1)));
     let cfg = Arc::new(cfg);
-    let log = Arc::new(BurstLog::new(Duration::from_secs(10)));
+    let log = Arc::new(Log {
+        burst: BurstLog::new(Duration::from_secs(10)),
+        stats: Arc::default(),
+    });
+    let stats = log.stats.clone();
     let conns = tracker.clone();
     tracker.spawn(async move {
         loop {
@@ -138,11 +173,13 @@ pub fn spawn<P: Policy>(
                 shutdown.clone(),
             );
             conns.spawn(async move {
-                let admitted = tokio::time::timeout(
-                    cfg.handshake_timeout,
-                    handshake(&acceptor, tcp, addr, &cfg, policy.as_ref()),
-                )
-                .await;
+                let admitted = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    r = tokio::time::timeout(
+                        cfg.handshake_timeout,
+                        handshake(&acceptor, tcp, addr, &cfg, policy.as_ref()),
+                    ) => r,
+                };
                 drop(permit);
                 let (client, connect, grant) = match admitted {
                     Ok(Ok(x)) => x,
@@ -150,6 +187,7 @@ pub fn spawn<P: Policy>(
                     Err(_) => return refused(&cfg, &log, "handshake_timeout", addr),
                 };
                 metrics::counter!("mqtt_gate_admitted_total", "gate" => cfg.name).increment(1);
+                log.stats.admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::debug!(gate = cfg.name, peer = %addr, who = %grant.label, "admitted");
                 if let Some(reason) = relay(client, connect, &grant, &cfg, &shutdown).await {
                     refused(&cfg, &log, reason, addr);
@@ -158,11 +196,19 @@ pub fn spawn<P: Policy>(
             });
         }
     });
+    stats
 }
 
-fn refused(cfg: &GateConfig, log: &BurstLog, reason: &'static str, addr: SocketAddr) {
+/// The refusal log and counters.
+struct Log {
+    burst: BurstLog,
+    stats: Arc<GateStats>,
+}
+
+fn refused(cfg: &GateConfig, log: &Log, reason: &'static str, addr: SocketAddr) {
     metrics::counter!("mqtt_gate_refused_total", "gate" => cfg.name, "reason" => reason).increment(1);
-    if let Some(suppressed) = log.note(reason) {
+    log.stats.count(reason);
+    if let Some(suppressed) = log.burst.note(reason) {
         tracing::warn!(gate = cfg.name, peer = %addr, reason, suppressed, "connection refused");
     }
 }

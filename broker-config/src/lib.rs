@@ -29,6 +29,13 @@ use std::time::{Duration, Instant};
 pub const HUB_CONFIG: &str = include_str!("../rumqttd.toml");
 /// The edge agent's store LAN bus configuration (`rumqttd-lan.toml`).
 pub const LAN_CONFIG: &str = include_str!("../rumqttd-lan.toml");
+/// The production Mosquitto configuration (`mosquitto.conf`); its files
+/// live under [`MOSQUITTO_DIR`].
+pub const MOSQUITTO_CONF: &str = include_str!("../mosquitto.conf");
+/// Its ACL file (`mosquitto.acl`).
+pub const MOSQUITTO_ACL: &str = include_str!("../mosquitto.acl");
+/// Where [`MOSQUITTO_CONF`] expects its CA, certificate, key, CRL and ACL.
+pub const MOSQUITTO_DIR: &str = "/etc/mosquitto/storegate/";
 
 /// Why the embedded broker did not start.
 #[derive(Debug, thiserror::Error)]

@@ -129,6 +129,8 @@ pub struct Hub {
     pub broker_addr: String,
     /// Where the embedded broker's TLS listener (the gate) listens.
     pub tls_addr: Option<SocketAddr>,
+    /// What that gate admitted and refused.
+    pub gate: Option<std::sync::Arc<storegate_broker::gate::GateStats>>,
     /// Signs and checks WAN messages; the store credentials.
     pub trust: trust::Trust,
     /// The PKI directory (chain CA, the hub's keys).
@@ -214,6 +216,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Hu
     let pki_dir = pki::PkiDir(v.pki_dir.clone());
     let path_or = |p: &Option<std::path::PathBuf>, d: std::path::PathBuf| p.clone().unwrap_or(d);
     let mut tls_addr = None;
+    let mut gate = None;
     let (host, port, broker_addr, link_tls) = match &v.external_broker {
         Some(url) => {
             let tls = if url.tls {
@@ -257,7 +260,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Hu
                 let bound = listener
                     .local_addr()
                     .map_err(|source| StartError::TlsBind { addr: listen, source })?;
-                storegate_broker::gate::spawn(
+                gate = Some(storegate_broker::gate::spawn(
                     listener,
                     storegate_broker::gate::GateConfig {
                         name: "wan",
@@ -274,7 +277,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Hu
                     }),
                     &tasks,
                     shutdown.clone(),
-                );
+                ));
                 tracing::info!(addr = %bound, "embedded broker TLS listener (client certificates required)");
                 tls_addr = Some(bound);
             }
@@ -382,6 +385,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Hu
         api_addr,
         broker_addr,
         tls_addr,
+        gate,
         trust,
         pki_dir: v.pki_dir.clone(),
         db,

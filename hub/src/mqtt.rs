@@ -253,6 +253,7 @@ pub fn spawn(cfg: LinkConfig, db: Db, tracker: &TaskTracker, shutdown: Cancellat
     tracker.spawn(sweeper(db.clone(), link.clone(), shutdown.clone()));
 
     let max_payload = cfg.ingest.max_payload_bytes;
+    let trust = cfg.trust.clone();
     let rpc = cfg.rpc.clone().map(|commerce| {
         let (raw_tx, raw_rx) = mpsc::unbounded_channel();
         tracker.spawn(rpc_opener(
@@ -328,7 +329,16 @@ pub fn spawn(cfg: LinkConfig, db: Db, tracker: &TaskTracker, shutdown: Cancellat
                     if p.qos != QoS::AtMostOnce {
                         next_no += 1;
                     }
-                    dispatch(&shards, &misc_tx, &ack_tx, rpc.as_ref(), p, receipt, max_payload);
+                    dispatch(
+                        &trust,
+                        &shards,
+                        &misc_tx,
+                        &ack_tx,
+                        rpc.as_ref(),
+                        p,
+                        receipt,
+                        max_payload,
+                    );
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -353,7 +363,9 @@ pub fn spawn(cfg: LinkConfig, db: Db, tracker: &TaskTracker, shutdown: Cancellat
 
 /// Routes a message by topic and store. Nothing here reads the payload:
 /// its signature is checked by whoever handles it, before anything else.
+#[allow(clippy::too_many_arguments)]
 fn dispatch(
+    trust: &Trust,
     shards: &[mpsc::UnboundedSender<Job>],
     misc: &mpsc::UnboundedSender<Misc>,
     acks: &mpsc::UnboundedSender<AckMsg>,
@@ -372,12 +384,12 @@ fn dispatch(
         Ok(t) => t,
         Err(_) => {
             // Not a store's topic (a filter matched an invalid store id).
-            metrics::counter!("hub_wan_refused_total", "reason" => "unknown_topic").increment(1);
+            trust.count("unknown_topic");
             return done(receipt);
         }
     };
     if p.payload.len() > max_payload {
-        metrics::counter!("hub_wan_refused_total", "reason" => "oversized").increment(1);
+        trust.count("oversized");
         tracing::warn!(topic = %p.topic, bytes = p.payload.len(), max_payload, "payload over ingest.max_payload_bytes dropped");
         return done(receipt);
     }
@@ -774,8 +786,7 @@ async fn misc_worker(
             Misc::DownAck(store, seq, receipt) => {
                 match downlink::acked(&db, &store, seq).await {
                     Ok(downlink::AckOutcome::Beyond { highest }) => {
-                        metrics::counter!("hub_wan_refused_total", "reason" => "down_ack_beyond")
-                            .increment(1);
+                        trust.count("down_ack_beyond");
                         tracing::warn!(store = %store, acked = seq.0, highest = highest.0, "downlink ack above anything sent to the store ignored");
                     }
                     Ok(_) => {}
@@ -792,9 +803,15 @@ async fn misc_worker(
 
 /// Tells every store the hub knows to send its unacked uplinks again.
 async fn invite_resends(db: &Db, link: &Link) {
-    let stores: Vec<String> = match sqlx::query_scalar("SELECT store_id FROM store_sync ORDER BY store_id")
-        .fetch_all(&db.pool)
-        .await
+    // Every store that has synced, and every store with a valid credential
+    // (one that reconnected first may have sent its very first batch into
+    // the void).
+    let stores: Vec<String> = match sqlx::query_scalar(
+        "SELECT store_id FROM store_sync UNION \
+         SELECT store_id FROM store_credentials WHERE revoked_ms IS NULL ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
     {
         Ok(s) => s,
         Err(e) => return tracing::warn!(error = %e, "stores unreadable; they resend at their ack timeout"),

@@ -36,6 +36,9 @@ struct Inner {
     accept_unsigned: bool,
     /// Throttles refusal logs.
     log: BurstLog,
+    /// Refusals by reason, for this hub (`hub_wan_refused_total` counts
+    /// the same, process-wide).
+    refusals: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 impl Trust {
@@ -47,6 +50,7 @@ impl Trust {
                 registry,
                 accept_unsigned,
                 log: BurstLog::new(Duration::from_secs(10)),
+                refusals: std::sync::Mutex::default(),
             }),
         }
     }
@@ -77,12 +81,35 @@ impl Trust {
             r = seal::open(bytes, topic, topic_text, &i.registry, i.accept_unsigned);
         }
         if let Err(why) = &r {
-            metrics::counter!("hub_wan_refused_total", "reason" => why.name()).increment(1);
+            self.count(why.name());
             if let Some(suppressed) = i.log.note(why.name()) {
                 tracing::warn!(topic = topic_text, reason = %why, suppressed, "refused a WAN message: no effect");
             }
         }
         r
+    }
+
+    /// Counts a message refused for `reason` (metrics and this hub's own
+    /// count).
+    pub fn count(&self, reason: &'static str) {
+        metrics::counter!("hub_wan_refused_total", "reason" => reason).increment(1);
+        if let Ok(mut m) = self.inner.refusals.lock() {
+            *m.entry(reason).or_default() += 1;
+        }
+    }
+
+    /// Messages this hub refused for `reason` so far.
+    pub fn refused(&self, reason: &str) -> u64 {
+        self.inner
+            .refusals
+            .lock()
+            .map(|m| m.get(reason).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// Every refusal this hub counted so far.
+    pub fn refused_total(&self) -> u64 {
+        self.inner.refusals.lock().map(|m| m.values().sum()).unwrap_or(0)
     }
 }
 

@@ -108,6 +108,61 @@ impl Mosquitto {
         Ok(m)
     }
 
+    /// Starts Mosquitto with storegate's shipped production configuration
+    /// (`broker-config/mosquitto.conf`), unchanged but for where things
+    /// are: its files (`ca.pem`, `broker.pem`, `broker.key`, `crl.pem`,
+    /// `acl`) are read from `dir`, its persistence goes to `dir/data`, and
+    /// it listens on a free loopback port. Started as root, Mosquitto would
+    /// drop to the `mosquitto` user, who cannot read a test's private
+    /// directory; `user root` keeps it as it is (ignored when not root).
+    pub async fn start_shipped(dir: &Path) -> anyhow::Result<Mosquitto> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let files = format!("{}/", dir.display());
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data)?;
+        let text = storegate_broker::MOSQUITTO_CONF
+            .replace(storegate_broker::MOSQUITTO_DIR, &files)
+            .replace("/var/lib/mosquitto/storegate/", &format!("{}/", data.display()))
+            .replace("listener 8883", &format!("listener {port} 127.0.0.1"));
+        anyhow::ensure!(
+            text.contains(&format!("listener {port} 127.0.0.1")),
+            "the shipped mosquitto.conf has no `listener 8883` line to move"
+        );
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "{text}
+user root
+log_dest none
+"
+            ),
+        )
+        .with_context(|| format!("write {}", conf.display()))?;
+        let mut m = Mosquitto {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            conf,
+            child: None,
+        };
+        m.restart().await?;
+        Ok(m)
+    }
+
+    /// Asks it to reload its configuration (SIGHUP): a new CRL, a new ACL.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(tokio::process::Child::id)
+            .context("mosquitto is not running")?;
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "kill -HUP {pid} failed");
+        Ok(())
+    }
+
     /// Kills the broker (SIGKILL): every session and queued message is lost.
     pub async fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

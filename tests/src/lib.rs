@@ -14,8 +14,13 @@
 //! - [`EdgeProcess`]: the real `edge-agent` binary.
 //! - [`service_or_skip`]: CI fails on a missing service; elsewhere the test
 //!   skips, saying so.
+//! - [`StorePeer`]: a client acting as a store with a real credential.
+//! - [`probe`]: a raw MQTT client that reports what a broker did with an
+//!   attacker's attempt.
 
 #![allow(clippy::missing_panics_doc)]
+
+pub mod probe;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -260,7 +265,7 @@ pub async fn spawn_hub_with(
     };
     let mut settings = hub_settings(dir.path(), &database_url);
     tweak(&mut settings);
-    if !settings.broker.url.is_empty() {
+    if !settings.broker.url.is_empty() && settings.wan.pki_dir.is_none() {
         // Hubs on an external broker share a CA made beforehand (`hub ca init`).
         storegate_hub::pki::init(
             &storegate_hub::pki::PkiDir(dir.path().join("pki")),
@@ -564,7 +569,23 @@ impl StorePeer {
 
     /// The next message from the hub, checked against the hub's key
     /// (panics if none comes in 15 s or it fails the check).
+    ///
+    /// The hub's `ResendUnacked` invitations are skipped: a hub sends one to
+    /// every store it knows whenever it subscribes without a broker session
+    /// (at its start, racing a test's first exchange); [`StorePeer::next_any`]
+    /// returns them too.
     pub async fn next_message(&mut self) -> storegate_protocol::Message {
+        loop {
+            match self.next_any().await {
+                storegate_protocol::Message::ResendUnacked(_) => continue,
+                m => return m,
+            }
+        }
+    }
+
+    /// The next message from the hub, whatever it is (checked; panics if
+    /// none comes in 15 s).
+    pub async fn next_any(&mut self) -> storegate_protocol::Message {
         self.next(Duration::from_secs(15))
             .await
             .expect("a message from the hub")

@@ -6,3 +6,4 @@ pub mod hub;
 pub mod orders;
 pub mod pos;
 pub mod suite;
+pub mod wan;

@@ -124,6 +124,8 @@ enum Bench {
     Pos(storegate_sim::bench::pos::PosBenchArgs),
     /// Online orders through the REST API: the whole saga, concurrent clients.
     Orders(storegate_sim::bench::orders::OrdersBenchArgs),
+    /// WAN trust: drain of many edges and a reconnect storm through Mosquitto, with TLS and signatures vs both off.
+    Wan(storegate_sim::bench::wan::WanBenchArgs),
 }
 
 fn terminator(s: &str) -> anyhow::Result<Terminator> {
@@ -160,6 +162,7 @@ fn main() -> anyhow::Result<()> {
                 Bench::Hub(args) => storegate_sim::bench::hub::run(args).await,
                 Bench::Pos(args) => storegate_sim::bench::pos::run(args).await,
                 Bench::Orders(args) => storegate_sim::bench::orders::run(args).await,
+                Bench::Wan(args) => storegate_sim::bench::wan::run(args).await,
             },
             Command::Scale { grams } => {
                 let pty = open_pty()?;

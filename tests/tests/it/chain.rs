@@ -37,8 +37,8 @@ use storegate_sim::chain::{Api, TillHistory, check, till};
 use storegate_sim::lane::LaneClient;
 
 /// What one till sale takes from stock (`chain::till_sale`).
-const SOLD: [(&str, i64); 3] = [("SKU-00000", 1), ("SKU-00001", 2), ("SKU-00002", 3)];
-const RECEIVED: i64 = 1_000_000;
+pub(crate) const SOLD: [(&str, i64); 3] = [("SKU-00000", 1), ("SKU-00001", 2), ("SKU-00002", 3)];
+pub(crate) const RECEIVED: i64 = 1_000_000;
 const BARCODE: &str = "4006381333931";
 
 /// Hub environment for these runs: stock pushed often, sagas resumed soon.
@@ -63,7 +63,7 @@ async fn admin(hub: &HubProcess) -> Rest {
 }
 
 /// Locations, products with prices and barcodes, stock everywhere, a carrier.
-async fn seed(admin: &Rest, stores: &[&str]) {
+pub(crate) async fn seed(admin: &Rest, stores: &[&str]) {
     for s in stores {
         admin
             .put(
@@ -98,7 +98,7 @@ async fn seed(admin: &Rest, stores: &[&str]) {
 }
 
 /// The hub's on-hand level of `sku` at `location`.
-async fn hub_level(admin: &Rest, location: &str, sku: &str) -> i64 {
+pub(crate) async fn hub_level(admin: &Rest, location: &str, sku: &str) -> i64 {
     let page = admin
         .get(&format!("/api/v1/stock?location={location}&sku={sku}"))
         .await;
@@ -106,7 +106,7 @@ async fn hub_level(admin: &Rest, location: &str, sku: &str) -> i64 {
 }
 
 /// The edge's view of `sku`, if it answers.
-async fn edge_level(edge: SocketAddr, sku: &str) -> Option<i64> {
+pub(crate) async fn edge_level(edge: SocketAddr, sku: &str) -> Option<i64> {
     let r = http()
         .get(format!("http://{edge}/api/v1/stock/{sku}"))
         .send()
@@ -144,7 +144,7 @@ impl Store {
     }
 }
 
-async fn status(edge: SocketAddr) -> Option<Value> {
+pub(crate) async fn status(edge: SocketAddr) -> Option<Value> {
     http()
         .get(format!("http://{edge}/status"))
         .send()

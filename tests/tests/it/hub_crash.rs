@@ -15,12 +15,7 @@ use crate::hub_ingest::sales;
 /// `ResendUnacked` (it asks every known store for what it may have missed;
 /// harmless, and whether it reaches this peer depends on timing).
 async fn next_ack(peer: &mut StorePeer) -> Message {
-    loop {
-        match peer.next_message().await {
-            Message::ResendUnacked(_) => continue,
-            m => return m,
-        }
-    }
+    peer.next_message().await
 }
 
 async fn count(db: &sqlx::AnyPool, sql: &'static str) -> i64 {

@@ -12,3 +12,4 @@ mod hub_auth;
 mod hub_crash;
 mod hub_ingest;
 mod pos;
+mod wan_trust;
