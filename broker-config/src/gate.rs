@@ -5,8 +5,13 @@
 //! TLS handshake (or never sends CONNECT) holds up nobody else (rumqttd's
 //! own TLS listener handshakes inside its accept loop: one idle socket
 //! froze every client). The handshake and the CONNECT must both arrive
-//! within `handshake_timeout`, and at most `max_pending` connections may be
-//! in that state at once; past it, new sockets are closed at once.
+//! within `handshake_timeout`; at most `max_pending` connections may be in
+//! that state at once, and past it the *oldest* pending one is dropped to
+//! make room, so a flood of idle sockets cannot lock real clients out (a
+//! real handshake takes milliseconds; the flood's sockets are always the
+//! oldest). A CONNECT is at most [`MAX_CONNECT`] bytes, and packet bodies
+//! are read as they arrive, never allocated up front from a declared
+//! length.
 //!
 //! After the handshake the [`Policy`] decides, from the client certificate
 //! and the CONNECT packet, whether the peer may connect and what it may
@@ -29,7 +34,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -50,13 +54,19 @@ pub struct Peer<'a> {
     pub username: Option<&'a str>,
 }
 
+/// Largest CONNECT packet accepted.
+pub const MAX_CONNECT: usize = 16 * 1024;
+
 /// What an admitted peer may do.
 #[derive(Debug, Clone)]
 pub struct Grant {
     /// Who it is (logs).
     pub label: String,
-    /// Topics it may publish to (exact).
+    /// Topics it may publish to (exact), at QoS 1 or 2 only: QoS 0 would
+    /// bypass the broker's in-flight limit towards the subscriber.
     pub publish: Vec<String>,
+    /// Of those, the topics it may publish retained (or set as its will).
+    pub retain: Vec<String>,
     /// Filters it may subscribe to (exact).
     pub subscribe: Vec<String>,
     /// Cancelled when its identity stops being valid (revoked): the
@@ -137,7 +147,7 @@ pub fn spawn<P: Policy>(
     shutdown: CancellationToken,
 ) -> Arc<GateStats> {
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg.tls.clone());
-    let pending = Arc::new(Semaphore::new(cfg.max_pending.max(1)));
+    let pending = Arc::new(Pending::new(cfg.max_pending));
     let cfg = Arc::new(cfg);
     let log = Arc::new(Log {
         burst: BurstLog::new(Duration::from_secs(10)),
@@ -159,11 +169,10 @@ pub fn spawn<P: Policy>(
                     }
                 },
             };
-            let Ok(permit) = pending.clone().try_acquire_owned() else {
-                refused(&cfg, &log, "too_many_pending", addr);
-                drop(tcp);
-                continue;
-            };
+            let (slot, evict) = pending.enter();
+            if evict {
+                refused(&cfg, &log, "evicted_pending", addr);
+            }
             let _ = tcp.set_nodelay(true);
             let (acceptor, cfg, policy, log, shutdown) = (
                 acceptor.clone(),
@@ -172,15 +181,17 @@ pub fn spawn<P: Policy>(
                 log.clone(),
                 shutdown.clone(),
             );
+            let pending = pending.clone();
             conns.spawn(async move {
                 let admitted = tokio::select! {
                     () = shutdown.cancelled() => return,
+                    () = slot.evicted.cancelled() => return,
                     r = tokio::time::timeout(
                         cfg.handshake_timeout,
                         handshake(&acceptor, tcp, addr, &cfg, policy.as_ref()),
                     ) => r,
                 };
-                drop(permit);
+                pending.leave(slot.id);
                 let (client, connect, grant) = match admitted {
                     Ok(Ok(x)) => x,
                     Ok(Err(reason)) => return refused(&cfg, &log, reason, addr),
@@ -197,6 +208,62 @@ pub fn spawn<P: Policy>(
         }
     });
     stats
+}
+
+/// Connections between accept and CONNECT, oldest first.
+struct Pending {
+    /// Most at once.
+    max: usize,
+    /// Accept order -> cancelled to evict.
+    slots: std::sync::Mutex<(u64, std::collections::BTreeMap<u64, CancellationToken>)>,
+}
+
+/// A connection's place among the pending.
+struct Slot {
+    id: u64,
+    evicted: CancellationToken,
+}
+
+impl Pending {
+    fn new(max: usize) -> Pending {
+        Pending {
+            max: max.max(1),
+            slots: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Takes a slot for a new connection; if all were taken, evicts the
+    /// oldest (returns true).
+    fn enter(&self) -> (Slot, bool) {
+        let mut g = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (next, slots) = &mut *g;
+        let mut evicted = false;
+        if slots.len() >= self.max
+            && let Some((_, oldest)) = slots.pop_first()
+        {
+            oldest.cancel();
+            evicted = true;
+        }
+        *next += 1;
+        let slot = Slot {
+            id: *next,
+            evicted: CancellationToken::new(),
+        };
+        slots.insert(slot.id, slot.evicted.clone());
+        (slot, evicted)
+    }
+
+    /// The connection is past CONNECT (or gone).
+    fn leave(&self, id: u64) {
+        let mut g = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        g.1.remove(&id);
+    }
 }
 
 /// The refusal log and counters.
@@ -225,7 +292,7 @@ async fn handshake<P: Policy>(
     policy: &P,
 ) -> Result<(Tls, Vec<u8>, Grant), &'static str> {
     let mut tls = acceptor.accept(tcp).await.map_err(|_| "tls_handshake")?;
-    let packet = read_packet(&mut tls, cfg.max_packet)
+    let packet = read_packet(&mut tls, MAX_CONNECT.min(cfg.max_packet))
         .await
         .map_err(|e| e.reason())?;
     let connect = parse_connect(&packet).ok_or("bad_connect")?;
@@ -245,7 +312,7 @@ async fn handshake<P: Policy>(
     match policy.admit(&peer).await {
         Ok(grant) => {
             if let Some(t) = &connect.will_topic
-                && !grant.publish.iter().any(|p| p == t)
+                && !grant.retain.iter().any(|p| p == t)
             {
                 let _ = tls.write_all(&[0x20, 0x02, 0x00, 0x05]).await;
                 return Err("will_not_allowed");
@@ -322,10 +389,14 @@ fn check(packet: &[u8], grant: &Grant) -> Result<(), &'static str> {
         // PUBLISH
         3 => {
             let topic = read_str(body, 0).ok_or("malformed")?.0;
-            if grant.publish.iter().any(|t| t == topic) {
-                Ok(())
-            } else {
+            if !grant.publish.iter().any(|t| t == topic) {
                 Err("publish_not_allowed")
+            } else if (packet[0] >> 1) & 3 == 0 {
+                Err("qos0_not_allowed")
+            } else if packet[0] & 1 == 1 && !grant.retain.iter().any(|t| t == topic) {
+                Err("retain_not_allowed")
+            } else {
+                Ok(())
             }
         }
         // SUBSCRIBE
@@ -463,11 +534,17 @@ async fn read_packet<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Vec<
             if len > max {
                 return Err(PacketError::TooLarge);
             }
+            // As the bytes arrive: a declared length costs nothing until
+            // the peer actually sends that much.
             let start = out.len();
-            out.resize(start + len, 0);
-            r.read_exact(&mut out[start..])
+            let got = (&mut *r)
+                .take(len as u64)
+                .read_to_end(&mut out)
                 .await
                 .map_err(|_| PacketError::Io)?;
+            if got != len || out.len() != start + len {
+                return Err(PacketError::Io);
+            }
             return Ok(out);
         }
     }
@@ -509,7 +586,8 @@ mod tests {
     fn grant() -> Grant {
         Grant {
             label: "t".into(),
-            publish: vec!["a/up".into()],
+            publish: vec!["a/up".into(), "a/status".into()],
+            retain: vec!["a/status".into()],
             subscribe: vec!["a/ack".into()],
             revoked: CancellationToken::new(),
         }
@@ -537,15 +615,22 @@ mod tests {
     #[test]
     fn publishes_and_subscriptions_outside_the_grant_are_refused() {
         let g = grant();
-        let publish = |t: &str| {
+        let publish_with = |first: u8, t: &str| {
             let mut body = (t.len() as u16).to_be_bytes().to_vec();
             body.extend_from_slice(t.as_bytes());
+            if (first >> 1) & 3 > 0 {
+                body.extend_from_slice(&[0, 1]);
+            }
             body.extend_from_slice(b"payload");
-            let mut p = vec![0x30, body.len() as u8];
+            let mut p = vec![first, body.len() as u8];
             p.extend(body);
             p
         };
+        let publish = |t: &str| publish_with(0x32, t);
         assert_eq!(check(&publish("a/up"), &g), Ok(()));
+        assert_eq!(check(&publish_with(0x30, "a/up"), &g), Err("qos0_not_allowed"));
+        assert_eq!(check(&publish_with(0x33, "a/up"), &g), Err("retain_not_allowed"));
+        assert_eq!(check(&publish_with(0x33, "a/status"), &g), Ok(()));
         assert_eq!(check(&publish("b/up"), &g), Err("publish_not_allowed"));
         assert_eq!(check(&publish("a/up/x"), &g), Err("publish_not_allowed"));
         let subscribe = |filters: &[&str]| {
@@ -568,7 +653,33 @@ mod tests {
         assert_eq!(check(&[0x82, 2, 0, 1], &g), Err("malformed"));
         assert_eq!(check(&connect("x", None, None), &g), Err("second_connect"));
         assert_eq!(check(&[0xC0, 0], &g), Ok(()), "PINGREQ passes");
-        assert_eq!(check(&[0x30, 1, 0], &g), Err("malformed"));
+        assert_eq!(check(&[0x32, 1, 0], &g), Err("malformed"));
+    }
+
+    #[test]
+    fn a_full_house_of_pending_connections_evicts_the_oldest() {
+        let p = Pending::new(2);
+        let (a, evicted) = p.enter();
+        assert!(!evicted);
+        let (b, _) = p.enter();
+        let (c, evicted) = p.enter();
+        assert!(evicted, "the third evicts one");
+        assert!(a.evicted.is_cancelled(), "the oldest");
+        assert!(!b.evicted.is_cancelled() && !c.evicted.is_cancelled());
+        p.leave(b.id);
+        let (_, evicted) = p.enter();
+        assert!(!evicted, "a slot was free again");
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_is_not_allocated_before_it_arrives() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        // 2 MiB declared, 3 bytes sent, then the peer goes away.
+        a.write_all(&[0x30, 0x80, 0x80, 0x80, 0x01, 1, 2, 3])
+            .await
+            .unwrap();
+        drop(a);
+        assert!(matches!(read_packet(&mut b, 4 << 20).await, Err(PacketError::Io)));
     }
 
     #[tokio::test]

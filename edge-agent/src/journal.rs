@@ -1371,7 +1371,7 @@ async fn downlink(
             out.duplicates += 1;
             continue;
         }
-        if item.seq.0 != st.down_applied + 1 {
+        if st.down_applied.checked_add(1) != Some(item.seq.0) {
             out.gap = true;
             break;
         }

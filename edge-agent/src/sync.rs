@@ -164,17 +164,16 @@ impl SyncCore {
         if !self.could_ack(implied) {
             return None;
         }
-        if implied < self.acked {
-            tracing::error!(
-                from = from.0,
-                acked = self.acked.0,
-                "hub asks for events it already acked and this store deleted; resending what is left"
-            );
-            metrics::counter!("edge_sync_unrecoverable_resend_total").increment(1);
-        }
         let ack = self.on_app_ack(implied);
         self.rewind();
         ack
+    }
+
+    /// Whether a resend request from `from` asks for what was already
+    /// acked (and deleted): a hub restored from an old backup, or an old
+    /// request replayed.
+    pub fn is_stale_resend(&self, from: Seq) -> bool {
+        from.0.saturating_sub(1) < self.acked.0
     }
 
     /// Called periodically: if the oldest batch waited longer than
@@ -478,6 +477,8 @@ struct Loop {
     pending_delete: Option<Seq>,
     /// Throttles refusal logs.
     refusals: BurstLog,
+    /// When a stale resend request last made the engine rewind.
+    last_stale_resend: Option<Instant>,
 }
 
 struct Topics {
@@ -552,6 +553,7 @@ async fn run(
         restart_tx,
         pending_delete: None,
         refusals: BurstLog::new(Duration::from_secs(10)),
+        last_stale_resend: None,
         cfg,
         journal,
         client,
@@ -580,6 +582,15 @@ async fn run(
                     if me.status.connected.swap(false, Ordering::AcqRel) {
                         tracing::warn!(error = %e, "upstream connection lost");
                         metrics::gauge!("edge_upstream_connected").set(0.0);
+                    } else if matches!(
+                        e,
+                        rumqttc::ConnectionError::ConnectionRefused(_) | rumqttc::ConnectionError::Tls(_)
+                    ) {
+                        // The broker refuses this store (revoked, expired,
+                        // wrong CA or client id): say so, once per burst.
+                        if let Some(suppressed) = me.refusals.note("connect_refused") {
+                            tracing::warn!(error = %e, suppressed, "the upstream broker refuses this store's connection");
+                        }
                     } else {
                         tracing::debug!(error = %e, "upstream connect failed");
                     }
@@ -722,8 +733,33 @@ impl Loop {
                 Message::ResendRequest(r) if !self.core.could_ack(Seq(r.from.0.saturating_sub(1))) => {
                     self.ack_beyond(Seq(r.from.0.saturating_sub(1)));
                 }
+                Message::ResendRequest(r) if self.core.is_stale_resend(r.from) => {
+                    // What is asked for is gone (acked, deleted); what is
+                    // left goes again, but at most once per ack timeout, so
+                    // a replayed old request cannot make the store resend
+                    // its window over and over.
+                    metrics::counter!("edge_sync_unrecoverable_resend_total").increment(1);
+                    let now = Instant::now();
+                    if self
+                        .last_stale_resend
+                        .is_some_and(|t| now.duration_since(t) < self.cfg.sync.ack_timeout())
+                    {
+                        return;
+                    }
+                    self.last_stale_resend = Some(now);
+                    if let Some(suppressed) = self.refusals.note("stale_resend") {
+                        tracing::error!(
+                            from = r.from.0,
+                            acked = self.core.acked().0,
+                            suppressed,
+                            "hub asks for events it already acked and this store deleted; resending what is left"
+                        );
+                    }
+                    self.core.on_resend_unacked();
+                    self.restart_reader();
+                }
                 Message::ResendRequest(r) => {
-                    tracing::info!(from = r.from.0, "hub asks for a resend");
+                    tracing::debug!(from = r.from.0, "hub asks for a resend");
                     metrics::counter!("edge_sync_resend_requests_total").increment(1);
                     if let Some(n) = self.core.on_resend(r.from) {
                         self.commit_ack(n);
@@ -731,10 +767,13 @@ impl Loop {
                     self.restart_reader();
                 }
                 Message::ResendUnacked(_) => {
-                    tracing::info!(
-                        acked = self.core.acked().0,
-                        "hub lost its session; resending everything unacked"
-                    );
+                    if let Some(suppressed) = self.refusals.note("resend_unacked") {
+                        tracing::info!(
+                            acked = self.core.acked().0,
+                            suppressed,
+                            "hub lost its session; resending everything unacked"
+                        );
+                    }
                     metrics::counter!("edge_sync_resend_unacked_total").increment(1);
                     self.core.on_resend_unacked();
                     self.restart_reader();
@@ -940,6 +979,8 @@ mod tests {
         assert_eq!(c.on_resend(Seq(8)), Some(Seq(7)));
         assert_eq!(c.next_from(), Some(Seq(8)));
         assert_eq!(c.inflight(), 0);
+        assert!(c.is_stale_resend(Seq(5)), "asks for what was acked");
+        assert!(!c.is_stale_resend(Seq(8)));
     }
 
     #[test]

@@ -42,6 +42,16 @@ pub enum TrustError {
         /// Why.
         source: std::io::Error,
     },
+    /// Others may read (or write) the file.
+    #[error(
+        "store bundle {path} is open to other users (mode {mode:o}); it holds this store's private keys: chmod 600 it"
+    )]
+    Exposed {
+        /// The file.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// The file is not a bundle.
     #[error("store bundle {path}: {message}")]
     Parse {
@@ -82,7 +92,10 @@ impl EdgeTrust {
             if let Ok(m) = std::fs::metadata(path)
                 && m.permissions().mode() & 0o077 != 0
             {
-                tracing::warn!(bundle = %shown, "the store bundle is readable by other users; it holds this store's private keys (chmod 600 it)");
+                return Err(TrustError::Exposed {
+                    path: shown,
+                    mode: m.permissions().mode() & 0o777,
+                });
             }
         }
         let bundle: StoreBundle = toml::from_str(&text).map_err(|e| TrustError::Parse {

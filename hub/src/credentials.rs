@@ -11,10 +11,14 @@
 //! every message and connection. It is refreshed every `wan.refresh_secs`
 //! (so a revocation takes effect everywhere within that time, without a
 //! restart). A key or certificate it does not know (a store provisioned a
-//! moment ago) is looked up in the database by itself, at most
-//! [`MISS_LOOKUPS_PER_SEC`] times a second in all and once per
-//! [`MISS_TTL`] for the same unknown value, so a flood of forged key ids
-//! costs the database little and never stalls a worker for long. A
+//! moment ago) is looked up in the database by itself (a point query by
+//! primary key), at most [`MISS_LOOKUPS_PER_SEC`] times a second in all
+//! and once per [`MISS_TTL`] for the same value (whoever asks meanwhile
+//! waits for that one query), so a flood of forged key ids costs the
+//! database little and holds a worker up for one query at most. Past the
+//! budget an unknown key is refused at once; a store's genuine batch
+//! refused that way comes back with its next batch's gap or its ack
+//! timeout. A
 //! refresh that finds a credential newly revoked or expired cancels its
 //! connection token, which closes its connections at the embedded
 //! broker's gate.
@@ -32,7 +36,7 @@ use crate::db::{Db, now_ms};
 use crate::pki::CredentialFacts;
 
 /// Most database lookups of unknown keys or certificates per second.
-pub const MISS_LOOKUPS_PER_SEC: u32 = 50;
+pub const MISS_LOOKUPS_PER_SEC: u32 = 200;
 /// How long an unknown key or certificate is remembered as unknown.
 pub const MISS_TTL: Duration = Duration::from_secs(2);
 /// Most unknown values remembered.
@@ -257,31 +261,33 @@ pub struct Registry {
     db: Db,
     /// The view.
     inner: Arc<RwLock<Snapshot>>,
-    /// Lookups of unknown values: recent misses and the rate budget. One
-    /// at a time, so two messages signed by the same new key both see it.
-    misses: Arc<tokio::sync::Mutex<Misses>>,
+    /// Lookups of unknown values: recent ones (shared: two messages
+    /// signed by the same new key wait for one query) and the budget.
+    misses: Arc<std::sync::Mutex<Misses>>,
 }
 
-/// Recent misses and the lookup budget.
+/// One lookup of an unknown value, shared by whoever asks meanwhile.
+type Lookup = Arc<tokio::sync::OnceCell<bool>>;
+
+/// Recent lookups and the budget.
 #[derive(Debug, Default)]
 struct Misses {
-    /// Unknown value -> when it was looked up.
-    recent: HashMap<String, Instant>,
+    /// Value -> when its lookup started, and its outcome.
+    recent: HashMap<String, (Instant, Lookup)>,
     /// Start of the current one-second window.
     window: Option<Instant>,
-    /// Lookups in it.
+    /// Lookups started in it.
     used: u32,
 }
 
 impl Misses {
-    /// Whether `key` may be looked up now (and note that it is).
-    fn may_look_up(&mut self, key: &str, now: Instant) -> bool {
-        if self
-            .recent
-            .get(key)
-            .is_some_and(|t| now.duration_since(*t) < MISS_TTL)
+    /// The lookup to wait for: the one under way (or just done) for `key`,
+    /// a new one if the budget allows, or none.
+    fn lookup_for(&mut self, key: &str, now: Instant) -> Option<Lookup> {
+        if let Some((t, cell)) = self.recent.get(key)
+            && now.duration_since(*t) < MISS_TTL
         {
-            return false;
+            return Some(cell.clone());
         }
         if self
             .window
@@ -291,17 +297,18 @@ impl Misses {
             self.used = 0;
         }
         if self.used >= MISS_LOOKUPS_PER_SEC {
-            return false;
+            return None;
         }
         self.used += 1;
         if self.recent.len() >= MISS_CACHE {
-            self.recent.retain(|_, t| now.duration_since(*t) < MISS_TTL);
+            self.recent.retain(|_, (t, _)| now.duration_since(*t) < MISS_TTL);
             if self.recent.len() >= MISS_CACHE {
                 self.recent.clear();
             }
         }
-        self.recent.insert(key.to_owned(), now);
-        true
+        let cell = Lookup::default();
+        self.recent.insert(key.to_owned(), (now, cell.clone()));
+        Some(cell)
     }
 }
 
@@ -346,6 +353,19 @@ impl Registry {
                 },
             );
         }
+        // A credential deleted from the table is as good as revoked.
+        let gone: Vec<KeyId> = inner
+            .tokens
+            .keys()
+            .filter(|k| !by_kid.contains_key(*k))
+            .copied()
+            .collect();
+        for k in gone {
+            if let Some(t) = inner.tokens.remove(&k) {
+                t.cancel();
+                cut += 1;
+            }
+        }
         inner.by_kid = by_kid;
         inner.by_cert = by_cert;
         Ok(cut)
@@ -355,26 +375,34 @@ impl Registry {
     /// see the module docs); adds what it finds to the view. Returns
     /// whether the view knows the key now.
     pub async fn look_up_key(&self, kid: &KeyId) -> bool {
-        let mut misses = self.misses.lock().await;
         if self.lookup(kid) != KeyStatus::Unknown {
             return true;
         }
-        self.look_up(&mut misses, "kid", &kid.to_string()).await
+        self.look_up("kid", &kid.to_string()).await
     }
 
     /// Like [`Registry::look_up_key`], for a certificate fingerprint.
     pub async fn look_up_certificate(&self, sha256: &str) -> bool {
-        let mut misses = self.misses.lock().await;
         if self.knows_certificate(sha256) {
             return true;
         }
-        self.look_up(&mut misses, "cert_sha256", sha256).await
+        self.look_up("cert_sha256", sha256).await
     }
 
-    async fn look_up(&self, misses: &mut Misses, column: &'static str, value: &str) -> bool {
-        if !misses.may_look_up(value, Instant::now()) {
+    async fn look_up(&self, column: &'static str, value: &str) -> bool {
+        let cell = self
+            .misses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .lookup_for(value, Instant::now());
+        let Some(cell) = cell else {
             return false;
-        }
+        };
+        *cell.get_or_init(|| self.query(column, value)).await
+    }
+
+    /// One point query; adds what it finds to the view.
+    async fn query(&self, column: &'static str, value: &str) -> bool {
         let sql = format!("SELECT {COLUMNS} FROM store_credentials WHERE {column} = $1");
         let row = match sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(value)
@@ -470,17 +498,23 @@ mod tests {
     fn misses_are_looked_up_once_per_ttl_and_within_the_budget() {
         let mut m = Misses::default();
         let t0 = Instant::now();
-        assert!(m.may_look_up("a", t0));
-        assert!(!m.may_look_up("a", t0 + Duration::from_millis(100)), "remembered");
-        assert!(m.may_look_up("a", t0 + MISS_TTL + Duration::from_millis(1)));
+        let first = m.lookup_for("a", t0).unwrap();
+        let again = m.lookup_for("a", t0 + Duration::from_millis(100)).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "one query for a value, shared");
+        let later = m
+            .lookup_for("a", t0 + MISS_TTL + Duration::from_millis(1))
+            .unwrap();
+        assert!(!Arc::ptr_eq(&first, &later), "looked up again after the TTL");
         let t1 = t0 + Duration::from_secs(10);
-        let allowed = (0..1000).filter(|i| m.may_look_up(&format!("k{i}"), t1)).count();
+        let allowed = (0..1000)
+            .filter(|i| m.lookup_for(&format!("k{i}"), t1).is_some())
+            .count();
         assert_eq!(
             allowed, MISS_LOOKUPS_PER_SEC as usize,
             "a flood gets the budget only"
         );
         assert!(
-            m.may_look_up("fresh", t1 + Duration::from_secs(1)),
+            m.lookup_for("fresh", t1 + Duration::from_secs(1)).is_some(),
             "the next second has budget again"
         );
     }

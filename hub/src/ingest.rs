@@ -88,8 +88,11 @@ pub fn validate(b: &UpBatch) -> Result<(), String> {
     if b.first.0 == 0 {
         return Err("seq 0 is not a sequence number".into());
     }
+    if b.last > Seq::MAX {
+        return Err(format!("seq {} is beyond the largest seq {}", b.last, Seq::MAX));
+    }
     for pair in b.events.windows(2) {
-        if pair[1].seq.0 != pair[0].seq.0 + 1 {
+        if pair[0].seq.0.checked_add(1) != Some(pair[1].seq.0) {
             return Err(format!("seq jumps from {} to {}", pair[0].seq, pair[1].seq));
         }
     }
@@ -922,5 +925,20 @@ mod tests {
         let mut b = samples::sale_batch(1, 1);
         b.events.clear();
         assert!(validate(&b).is_err());
+    }
+
+    #[test]
+    fn seqs_at_the_top_of_the_range_are_refused_without_overflow() {
+        let mut b = samples::sale_batch(2, 1);
+        b.events[0].seq = Seq(u64::MAX - 1);
+        b.events[1].seq = Seq(u64::MAX);
+        b.first = Seq(u64::MAX - 1);
+        b.last = Seq(u64::MAX);
+        assert!(validate(&b).unwrap_err().contains("beyond"));
+        b.events[0].seq = Seq(u64::MAX);
+        b.first = Seq(u64::MAX);
+        b.events[1].seq = Seq(0);
+        b.last = Seq(0);
+        assert!(validate(&b).is_err(), "a wrap from the top is no successor");
     }
 }

@@ -285,7 +285,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Hu
         }
     };
 
-    let (rpc_tx, rpc_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (rpc_tx, rpc_rx) = tokio::sync::mpsc::channel(mqtt::RPC_QUEUE);
     let link = mqtt::spawn(
         mqtt::LinkConfig {
             host,
@@ -297,6 +297,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Hu
                 .clone()
                 .map(|u| (u, settings.broker.password.clone().unwrap_or_default())),
             tls: link_tls,
+            share_group: identity.share_group(),
             trust: trust.clone(),
             ingest: settings.ingest.clone(),
             clean_session: settings
@@ -431,7 +432,19 @@ fn load_identity(settings: &Settings, v: &settings::Validated) -> Result<pki::Hu
         path: ca_path.clone(),
         source,
     })?;
-    tracing::info!(hub_key = %signing.kid(), "hub signing key loaded");
+    tracing::info!(
+        hub_key = %signing.kid(),
+        share_group = %pki::share_group(&signing),
+        "hub signing key loaded"
+    );
+    let production =
+        v.external_broker.is_some() || v.broker_tls_listen.is_some_and(|a| !a.ip().is_loopback());
+    if production && dir.ca_key().exists() {
+        tracing::warn!(
+            ca_key = %dir.ca_key().display(),
+            "the chain CA's private key is on this host: whoever reads it can issue any store's or hub's certificate; keep it on the provisioning machine only"
+        );
+    }
     Ok(pki::HubIdentity {
         signing: std::sync::Arc::new(signing),
         ca_pem,

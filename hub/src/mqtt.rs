@@ -65,6 +65,9 @@ pub struct LinkConfig {
     pub credentials: Option<(String, String)>,
     /// TLS towards an external `mqtts://` broker.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The hub replicas' shared-subscription group (a secret of theirs;
+    /// see `protocol::topic`).
+    pub share_group: String,
     /// Signs what the hub sends, checks what arrives.
     pub trust: Trust,
     /// Ingestion settings.
@@ -77,7 +80,7 @@ pub struct LinkConfig {
     pub abort_after_commit: bool,
     /// Where RPC requests from edges go (answered by the commerce side);
     /// `None`: the hub does not subscribe to them.
-    pub rpc: Option<mpsc::UnboundedSender<RpcJob>>,
+    pub rpc: Option<mpsc::Sender<RpcJob>>,
 }
 
 /// A checked RPC request from a store, with when it arrived (deadlines are
@@ -93,6 +96,15 @@ pub struct RpcJob {
 }
 
 /// An RPC request as it arrived, before its check.
+/// Most RPC requests waiting for their check, and checked ones waiting
+/// for the commerce side.
+pub const RPC_QUEUE: usize = 1024;
+/// How late past its own deadline (by the edge's clock) an RPC request
+/// may arrive and still be answered.
+const STALE_RPC_SLACK_MS: i64 = 5 * 60 * 1000;
+/// Largest presence or RPC request accepted (they are well under 1 KiB).
+const SMALL_PAYLOAD: usize = 16 * 1024;
+
 struct RawRpc {
     topic: WanTopic,
     text: String,
@@ -254,8 +266,9 @@ pub fn spawn(cfg: LinkConfig, db: Db, tracker: &TaskTracker, shutdown: Cancellat
 
     let max_payload = cfg.ingest.max_payload_bytes;
     let trust = cfg.trust.clone();
+    let share_group = cfg.share_group.clone();
     let rpc = cfg.rpc.clone().map(|commerce| {
-        let (raw_tx, raw_rx) = mpsc::unbounded_channel();
+        let (raw_tx, raw_rx) = mpsc::channel(RPC_QUEUE);
         tracker.spawn(rpc_opener(
             db.clone(),
             cfg.trust.clone(),
@@ -288,12 +301,12 @@ pub fn spawn(cfg: LinkConfig, db: Db, tracker: &TaskTracker, shutdown: Cancellat
                     awaiting_subacks = 0;
                     session_lost = !ack.session_present;
                     let mut filters = vec![
-                        (WanTopic::shared_filter(WanKind::Up), "uplink"),
+                        (WanTopic::shared_filter(&share_group, WanKind::Up), "uplink"),
                         (WanTopic::filter_all(WanKind::Status), "presence"),
                     ];
                     if rpc.is_some() {
                         filters.push((
-                            WanTopic::shared_filter(WanKind::Rpc(RpcSide::Edge, RpcLeg::Req)),
+                            WanTopic::shared_filter(&share_group, WanKind::Rpc(RpcSide::Edge, RpcLeg::Req)),
                             "rpc",
                         ));
                     }
@@ -369,7 +382,7 @@ fn dispatch(
     shards: &[mpsc::UnboundedSender<Job>],
     misc: &mpsc::UnboundedSender<Misc>,
     acks: &mpsc::UnboundedSender<AckMsg>,
-    rpc: Option<&mpsc::UnboundedSender<RawRpc>>,
+    rpc: Option<&mpsc::Sender<RawRpc>>,
     p: Publish,
     receipt: Receipt,
     max_payload: usize,
@@ -388,10 +401,20 @@ fn dispatch(
             return done(receipt);
         }
     };
-    if p.payload.len() > max_payload {
+    // Only uplink carries batches; presence and RPC requests are small.
+    let limit = match wan.kind() {
+        WanKind::Up => max_payload,
+        _ => SMALL_PAYLOAD,
+    };
+    if p.payload.len() > limit {
         trust.count("oversized");
-        tracing::warn!(topic = %p.topic, bytes = p.payload.len(), max_payload, "payload over ingest.max_payload_bytes dropped");
         return done(receipt);
+    }
+    if !needs_ack {
+        // QoS 0 would bypass the broker's in-flight limit, the only bound
+        // on the queues below; stores publish at QoS 1.
+        trust.count("qos0");
+        return;
     }
     let store = wan.store().clone();
     let job = Job {
@@ -411,12 +434,18 @@ fn dispatch(
         }
         WanKind::Rpc(RpcSide::Edge, RpcLeg::Req) if rpc.is_some() => {
             if let Some(rpc) = rpc {
-                let _ = rpc.send(RawRpc {
+                let raw = RawRpc {
                     topic: job.wan,
                     text: job.topic,
                     payload: job.payload,
                     received: std::time::Instant::now(),
-                });
+                };
+                if rpc.try_send(raw).is_err() {
+                    // Acked at once (not durable), so the broker does not
+                    // bound these: a full queue drops, counted; the lane
+                    // times out and falls back.
+                    trust.count("rpc_queue_full");
+                }
             }
             // An RPC is not durable: the lane times out and falls back.
             done(job.receipt);
@@ -433,8 +462,8 @@ fn dispatch(
 async fn rpc_opener(
     db: Db,
     trust: Trust,
-    mut rx: mpsc::UnboundedReceiver<RawRpc>,
-    commerce: mpsc::UnboundedSender<RpcJob>,
+    mut rx: mpsc::Receiver<RawRpc>,
+    commerce: mpsc::Sender<RpcJob>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -447,11 +476,25 @@ async fn rpc_opener(
         };
         match envelope::decode_body(body) {
             Ok(Message::RpcRequest(request)) => {
-                let _ = commerce.send(RpcJob {
+                // Held back by a broker long past its own deadline (the
+                // edge's clock, with five minutes of slack): the lane gave
+                // up on it; acting on it now would surprise everyone.
+                let deadline = request
+                    .sent_at_ms
+                    .saturating_add(i64::from(request.timeout_ms))
+                    .saturating_add(STALE_RPC_SLACK_MS);
+                if deadline < crate::db::now_ms() {
+                    trust.count("rpc_stale");
+                    continue;
+                }
+                let job = RpcJob {
                     store: raw.topic.store().clone(),
                     request,
                     received: raw.received,
-                });
+                };
+                if commerce.try_send(job).is_err() {
+                    trust.count("rpc_queue_full");
+                }
             }
             Ok(other) => {
                 let why = format!("{} on an RPC request topic", other.name());
@@ -787,7 +830,7 @@ async fn misc_worker(
                 match downlink::acked(&db, &store, seq).await {
                     Ok(downlink::AckOutcome::Beyond { highest }) => {
                         trust.count("down_ack_beyond");
-                        tracing::warn!(store = %store, acked = seq.0, highest = highest.0, "downlink ack above anything sent to the store ignored");
+                        tracing::debug!(store = %store, acked = seq.0, highest = highest.0, "downlink ack above anything sent to the store ignored");
                     }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, store = %store, "down ack not stored"),

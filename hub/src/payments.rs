@@ -897,7 +897,7 @@ impl Payments {
 pub async fn rpc_loop(
     payments: Payments,
     link: crate::mqtt::Link,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::mqtt::RpcJob>,
+    mut rx: tokio::sync::mpsc::Receiver<crate::mqtt::RpcJob>,
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(256));

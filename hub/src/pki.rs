@@ -83,6 +83,10 @@ impl PkiDir {
     pub fn hub_signing_key(&self) -> PathBuf {
         self.0.join("hub-signing.key")
     }
+    /// `hub-signing.pub`: its public key (base64), all provisioning needs.
+    pub fn hub_public_key(&self) -> PathBuf {
+        self.0.join("hub-signing.pub")
+    }
     /// `hub-server.pem`.
     pub fn server_cert(&self) -> PathBuf {
         self.0.join("hub-server.pem")
@@ -342,6 +346,8 @@ pub struct InitReport {
     pub dir: PathBuf,
     /// The hub's signing key id.
     pub hub_key: String,
+    /// The hub replicas' shared-subscription group.
+    pub share_group: String,
 }
 
 /// Creates a PKI in `dir`: the chain CA, the hub's signing key, the
@@ -356,12 +362,17 @@ pub fn init(
     if dir.exists() {
         return Err(PkiError::Exists(dir.0.clone()));
     }
+    check_hub_name(hub_name)?;
     let ca = Ca::generate(chain)?;
     let (signing, der) = SigningKey::generate().map_err(|e| PkiError::Invalid(e.to_string()))?;
     let server = ca.issue("storegate hub", server_names, Usage::Server, 825)?;
     let client = ca.issue(hub_name, &[], Usage::Client, 825)?;
     ca.write(dir)?;
     write_secret(&dir.hub_signing_key(), &pkcs8_to_pem(&der))?;
+    write_public(
+        &dir.hub_public_key(),
+        &format!("{}\n", signing.public().to_base64()),
+    )?;
     write_public(&dir.server_cert(), &server.cert_pem)?;
     write_secret(&dir.server_key(), &server.key_pem)?;
     write_public(&dir.client_cert(), &client.cert_pem)?;
@@ -369,7 +380,42 @@ pub fn init(
     Ok(InitReport {
         dir: dir.0.clone(),
         hub_key: signing.kid().to_string(),
+        share_group: share_group(&signing),
     })
+}
+
+/// The hub's public signing key: from `hub-signing.pub` if there (a
+/// provisioning machine needs nothing secret of the hub's), else from the
+/// private key file.
+pub fn load_hub_public_key(dir: &PkiDir, signing_key: Option<&Path>) -> Result<PublicKey, PkiError> {
+    let pub_path = dir.hub_public_key();
+    if signing_key.is_none() && pub_path.exists() {
+        let text = read(&pub_path)?;
+        return PublicKey::from_base64(&text).map_err(|e| PkiError::Key {
+            path: pub_path,
+            message: e.to_string(),
+        });
+    }
+    let key_path = signing_key.map_or_else(|| dir.hub_signing_key(), Path::to_path_buf);
+    Ok(load_signing_key(&key_path)?.public())
+}
+
+/// Checks a hub identity's name (its client certificate's common name):
+/// it must start with "hub", which no store id may (see
+/// [`check_store_id`]), so an ACL entry for it can never match a store.
+pub fn check_hub_name(name: &str) -> Result<(), PkiError> {
+    let ok = name.to_ascii_lowercase().starts_with("hub")
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name.len() <= 64;
+    if ok {
+        Ok(())
+    } else {
+        Err(PkiError::Invalid(format!(
+            "hub name {name:?} must start with \"hub\" (as hub-1, hub-2), in A-Z a-z 0-9 - _ ."
+        )))
+    }
 }
 
 /// Loads the hub's message signing key.
@@ -460,6 +506,19 @@ pub struct HubIdentity {
     pub ca_pem: String,
 }
 
+impl HubIdentity {
+    /// The hub replicas' shared-subscription group: derived from the hub
+    /// key, so every replica computes the same name and no store can.
+    pub fn share_group(&self) -> String {
+        share_group(&self.signing)
+    }
+}
+
+/// The shared-subscription group of hubs holding `key`.
+pub fn share_group(key: &SigningKey) -> String {
+    format!("hub-{}", key.secret_name("share-group"))
+}
+
 fn read(path: &Path) -> Result<String, PkiError> {
     std::fs::read_to_string(path).map_err(|source| PkiError::Io {
         path: path.to_path_buf(),
@@ -528,6 +587,12 @@ mod tests {
         ));
         let hub = load_signing_key(&pki.hub_signing_key()).unwrap();
         assert_eq!(hub.kid().to_string(), report.hub_key);
+        assert_eq!(
+            load_hub_public_key(&pki, None).unwrap(),
+            hub.public(),
+            "from hub-signing.pub"
+        );
+        assert_eq!(report.share_group, share_group(&hub));
         let ca = Ca::load(&pki).unwrap();
         let store = StoreId::parse("store-0001").unwrap();
         let (bundle, facts) =
@@ -545,6 +610,13 @@ mod tests {
             let mode = std::fs::metadata(pki.ca_key()).unwrap().permissions().mode();
             assert_eq!(mode & 0o077, 0, "the CA key is private");
         }
+    }
+
+    #[test]
+    fn hub_names_must_look_like_hubs() {
+        assert!(check_hub_name("hub-2").is_ok());
+        assert!(check_hub_name("replica-2").is_err());
+        assert!(check_hub_name("hub/2").is_err());
     }
 
     #[test]

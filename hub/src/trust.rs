@@ -81,7 +81,10 @@ impl Trust {
             r = seal::open(bytes, topic, topic_text, &i.registry, i.accept_unsigned);
         }
         if let Err(why) = &r {
-            self.count(why.name());
+            metrics::counter!("hub_wan_refused_total", "reason" => why.name()).increment(1);
+            if let Ok(mut m) = i.refusals.lock() {
+                *m.entry(why.name()).or_default() += 1;
+            }
             if let Some(suppressed) = i.log.note(why.name()) {
                 tracing::warn!(topic = topic_text, reason = %why, suppressed, "refused a WAN message: no effect");
             }
@@ -90,11 +93,14 @@ impl Trust {
     }
 
     /// Counts a message refused for `reason` (metrics and this hub's own
-    /// count).
+    /// count) and logs it once per burst.
     pub fn count(&self, reason: &'static str) {
         metrics::counter!("hub_wan_refused_total", "reason" => reason).increment(1);
         if let Ok(mut m) = self.inner.refusals.lock() {
             *m.entry(reason).or_default() += 1;
+        }
+        if let Some(suppressed) = self.inner.log.note(reason) {
+            tracing::warn!(reason, suppressed, "refused a WAN message: no effect");
         }
     }
 
@@ -160,6 +166,8 @@ impl Policy for StoreGate {
         Ok(Grant {
             label: format!("store {store} (credential {kid})"),
             publish,
+            // Presence is retained (and is the last will); nothing else.
+            retain: vec![WanTopic::Status(store.clone()).to_string()],
             subscribe,
             revoked,
         })

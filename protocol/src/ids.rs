@@ -162,8 +162,12 @@ impl Seq {
     /// The next sequence number.
     #[must_use]
     pub fn next(self) -> Seq {
-        Seq(self.0 + 1)
+        // Saturating: a seq from a peer is never trusted to leave room.
+        Seq(self.0.saturating_add(1))
     }
+
+    /// The largest seq storegate stores (databases keep seqs as BIGINT).
+    pub const MAX: Seq = Seq(i64::MAX as u64);
 }
 
 impl fmt::Display for Seq {

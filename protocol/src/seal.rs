@@ -62,13 +62,19 @@ impl KeyId {
     /// Parses 16 hex digits.
     pub fn parse(s: &str) -> Result<KeyId, KeyError> {
         let s = s.trim();
-        if s.len() != 16 {
-            return Err(KeyError::BadKeyId(s.to_owned()));
+        let bad = || KeyError::BadKeyId(s.to_owned());
+        let b = s.as_bytes();
+        if b.len() != 16 || !b.iter().all(u8::is_ascii_hexdigit) {
+            return Err(bad());
         }
+        let nibble = |c: u8| match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => c - b'A' + 10,
+        };
         let mut out = [0u8; 8];
         for (i, o) in out.iter_mut().enumerate() {
-            *o =
-                u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| KeyError::BadKeyId(s.to_owned()))?;
+            *o = (nibble(b[2 * i]) << 4) | nibble(b[2 * i + 1]);
         }
         Ok(KeyId(out))
     }
@@ -195,6 +201,15 @@ impl SigningKey {
     /// Its key id.
     pub fn kid(&self) -> KeyId {
         self.public.kid()
+    }
+
+    /// A name only holders of this key can compute: a hash of the key's
+    /// (deterministic) signature over a fixed label. Hub replicas, which
+    /// share the hub key, name their shared-subscription group with it.
+    pub fn secret_name(&self, label: &str) -> String {
+        let sig = self.pair.sign(&[DOMAIN, label.as_bytes()].concat());
+        let d = ring::digest::digest(&ring::digest::SHA256, sig.as_ref());
+        d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -669,6 +684,16 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_name_is_stable_per_key_and_differs_between_keys() {
+        let a = SigningKey::from_seed_for_tests(&[1; 32]);
+        let b = SigningKey::from_seed_for_tests(&[2; 32]);
+        assert_eq!(a.secret_name("share"), a.secret_name("share"));
+        assert_ne!(a.secret_name("share"), b.secret_name("share"));
+        assert_ne!(a.secret_name("share"), a.secret_name("other"));
+        assert_eq!(a.secret_name("share").len(), 16);
+    }
+
+    #[test]
     fn keys_round_trip_through_text() {
         let (k, der) = SigningKey::generate().unwrap();
         let pem = pkcs8_to_pem(&der);
@@ -677,6 +702,12 @@ mod tests {
         assert_eq!(PublicKey::from_base64(&k.public().to_base64()), Ok(k.public()));
         assert_eq!(KeyId::parse(&k.kid().to_string()), Ok(k.kid()));
         assert!(KeyId::parse("xyz").is_err());
+        assert!(KeyId::parse("+123456789abcdef").is_err(), "no sign");
+        assert!(
+            KeyId::parse("ééééééééé").is_err(),
+            "multibyte text is refused, not sliced"
+        );
+        assert_eq!(KeyId::parse("00FF00ff00ff00ff"), KeyId::parse("00ff00ff00ff00ff"));
         assert!(PublicKey::from_base64("AAAA").is_err());
     }
 }

@@ -14,7 +14,11 @@
 //! | `sg/v1/store/{store}/status` | edge -> all | retained `Presence`; last will = offline |
 //!
 //! Hubs read `up` and edge-initiated RPC through shared subscriptions
-//! ([`HUB_SHARE_GROUP`]) so that replicas split the stores between them.
+//! ([`WanTopic::shared_filter`]) so that replicas split the stores between
+//! them. The group's name is a secret of the hub replicas (derived from
+//! their signing key): a store that subscribes to a shared filter at a
+//! broker that does not check subscriptions joins a group of its own, not
+//! the hubs', and so cannot take a share of other stores' messages.
 //!
 //! Store LAN topics (device bus, JSON, see [`crate::device`]):
 //!
@@ -32,9 +36,6 @@
 use std::fmt;
 
 use crate::ids::{DeviceId, IdError, LaneId, StoreId};
-
-/// The shared-subscription group all hub replicas join.
-pub const HUB_SHARE_GROUP: &str = "hub";
 
 /// Why a topic string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -198,10 +199,10 @@ impl WanTopic {
         format!("{WAN_PREFIX}+/{}", kind.suffix())
     }
 
-    /// The shared-subscription filter hub replicas use for `kind`, e.g.
-    /// `$share/hub/sg/v1/store/+/up`.
-    pub fn shared_filter(kind: WanKind) -> String {
-        format!("$share/{HUB_SHARE_GROUP}/{}", Self::filter_all(kind))
+    /// The shared-subscription filter hub replicas use for `kind` in the
+    /// share group `group`, e.g. `$share/hub-1f2e3d4c/sg/v1/store/+/up`.
+    pub fn shared_filter(group: &str, kind: WanKind) -> String {
+        format!("$share/{group}/{}", Self::filter_all(kind))
     }
 
     /// The kind of this topic.
@@ -384,12 +385,12 @@ mod tests {
     #[test]
     fn shared_filter_is_the_one_in_the_design() {
         assert_eq!(
-            WanTopic::shared_filter(WanKind::Up),
+            WanTopic::shared_filter("hub", WanKind::Up),
             "$share/hub/sg/v1/store/+/up"
         );
         assert_eq!(
-            WanTopic::shared_filter(WanKind::Rpc(RpcSide::Edge, RpcLeg::Req)),
-            "$share/hub/sg/v1/store/+/rpc/edge/req"
+            WanTopic::shared_filter("g", WanKind::Rpc(RpcSide::Edge, RpcLeg::Req)),
+            "$share/g/sg/v1/store/+/rpc/edge/req"
         );
     }
 

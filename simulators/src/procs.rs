@@ -48,8 +48,10 @@ pub async fn hub_listening(child: &mut tokio::process::Child) -> anyhow::Result<
     let addrs = tokio::time::timeout(Duration::from_secs(60), async {
         while let Ok(Some(line)) = lines.next_line().await {
             if let Some(rest) = line.strip_prefix("hub listening api=") {
-                let (api, broker) = rest.split_once(" broker=").context("no broker address")?;
-                return anyhow::Ok((api.parse()?, broker.trim().parse()?));
+                let (api, rest) = rest.split_once(" broker=").context("no broker address")?;
+                // `broker=ADDR [tls=ADDR]`
+                let broker = rest.split_whitespace().next().unwrap_or_default();
+                return anyhow::Ok((api.parse()?, broker.parse()?));
             }
         }
         anyhow::bail!("hub exited before listening")

@@ -90,14 +90,15 @@ enum CaCommand {
         #[arg(long = "server-name")]
         server_names: Vec<String>,
         /// Common name of the hub's client certificate (its identity at an
-        /// external broker; matches `broker.client_id`).
+        /// external broker; matches `broker.client_id`; starts with "hub").
         #[arg(long, default_value = "hub-1")]
         hub_name: String,
     },
     /// Issues a client certificate for another hub replica (its identity
     /// at an external broker; list it in the broker's ACL).
     HubCert {
-        /// Its common name, e.g. hub-2 (use it as that replica's `broker.client_id`).
+        /// Its common name, e.g. hub-2 (starts with "hub"; use it as that
+        /// replica's `broker.client_id`).
         #[arg(long)]
         name: String,
         /// Where to write NAME.pem and NAME.key.
@@ -120,8 +121,9 @@ enum CaCommand {
         /// Output file.
         #[arg(long, default_value = "crl.pem")]
         out: PathBuf,
-        /// Days until the CRL's next update.
-        #[arg(long, default_value_t = 30)]
+        /// Days until the CRL's next update. A broker refuses every client
+        /// once its CRL is past this date: regenerate well before.
+        #[arg(long, default_value_t = 365)]
         days: i64,
     },
 }
@@ -290,6 +292,7 @@ async fn ca_command(settings: &Settings, command: CaCommand) -> anyhow::Result<(
             let report = pki::init(&dir, &chain, &server_names, &hub_name)?;
             println!("created the chain CA for {chain:?} in {}", report.dir.display());
             println!("hub signing key {}", report.hub_key);
+            println!("hub replicas' shared-subscription group {}", report.share_group);
             println!("hub TLS listener certificate for {}", server_names.join(", "));
             println!("hub client certificate {hub_name:?} (its identity at an external broker)");
             println!(
@@ -298,6 +301,7 @@ async fn ca_command(settings: &Settings, command: CaCommand) -> anyhow::Result<(
             );
         }
         CaCommand::HubCert { name, out_dir } => {
+            pki::check_hub_name(&name)?;
             let ca = pki::Ca::load(&dir)?;
             let issued = ca.issue(&name, &[], pki::Usage::Client, 825)?;
             write_pair(&out_dir, &name, &issued)?;
@@ -342,13 +346,7 @@ async fn store_command(settings: &Settings, command: StoreCommand) -> anyhow::Re
             let store = StoreId::parse(&store)?;
             let before = credentials::list(&db, Some(&store)).await?;
             let ca = pki::Ca::load(&dir)?;
-            let hub_key = pki::load_signing_key(
-                &settings
-                    .wan
-                    .signing_key
-                    .clone()
-                    .unwrap_or_else(|| dir.hub_signing_key()),
-            )?;
+            let hub_key = pki::load_hub_public_key(&dir, settings.wan.signing_key.as_deref())?;
             let out = out.unwrap_or_else(|| PathBuf::from(format!("{store}.bundle.toml")));
             if out.exists() {
                 anyhow::bail!(
@@ -357,7 +355,7 @@ async fn store_command(settings: &Settings, command: StoreCommand) -> anyhow::Re
                 );
             }
             let (bundle, credential) =
-                credentials::provision(&db, &ca, &[hub_key.public()], &store, &broker, days).await?;
+                credentials::provision(&db, &ca, &[hub_key], &store, &broker, days).await?;
             pki::write_secret(&out, &credentials::bundle_text(&bundle))?;
             println!(
                 "store {store}: credential {} (certificate sha256 {}), bundle {}",

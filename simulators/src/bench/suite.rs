@@ -373,9 +373,8 @@ async fn catch_up(dir: &Path, args: &SuiteArgs) -> anyhow::Result<Vec<Row>> {
     let (hub, hub_stop) = hub_on(&url, dir, 4, None).await?;
     super::hub::seed_sample_catalog(&hub.db, args.lines).await?;
     let broker = hub.broker_addr.clone();
-    let start = Instant::now();
-    let mut edges = Vec::new();
-    let shutdown = CancellationToken::new();
+    // Every store provisioned ahead, as in a chain.
+    let mut settings = Vec::new();
     for (i, d) in stores.iter().enumerate() {
         let store = StoreId::parse(format!("catchup-{i:04}"))?;
         let bundle = crate::trust::bundle_at_hub(&hub, &store, &format!("mqtt://{broker}"), d).await?;
@@ -387,6 +386,13 @@ async fn catch_up(dir: &Path, args: &SuiteArgs) -> anyhow::Result<Vec<Row>> {
         s.upstream.bundle = Some(bundle);
         s.http.listen = "127.0.0.1:0".into();
         s.lan.enabled = false;
+        settings.push(s);
+    }
+    hub.trust.registry().refresh().await?;
+    let start = Instant::now();
+    let mut edges = Vec::new();
+    let shutdown = CancellationToken::new();
+    for s in settings {
         edges.push(storegate_edge::start(s, shutdown.child_token()).await?);
     }
     loop {
@@ -569,6 +575,8 @@ async fn sustained(
             Arc::new(storegate_edge::trust::EdgeTrust::from_bundle(&bundle)?),
         ));
     }
+    // Provisioned ahead, as stores are: the hub's view has them all.
+    hub.trust.registry().refresh().await?;
     let stats = Arc::new(VStats::default());
     let stop = CancellationToken::new();
     let start = Instant::now();

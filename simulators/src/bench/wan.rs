@@ -222,6 +222,10 @@ async fn drain(dir: &Path, base: &Path, args: &WanBenchArgs, mode: Mode) -> anyh
         s.lan.enabled = false;
         edges.push(s);
     }
+    // Provisioned ahead, as stores are: every hub replica's view has them.
+    hub.trust.registry().refresh().await?;
+    // Provisioned ahead, as stores are: every hub replica's view has them.
+    hub.trust.registry().refresh().await?;
     let start = Instant::now();
     let mut running = Vec::new();
     for s in edges {
@@ -307,6 +311,8 @@ async fn storm(dir: &Path, args: &WanBenchArgs, mode: Mode) -> anyhow::Result<(D
         };
         stores.push((id, trust));
     }
+    hub.trust.registry().refresh().await?;
+    hub.trust.registry().refresh().await?;
     let stats = Arc::new(VStats::default());
     let vstop = CancellationToken::new();
     let start = Instant::now();

@@ -1099,7 +1099,7 @@ fn rpc(payment_key: EventId, token: &str, amount: i64, timeout_ms: u32) -> Messa
             1_700_000_000_000,
             u128::from(amount as u64) << 4 | u128::from(timeout_ms),
         ),
-        sent_at_ms: 1_700_000_000_000,
+        sent_at_ms: storegate_hub::db::now_ms(),
         timeout_ms,
         call: RpcCall::CardAuthorize {
             payment_key,
@@ -1159,6 +1159,16 @@ both_backends!(
             rpc_answer(&mut peer, Duration::from_secs(5)).await,
             Some(RpcResult::CardDeclined { .. })
         ));
+
+        // A request a broker held back long past its own deadline is not
+        // acted on.
+        let Message::RpcRequest(mut stale) = rpc(ids(9, 7), "tok_visa", 700, 3000) else {
+            unreachable!()
+        };
+        stale.sent_at_ms -= 3_600_000;
+        peer.publish(req.clone(), Message::RpcRequest(stale)).await;
+        assert_eq!(rpc_answer(&mut peer, Duration::from_millis(800)).await, None);
+        assert_eq!(hub.hub.trust.refused("rpc_stale"), 1);
 
         // The provider never answers: no answer goes back, and the
         // authorisation (if it ever happened) is voided.

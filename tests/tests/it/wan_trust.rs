@@ -68,6 +68,9 @@ async fn edge_with(bundle: std::path::PathBuf, dir: &std::path::Path) -> Edge {
     s.lan.enabled = false;
     s.sync.backoff_initial_ms = 20;
     s.sync.backoff_max_ms = 200;
+    // Nothing here may rely on the ack timeout: a batch that vanished
+    // would show as a sync that never completes.
+    s.sync.ack_timeout_ms = 600_000;
     storegate_edge::start(s, CancellationToken::new())
         .await
         .expect("edge starts")
@@ -336,24 +339,38 @@ async fn strangers_other_cas_revoked_and_other_stores_are_refused_by_mosquitto_w
         // Acked (or the connection closed); either way dropped: see below.
         let _ = probe.publish(&topic, b"forged").await;
     }
-    let listen = |filter: &'static str| {
+    let listen = |filter: String| {
         let cfg = b.tls.clone();
         tokio::spawn(async move {
             let probe = Probe::connect(mq, cfg, "edge-store-b-sub")
                 .await
                 .expect("B connects");
-            probe.subscribe(filter, Duration::from_secs(3)).await
+            probe.subscribe(&filter, Duration::from_secs(3)).await
         })
     };
-    let everything = listen("sg/v1/#");
-    let a_acks = listen("sg/v1/store/store-a/ack");
+    let everything = listen("sg/v1/#".into());
+    let a_acks = listen("sg/v1/store/store-a/ack".into());
+    // Mosquitto's ACL file does not check subscriptions: B may join shared
+    // groups, but not the hubs' (its name is a secret of theirs), so it
+    // takes no share of anyone's uplink or card requests.
+    let mut hijacks = Vec::new();
+    for group in ["hub", "storegate", "hub-1"] {
+        for kind in ["up", "rpc/edge/req"] {
+            let filter = format!("$share/{group}/sg/v1/store/+/{kind}");
+            hijacks.push((filter.clone(), listen(filter)));
+        }
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     record(&a, 100, 20).await; // traffic B must not see
     synced(&hub, "store-a", 40).await;
-    for (what, outcome) in [
-        ("sg/v1/#", everything.await.unwrap()),
-        ("A's acks", a_acks.await.unwrap()),
-    ] {
+    let mut outcomes = vec![
+        ("sg/v1/#".to_owned(), everything.await.unwrap()),
+        ("A's acks".to_owned(), a_acks.await.unwrap()),
+    ];
+    for (filter, h) in hijacks {
+        outcomes.push((filter, h.await.unwrap()));
+    }
+    for (what, outcome) in outcomes {
         match outcome {
             Outcome::Subscribed { delivered, .. } => {
                 assert!(
@@ -712,6 +729,36 @@ async fn an_idle_socket_on_the_tls_listener_holds_up_nobody() {
             Ok(r) => panic!("an idle socket was closed early: {r:?}"),
         }
     }
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_idle_sockets_cannot_lock_stores_out() {
+    // Few pending slots and a long deadline: the flood fills them all.
+    let hub = spawn_hub_with(Backend::Sqlite, |s| {
+        s.broker.tls_listen = Some("127.0.0.1:0".into());
+        s.wan.handshake_timeout_secs = 120;
+        s.wan.max_pending_handshakes = 8;
+    })
+    .await
+    .unwrap();
+    let tls = hub.hub.tls_addr.unwrap();
+    let mut flood = Vec::new();
+    for _ in 0..40 {
+        flood.push(tokio::net::TcpStream::connect(tls).await.unwrap());
+    }
+    let trust = hub.credential("store-f").await;
+    let mut peer = StorePeer::connect(tls, "edge-store-f", trust, true).await;
+    peer.send_up(&crate::hub_ingest::sales("store-f", 1, 3)).await;
+    assert_eq!(
+        peer.next_message().await,
+        Message::AppAck(AppAck {
+            committed_up_to: Seq(3)
+        })
+    );
+    let gate = hub.hub.gate.clone().unwrap();
+    assert!(gate.refused("evicted_pending") >= 32, "{:?}", gate.refusals());
+    drop(flood);
     hub.stop().await;
 }
 
