@@ -220,12 +220,9 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Hu
     let (host, port, broker_addr, link_tls) = match &v.external_broker {
         Some(url) => {
             let tls = if url.tls {
-                let read = |p: std::path::PathBuf| {
-                    std::fs::read_to_string(&p).map_err(|source| pki::PkiError::Io { path: p, source })
-                };
-                let ca = read(path_or(&settings.wan.broker_ca, pki_dir.ca_cert()))?;
-                let cert = read(path_or(&settings.wan.client_cert, pki_dir.client_cert()))?;
-                let key = read(path_or(&settings.wan.client_key, pki_dir.client_key()))?;
+                let ca = pki::read(&path_or(&settings.wan.broker_ca, pki_dir.ca_cert()))?;
+                let cert = pki::read(&path_or(&settings.wan.client_cert, pki_dir.client_cert()))?;
+                let key = pki::read(&path_or(&settings.wan.client_key, pki_dir.client_key()))?;
                 Some(storegate_broker::tls::client_config(&ca, &cert, &key)?)
             } else {
                 None
@@ -248,11 +245,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Hu
                 "broker.listen (SG_HUB_BROKER__LISTEN)",
             )?;
             if let Some(listen) = v.broker_tls_listen {
-                let read = |p: std::path::PathBuf| {
-                    std::fs::read_to_string(&p).map_err(|source| pki::PkiError::Io { path: p, source })
-                };
-                let cert = read(path_or(&settings.wan.server_cert, pki_dir.server_cert()))?;
-                let key = read(path_or(&settings.wan.server_key, pki_dir.server_key()))?;
+                let cert = pki::read(&path_or(&settings.wan.server_cert, pki_dir.server_cert()))?;
+                let key = pki::read(&path_or(&settings.wan.server_key, pki_dir.server_key()))?;
                 let server = storegate_broker::tls::server_config(&identity.ca_pem, &cert, &key)?;
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await
@@ -428,10 +422,7 @@ fn load_identity(settings: &Settings, v: &settings::Validated) -> Result<pki::Hu
         .unwrap_or_else(|| dir.hub_signing_key());
     let ca_path = settings.wan.ca.clone().unwrap_or_else(|| dir.ca_cert());
     let signing = pki::load_signing_key(&key_path)?;
-    let ca_pem = std::fs::read_to_string(&ca_path).map_err(|source| pki::PkiError::Io {
-        path: ca_path.clone(),
-        source,
-    })?;
+    let ca_pem = pki::read(&ca_path)?;
     tracing::info!(
         hub_key = %signing.kid(),
         share_group = %pki::share_group(&signing),

@@ -519,7 +519,8 @@ pub fn share_group(key: &SigningKey) -> String {
     format!("hub-{}", key.secret_name("share-group"))
 }
 
-fn read(path: &Path) -> Result<String, PkiError> {
+/// Reads a key or certificate file.
+pub fn read(path: &Path) -> Result<String, PkiError> {
     std::fs::read_to_string(path).map_err(|source| PkiError::Io {
         path: path.to_path_buf(),
         source,
