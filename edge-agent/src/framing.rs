@@ -1,5 +1,5 @@
 //! Scanner framing: turns the bytes a serial scanner sends into scans.
-//! Pure; the driver is in [`crate::scanner`].
+//! Pure; the driver that uses it is `scanner`.
 //!
 //! Scanners end each code with CR, LF or CR LF, or wrap it in STX ... ETX,
 //! or send nothing at all after it (then a pause in the byte stream ends

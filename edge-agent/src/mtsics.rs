@@ -1,5 +1,5 @@
 //! Mettler Toledo MT-SICS (level 0) over a serial line: commands and reply
-//! parsing. Pure; the driver is in [`crate::scale`].
+//! parsing. Pure; the driver that uses it is `scale`.
 //!
 //! Commands end with CR LF. Replies used here:
 //!

@@ -17,6 +17,26 @@ use storegate_protocol::{Seq, StoreId};
 use crate::db::{Db, now_ms};
 use crate::sql;
 
+/// Asks whoever sends downlink (the MQTT link) to send a store's pending
+/// items now, after a commit that enqueued some. Services hold this, not
+/// the transport; a kick that finds nothing pending, or no one to send,
+/// is harmless (the sweeper sends what is left).
+#[derive(Debug, Clone)]
+pub struct Kick(tokio::sync::mpsc::UnboundedSender<StoreId>);
+
+impl Kick {
+    /// A kick and the receiving end the sender drains.
+    pub fn channel() -> (Kick, tokio::sync::mpsc::UnboundedReceiver<StoreId>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (Kick(tx), rx)
+    }
+
+    /// Asks for `store`'s pending downlink to be sent.
+    pub fn send(&self, store: &StoreId) {
+        let _ = self.0.send(store.clone());
+    }
+}
+
 /// Most bytes of items in one `DownBatch`.
 pub const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// Most items in one `DownBatch`.
@@ -33,7 +53,7 @@ pub async fn enqueue(
         return Ok(Vec::new());
     }
     let id = StoreId::parse(store).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-    crate::ingest::ensure_store(tx, &id, now_ms()).await?;
+    crate::stores::ensure(tx, &id, now_ms()).await?;
     let next: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT down_next FROM store_sync WHERE store_id = $1{}",
         db.for_update()
@@ -94,37 +114,34 @@ pub async fn acked(db: &Db, store: &StoreId, applied_up_to: Seq) -> Result<AckOu
     let Ok(n) = i64::try_from(applied_up_to.0) else {
         return Ok(AckOutcome::Beyond { highest: Seq(0) });
     };
+    // One conditional update decides (no lock held across a read): news
+    // below `down_next`, or nothing.
     let mut tx = db.begin().await?;
-    let row: Option<(i64, i64)> = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT down_acked, down_next FROM store_sync WHERE store_id = $1{}",
-        db.for_update()
-    )))
+    let moved = sqlx::query(
+        "UPDATE store_sync SET down_acked = $2 WHERE store_id = $1 AND down_acked < $2 AND $2 < down_next",
+    )
     .bind(store.as_str())
-    .fetch_optional(&mut *tx)
+    .bind(n)
+    .execute(&mut *tx)
     .await?;
-    let (down_acked, down_next) = row.unwrap_or((0, 1));
-    if n >= down_next {
-        tx.rollback().await?;
-        return Ok(AckOutcome::Beyond {
-            highest: Seq(down_next.saturating_sub(1).max(0) as u64),
-        });
+    if moved.rows_affected() == 1 {
+        sqlx::query("DELETE FROM downlink WHERE store_id = $1 AND seq <= $2")
+            .bind(store.as_str())
+            .bind(n)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        return Ok(AckOutcome::Applied);
     }
-    if n <= down_acked {
-        tx.rollback().await?;
-        return Ok(AckOutcome::Old);
-    }
-    sqlx::query("UPDATE store_sync SET down_acked = $2 WHERE store_id = $1")
-        .bind(store.as_str())
-        .bind(n)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("DELETE FROM downlink WHERE store_id = $1 AND seq <= $2")
-        .bind(store.as_str())
-        .bind(n)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(AckOutcome::Applied)
+    tx.rollback().await?;
+    let (_, next) = cursor(db, store).await?;
+    Ok(if applied_up_to >= next {
+        AckOutcome::Beyond {
+            highest: Seq(next.0.saturating_sub(1)),
+        }
+    } else {
+        AckOutcome::Old
+    })
 }
 
 /// The `DownBatch` of items pending for `store` after `after`, if any.

@@ -27,6 +27,7 @@ use storegate_protocol::{Seq, StoreId};
 
 use crate::catalog::{PriceRow, effective_price};
 use crate::db::{Db, now_ms};
+use crate::domain::stock::MovementKind;
 use crate::payments::NewPayment;
 use crate::{orders, payments, sql, stock, tasks};
 
@@ -99,26 +100,6 @@ pub fn validate(b: &UpBatch) -> Result<(), String> {
     Ok(())
 }
 
-/// Makes sure a store has its registry and sync rows (stores register
-/// themselves on first contact; an admin names them later).
-pub async fn ensure_store(
-    tx: &mut Transaction<'static, Any>,
-    store: &StoreId,
-    now: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO stores (store_id, name, created_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-        .bind(store.as_str())
-        .bind(store.as_str())
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    sqlx::query("INSERT INTO store_sync (store_id) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(store.as_str())
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
 #[derive(Default)]
 struct SyncUpdate {
     hwm: i64,
@@ -136,7 +117,7 @@ pub(crate) struct Movement {
     location: String,
     sku: String,
     delta: i64,
-    kind: &'static str,
+    kind: MovementKind,
     store: String,
     seq_from: i64,
     seq_to: i64,
@@ -173,7 +154,7 @@ pub async fn apply(db: &Db, batches: &[Batch], effects: bool) -> Result<Vec<Verd
         let hwm = match marks.get(&b.store) {
             Some(h) => *h,
             None => {
-                ensure_store(&mut tx, &b.store, now).await?;
+                crate::stores::ensure(&mut tx, &b.store, now).await?;
                 let h: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
                     "SELECT hwm FROM store_sync WHERE store_id = $1{}",
                     db.for_update()
@@ -346,17 +327,17 @@ fn skus(body: &EventBody) -> Vec<&str> {
     }
 }
 
-fn movement_kind(kind: EventKind) -> &'static str {
+fn movement_kind(kind: EventKind) -> MovementKind {
     match kind {
-        EventKind::Sale => "sale",
-        EventKind::SaleVoided => "void",
-        EventKind::Return => "return",
-        EventKind::StockCounted => "count",
-        EventKind::StockAdjusted => "adjustment",
-        EventKind::GoodsReceived => "receipt",
-        EventKind::TransferOut => "transfer_out",
-        EventKind::TransferIn => "transfer_in",
-        _ => "other",
+        EventKind::Sale => MovementKind::Sale,
+        EventKind::SaleVoided => MovementKind::Void,
+        EventKind::Return => MovementKind::Return,
+        EventKind::StockCounted => MovementKind::Count,
+        EventKind::StockAdjusted => MovementKind::Adjustment,
+        EventKind::GoodsReceived => MovementKind::Receipt,
+        EventKind::TransferOut => MovementKind::TransferOut,
+        EventKind::TransferIn => MovementKind::TransferIn,
+        _ => MovementKind::Other,
     }
 }
 
@@ -455,7 +436,7 @@ async fn apply_effects(
     }
 
     // Effects, in seq order within each store, summed per location, SKU and kind.
-    let mut moves: BTreeMap<(String, String, &'static str), Movement> = BTreeMap::new();
+    let mut moves: BTreeMap<(String, String, MovementKind), Movement> = BTreeMap::new();
     let mut devices: BTreeMap<(String, String), DeviceUpdate> = BTreeMap::new();
     let mut sale_lines: HashMap<Vec<u8>, Vec<(String, i64)>> = HashMap::new();
     for (store, e) in fresh {
@@ -481,7 +462,7 @@ async fn apply_effects(
             }
         }
         let mut push =
-            |sku: &str, delta: i64, kind: &'static str, levels: &mut HashMap<(String, String), i64>| {
+            |sku: &str, delta: i64, kind: MovementKind, levels: &mut HashMap<(String, String), i64>| {
                 if delta == 0 {
                     return;
                 }
@@ -552,7 +533,7 @@ async fn apply_effects(
                         .collect(),
                 );
                 for (sku, delta) in e.body.stock_deltas() {
-                    push(sku.as_str(), delta, "sale", &mut levels);
+                    push(sku.as_str(), delta, MovementKind::Sale, &mut levels);
                 }
             }
             EventBody::SaleVoided(v) if v.restock => {
@@ -571,7 +552,7 @@ async fn apply_effects(
                     });
                 }
                 for (sku, qty) in lines {
-                    push(&sku, qty, "void", &mut levels);
+                    push(&sku, qty, MovementKind::Void, &mut levels);
                 }
             }
             EventBody::StockCounted(c) => {
@@ -580,7 +561,12 @@ async fn apply_effects(
                         .get(&(loc.clone(), l.sku.to_string()))
                         .copied()
                         .unwrap_or(0);
-                    push(l.sku.as_str(), l.counted - level, "count", &mut levels);
+                    push(
+                        l.sku.as_str(),
+                        l.counted - level,
+                        MovementKind::Count,
+                        &mut levels,
+                    );
                 }
             }
             EventBody::DeviceHealth(h) => {
@@ -866,7 +852,7 @@ async fn insert_movements(
                 .bind(m.location.as_str())
                 .bind(m.sku.as_str())
                 .bind(m.delta)
-                .bind(m.kind)
+                .bind(m.kind.as_str())
                 .bind(m.store.as_str())
                 .bind(m.seq_from)
                 .bind(m.seq_to)

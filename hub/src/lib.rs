@@ -7,6 +7,7 @@
 //! # Modules
 //!
 //! - [`settings`]: TOML + `SG_HUB_*` environment settings.
+//! - [`domain`]: the rules, pure and typed (no sqlx, axum or rumqttc).
 //! - [`db`]: SQLite (default) or PostgreSQL through sqlx `Any`; migrations.
 //! - [`mqtt`]: the hub's MQTT link: shared-subscription uplink, ordered
 //!   manual acks after commit, presence, downlink sending.
@@ -50,6 +51,7 @@ pub mod auth;
 pub mod catalog;
 pub mod credentials;
 pub mod db;
+pub mod domain;
 pub mod downlink;
 pub mod idempotency;
 pub mod ingest;
@@ -280,6 +282,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Hu
     };
 
     let (rpc_tx, rpc_rx) = tokio::sync::mpsc::channel(mqtt::RPC_QUEUE);
+    let (reply_tx, reply_rx) = tokio::sync::mpsc::channel(mqtt::RPC_QUEUE);
+    let (kick, kicks) = downlink::Kick::channel();
     let link = mqtt::spawn(
         mqtt::LinkConfig {
             host,
@@ -300,6 +304,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Hu
                 .unwrap_or(v.external_broker.is_none()),
             abort_after_commit: failpoint("abort_after_commit"),
             rpc: Some(rpc_tx),
+            rpc_replies: Some(reply_rx),
+            kicks: Some(kicks),
         },
         db.clone(),
         &tasks,
@@ -326,18 +332,18 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Hu
         payments: payments.clone(),
         settings: settings.commerce.clone(),
         currency,
-        link: link.clone(),
+        kick: kick.clone(),
         abort_after_authorize: failpoint("abort_after_authorize"),
     };
     tasks.spawn(payments::rpc_loop(
         payments.clone(),
-        link.clone(),
         rpc_rx,
+        reply_tx,
         shutdown.clone(),
     ));
     tasks.spawn(payments::worker(
         payments,
-        link.clone(),
+        kick.clone(),
         std::time::Duration::from_millis(250),
         shutdown.clone(),
     ));
@@ -348,7 +354,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Hu
     ));
     tasks.spawn(stock::pusher(
         db.clone(),
-        link.clone(),
+        kick.clone(),
         std::time::Duration::from_millis(settings.commerce.stock_push_interval_ms),
         shutdown.clone(),
     ));

@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
 use storegate_protocol::envelope::{self, Message, ResendUnacked};
-use storegate_protocol::rpc::{RpcRequest, RpcResponse};
+use storegate_protocol::rpc::RpcResponse;
 use storegate_protocol::topic::{RpcLeg, RpcSide, WanKind, WanTopic};
 use storegate_protocol::{Seq, StoreId};
 use tokio::sync::mpsc;
@@ -53,7 +53,7 @@ use crate::settings::IngestSettings;
 use crate::trust::Trust;
 
 /// Where and how to connect.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct LinkConfig {
     /// Broker host.
     pub host: String,
@@ -78,24 +78,18 @@ pub struct LinkConfig {
     /// right after a batch commits, before anything is acked, so crash tests
     /// can prove a replay has no double effect.
     pub abort_after_commit: bool,
-    /// Where RPC requests from edges go (answered by the commerce side);
-    /// `None`: the hub does not subscribe to them.
+    /// Where RPC requests from edges go (answered by the commerce side,
+    /// which sends its answers back on `rpc_replies`); `None`: the hub does
+    /// not subscribe to them.
     pub rpc: Option<mpsc::Sender<RpcJob>>,
+    /// Answers to send back to stores.
+    pub rpc_replies: Option<mpsc::Receiver<RpcReply>>,
+    /// Downlink kicks from the services.
+    pub kicks: Option<mpsc::UnboundedReceiver<StoreId>>,
 }
 
-/// A checked RPC request from a store, with when it arrived (deadlines are
-/// measured from here: clocks across machines are not trusted).
-#[derive(Debug)]
-pub struct RpcJob {
-    /// The store (whose credential signed the request).
-    pub store: StoreId,
-    /// The request.
-    pub request: RpcRequest,
-    /// Arrival.
-    pub received: std::time::Instant,
-}
+pub use crate::payments::{RpcJob, RpcReply};
 
-/// An RPC request as it arrived, before its check.
 /// Most RPC requests waiting for their check, and checked ones waiting
 /// for the commerce side.
 pub const RPC_QUEUE: usize = 1024;
@@ -201,7 +195,7 @@ enum Misc {
 }
 
 /// Starts the link's tasks on `tracker`.
-pub fn spawn(cfg: LinkConfig, db: Db, tracker: &TaskTracker, shutdown: CancellationToken) -> Link {
+pub fn spawn(mut cfg: LinkConfig, db: Db, tracker: &TaskTracker, shutdown: CancellationToken) -> Link {
     let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
     if let Some(tls) = &cfg.tls {
         opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls.clone())));
@@ -263,6 +257,34 @@ pub fn spawn(cfg: LinkConfig, db: Db, tracker: &TaskTracker, shutdown: Cancellat
         shutdown.clone(),
     ));
     tracker.spawn(sweeper(db.clone(), link.clone(), shutdown.clone()));
+    if let Some(mut kicks) = cfg.kicks.take() {
+        let (misc, stop) = (misc_tx.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    k = kicks.recv() => match k {
+                        Some(store) => { let _ = misc.send(Misc::SendDownlink(store)); }
+                        None => return,
+                    },
+                }
+            }
+        });
+    }
+    if let Some(mut replies) = cfg.rpc_replies.take() {
+        let (link, stop) = (link.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    r = replies.recv() => match r {
+                        Some(r) => link.reply_rpc(&r.store, r.response).await,
+                        None => return,
+                    },
+                }
+            }
+        });
+    }
 
     let max_payload = cfg.ingest.max_payload_bytes;
     let trust = cfg.trust.clone();

@@ -56,7 +56,7 @@ pub struct Commerce {
     /// Order currency.
     pub currency: Currency,
     /// To kick downlink sends.
-    pub link: crate::mqtt::Link,
+    pub kick: crate::downlink::Kick,
     /// Test failpoint: abort the process right after a saga's authorisation.
     pub abort_after_authorize: bool,
 }
@@ -253,14 +253,14 @@ fn validate(input: &OrderInput) -> Result<Valid, OrderError> {
     if input.lines.is_empty() || input.lines.len() > 200 {
         return bad("an order has 1 to 200 lines".into());
     }
-    let mut merged: BTreeMap<String, i64> = BTreeMap::new();
-    for l in &input.lines {
-        let sku =
-            Sku::parse(l.sku.as_str()).map_err(|e| OrderError::Invalid(format!("sku {:?}: {e}", l.sku)))?;
-        if l.qty <= 0 || l.qty > 1_000_000 {
-            return bad(format!("{sku}: qty must be 1 to 1000000"));
-        }
-        *merged.entry(sku.to_string()).or_insert(0) += l.qty;
+    // Lines of one SKU become one line with their sum.
+    let merged = crate::domain::lines::merge(
+        input.lines.iter().map(|l| (l.sku.as_str(), l.qty)),
+        crate::domain::lines::QtyRule::Positive,
+    )
+    .map_err(|e| OrderError::Invalid(e.to_string()))?;
+    if let Some((sku, _)) = merged.iter().find(|(_, q)| *q > 1_000_000) {
+        return bad(format!("{sku}: qty must be 1 to 1000000"));
     }
     let (collect, region) = match input.fulfilment.as_str() {
         "collect" => {
@@ -291,7 +291,7 @@ fn validate(input: &OrderInput) -> Result<Valid, OrderError> {
     let last4 =
         Last4::parse(&input.payment.last4).map_err(|e| OrderError::Invalid(format!("payment.last4: {e}")))?;
     Ok(Valid {
-        lines: merged.into_iter().collect(),
+        lines: merged.into_iter().map(|(s, q)| (s.to_string(), q)).collect(),
         collect,
         region,
         token: token.as_str().to_owned(),
@@ -947,7 +947,7 @@ impl Commerce {
         metrics::counter!("hub_orders_total", "step" => "confirmed").increment(1);
         for s in kicked {
             if let Ok(id) = StoreId::parse(s) {
-                self.link.send_downlink(&id);
+                self.kick.send(&id);
             }
         }
         Ok(())
@@ -1064,7 +1064,7 @@ impl Commerce {
         metrics::counter!("hub_orders_total", "step" => status).increment(1);
         for s in stores {
             if let Ok(id) = StoreId::parse(s) {
-                self.link.send_downlink(&id);
+                self.kick.send(&id);
             }
         }
         Ok(())
@@ -1175,7 +1175,7 @@ impl Commerce {
                 tx.commit().await?;
                 for s in stores {
                     if let Ok(id) = StoreId::parse(s) {
-                        self.link.send_downlink(&id);
+                        self.kick.send(&id);
                     }
                 }
             }

@@ -892,12 +892,34 @@ impl Payments {
     }
 }
 
+/// A checked RPC request from a store (the transport checked who sent it),
+/// with when it arrived (deadlines are measured from here: clocks across
+/// machines are not trusted).
+#[derive(Debug)]
+pub struct RpcJob {
+    /// The store (whose credential signed the request).
+    pub store: StoreId,
+    /// The request.
+    pub request: storegate_protocol::rpc::RpcRequest,
+    /// Arrival.
+    pub received: std::time::Instant,
+}
+
+/// An answer for the transport to send back to a store.
+#[derive(Debug)]
+pub struct RpcReply {
+    /// The store.
+    pub store: StoreId,
+    /// The answer.
+    pub response: storegate_protocol::rpc::RpcResponse,
+}
+
 /// Answers stores' RPC requests until `shutdown`, each in its own task
 /// (at most 256 at once; more wait).
 pub async fn rpc_loop(
     payments: Payments,
-    link: crate::mqtt::Link,
-    mut rx: tokio::sync::mpsc::Receiver<crate::mqtt::RpcJob>,
+    mut rx: tokio::sync::mpsc::Receiver<RpcJob>,
+    replies: tokio::sync::mpsc::Sender<RpcReply>,
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(256));
@@ -910,11 +932,16 @@ pub async fn rpc_loop(
             return;
         };
         let payments = payments.clone();
-        let link = link.clone();
+        let replies = replies.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Some(resp) = payments.answer_rpc(&job.store, job.request, job.received).await {
-                link.reply_rpc(&job.store, resp).await;
+            if let Some(response) = payments.answer_rpc(&job.store, job.request, job.received).await {
+                let _ = replies
+                    .send(RpcReply {
+                        store: job.store,
+                        response,
+                    })
+                    .await;
             }
         });
     }
@@ -924,7 +951,7 @@ pub async fn rpc_loop(
 /// whatever is pending, and tells stores about store-and-forward outcomes.
 pub async fn worker(
     payments: Payments,
-    link: crate::mqtt::Link,
+    kick: crate::downlink::Kick,
     poll: Duration,
     shutdown: CancellationToken,
 ) {
@@ -938,7 +965,7 @@ pub async fn worker(
         match process_pending(&payments, 100).await {
             Ok(stores) => {
                 for s in stores {
-                    link.send_downlink(&s);
+                    kick.send(&s);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "payment worker pass failed"),

@@ -24,10 +24,8 @@ use storegate_protocol::{Seq, Sku, StoreId};
 use utoipa::ToSchema;
 
 use crate::db::{Db, now_ms};
+pub use crate::domain::stock::MovementKind;
 use crate::sql;
-
-/// Movement kinds that move `reserved` rather than `on_hand`.
-pub const RESERVATION_KINDS: [&str; 2] = ["reservation", "release"];
 
 /// An on-hand movement to book.
 #[derive(Debug, Clone)]
@@ -38,8 +36,8 @@ pub struct Booking {
     pub sku: String,
     /// Signed base units.
     pub delta: i64,
-    /// Ledger kind (see the module docs).
-    pub kind: &'static str,
+    /// Why it moved.
+    pub kind: MovementKind,
     /// Free reference (order id, receipt number, transfer id...).
     pub reference: Option<String>,
 }
@@ -49,7 +47,7 @@ async fn ledger(
     location: &str,
     sku: &str,
     delta: i64,
-    kind: &str,
+    kind: MovementKind,
     reference: Option<&str>,
     now: i64,
 ) -> Result<(), sqlx::Error> {
@@ -59,7 +57,7 @@ async fn ledger(
     .bind(location)
     .bind(sku)
     .bind(delta)
-    .bind(kind)
+    .bind(kind.as_str())
     .bind(reference.map(sql::text))
     .bind(now)
     .execute(&mut *conn)
@@ -127,7 +125,16 @@ pub async fn reserve(
     .rows_affected()
         == 1;
     if done {
-        ledger(conn, location, sku, qty, "reservation", Some(reference), now).await?;
+        ledger(
+            conn,
+            location,
+            sku,
+            qty,
+            MovementKind::Reservation,
+            Some(reference),
+            now,
+        )
+        .await?;
         mark_dirty(conn, &[(location, sku)]).await?;
     }
     Ok(done)
@@ -176,7 +183,7 @@ pub async fn reserve_many(
                 .bind(*location)
                 .bind(*sku)
                 .bind(*qty)
-                .bind("reservation")
+                .bind(MovementKind::Reservation.as_str())
                 .bind(reference)
                 .bind(now);
         }
@@ -262,7 +269,16 @@ pub async fn release(
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    ledger(conn, location, sku, -qty, "release", Some(reference), now).await?;
+    ledger(
+        conn,
+        location,
+        sku,
+        -qty,
+        MovementKind::Release,
+        Some(reference),
+        now,
+    )
+    .await?;
     mark_dirty(conn, &[(location, sku)]).await
 }
 
@@ -281,7 +297,7 @@ pub async fn fulfil(
             location: location.into(),
             sku: sku.into(),
             delta: -qty,
-            kind: "fulfilment",
+            kind: MovementKind::Fulfilment,
             reference: Some(reference.into()),
         }],
     )
@@ -415,7 +431,7 @@ pub async fn push_dirty(db: &Db) -> Result<Vec<StoreId>, sqlx::Error> {
 /// Pushes changed levels every `interval` until `shutdown`.
 pub async fn pusher(
     db: Db,
-    link: crate::mqtt::Link,
+    kick: crate::downlink::Kick,
     interval: std::time::Duration,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
@@ -429,7 +445,7 @@ pub async fn pusher(
         match push_dirty(&db).await {
             Ok(stores) => {
                 for s in stores {
-                    link.send_downlink(&s);
+                    kick.send(&s);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "stock push failed"),
@@ -621,4 +637,323 @@ pub async fn verify(db: &Db) -> Result<Vec<Mismatch>, sqlx::Error> {
             })
         })
         .collect())
+}
+
+/// Stock operations from back office: adjustments, receipts, transfers and
+/// counts, each one transaction. Lines are merged per SKU first
+/// ([`crate::domain::lines`]), so two lines of one SKU are checked and
+/// booked as their sum.
+pub mod ops {
+    use std::collections::HashMap;
+
+    use sqlx::{Any, AssertSqlSafe, Transaction};
+    use storegate_protocol::Sku;
+
+    use super::{Booking, MovementKind, book};
+    use crate::db::Db;
+    use crate::domain::lines::{LineError, QtyRule, merge};
+    use crate::domain::stock::{Shortage, check_transfer, count_deltas};
+
+    /// Why an operation was refused.
+    #[derive(Debug, thiserror::Error)]
+    pub enum OpError {
+        /// The lines are unusable.
+        #[error(transparent)]
+        Lines(#[from] LineError),
+        /// A location nobody registered.
+        #[error("location {0} does not exist (register it with PUT /api/v1/stores/{0})")]
+        UnknownLocation(String),
+        /// A product not in the catalog.
+        #[error("product {0} does not exist")]
+        UnknownProduct(Sku),
+        /// Anything else wrong with the request.
+        #[error("{0}")]
+        Invalid(String),
+        /// Not enough available at a transfer's source.
+        #[error("{location} has {shortage}")]
+        Shortage {
+            /// The source.
+            location: String,
+            /// What is short.
+            shortage: Shortage,
+        },
+        /// The database failed.
+        #[error("database: {0}")]
+        Db(#[from] sqlx::Error),
+    }
+
+    /// What an operation booked.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Booked {
+        /// The ledger rows' reference.
+        pub reference: String,
+        /// Rows booked (lines that moved nothing book none).
+        pub movements: usize,
+    }
+
+    /// An adjustment: signed deltas with a reason.
+    #[derive(Debug, Clone)]
+    pub struct Adjust {
+        /// Location.
+        pub location: String,
+        /// Why.
+        pub reason: String,
+        /// (SKU, delta).
+        pub lines: Vec<(String, i64)>,
+    }
+
+    /// A delivery from a supplier.
+    #[derive(Debug, Clone)]
+    pub struct Receive {
+        /// Receiving location.
+        pub location: String,
+        /// Supplier id.
+        pub supplier: Option<String>,
+        /// Delivery note number (default: a new id).
+        pub reference: Option<String>,
+        /// (SKU, quantity).
+        pub lines: Vec<(String, i64)>,
+    }
+
+    /// Goods moved between locations.
+    #[derive(Debug, Clone)]
+    pub struct Transfer {
+        /// From.
+        pub from: String,
+        /// To.
+        pub to: String,
+        /// (SKU, quantity).
+        pub lines: Vec<(String, i64)>,
+    }
+
+    /// A count: what is on the shelf.
+    #[derive(Debug, Clone)]
+    pub struct Count {
+        /// Location.
+        pub location: String,
+        /// (SKU, counted).
+        pub lines: Vec<(String, i64)>,
+    }
+
+    fn lines_json(lines: &[(Sku, i64)], field: &str) -> serde_json::Value {
+        lines
+            .iter()
+            .map(|(s, q)| serde_json::json!({"sku": s.as_str(), field: q}))
+            .collect()
+    }
+
+    /// Books an adjustment.
+    pub async fn adjust(db: &Db, actor: &str, a: Adjust) -> Result<Booked, OpError> {
+        if a.reason.trim().is_empty() {
+            return Err(OpError::Invalid("an adjustment needs a reason".into()));
+        }
+        let lines = merge(a.lines.iter().map(|(s, q)| (s.as_str(), *q)), QtyRule::Any)?;
+        let mut tx = db.begin().await?;
+        must_exist(&mut tx, &[&a.location], &lines).await?;
+        let reference = crate::auth::new_id();
+        let bookings = lines
+            .iter()
+            .map(|(sku, delta)| Booking {
+                location: a.location.clone(),
+                sku: sku.to_string(),
+                delta: *delta,
+                kind: MovementKind::Adjustment,
+                reference: Some(format!("{}: {}", reference, a.reason)),
+            })
+            .collect();
+        let detail = serde_json::json!({"reason": a.reason, "lines": lines_json(&lines, "delta"), "reference": reference});
+        commit(tx, actor, "stock_adjusted", bookings, detail, reference).await
+    }
+
+    /// Books a delivery.
+    pub async fn receive(db: &Db, actor: &str, r: Receive) -> Result<Booked, OpError> {
+        let lines = merge(r.lines.iter().map(|(s, q)| (s.as_str(), *q)), QtyRule::Positive)?;
+        let mut tx = db.begin().await?;
+        must_exist(&mut tx, &[&r.location], &lines).await?;
+        let reference = r.reference.clone().unwrap_or_else(crate::auth::new_id);
+        let bookings = lines
+            .iter()
+            .map(|(sku, qty)| Booking {
+                location: r.location.clone(),
+                sku: sku.to_string(),
+                delta: *qty,
+                kind: MovementKind::Receipt,
+                reference: Some(reference.clone()),
+            })
+            .collect();
+        let detail = serde_json::json!({"supplier": r.supplier, "lines": lines_json(&lines, "qty"), "reference": reference});
+        commit(tx, actor, "goods_received", bookings, detail, reference).await
+    }
+
+    /// Moves goods (out and in at once); only available stock can leave,
+    /// checked per SKU against the sum of its lines.
+    pub async fn transfer(db: &Db, actor: &str, t: Transfer) -> Result<Booked, OpError> {
+        if t.from == t.to {
+            return Err(OpError::Invalid("from and to must differ".into()));
+        }
+        let lines = merge(t.lines.iter().map(|(s, q)| (s.as_str(), *q)), QtyRule::Positive)?;
+        let mut tx = db.begin().await?;
+        must_exist(&mut tx, &[&t.from, &t.to], &lines).await?;
+        let available = levels_for_update(&mut tx, db, &t.from, &lines, "on_hand - reserved").await?;
+        check_transfer(&lines, &available).map_err(|shortage| OpError::Shortage {
+            location: t.from.clone(),
+            shortage,
+        })?;
+        let reference = crate::auth::new_id();
+        let mut bookings = Vec::with_capacity(lines.len() * 2);
+        for (sku, qty) in &lines {
+            for (location, delta, kind) in [
+                (&t.from, -qty, MovementKind::TransferOut),
+                (&t.to, *qty, MovementKind::TransferIn),
+            ] {
+                bookings.push(Booking {
+                    location: location.clone(),
+                    sku: sku.to_string(),
+                    delta,
+                    kind,
+                    reference: Some(reference.clone()),
+                });
+            }
+        }
+        let detail = serde_json::json!({"from": t.from, "to": t.to, "lines": lines_json(&lines, "qty"), "reference": reference});
+        commit(tx, actor, "stock_transferred", bookings, detail, reference).await
+    }
+
+    /// Books a count: counted minus on hand, once per SKU.
+    pub async fn count(db: &Db, actor: &str, c: Count) -> Result<Booked, OpError> {
+        let lines = merge(
+            c.lines.iter().map(|(s, q)| (s.as_str(), *q)),
+            QtyRule::NonNegative,
+        )?;
+        let mut tx = db.begin().await?;
+        must_exist(&mut tx, &[&c.location], &lines).await?;
+        let on_hand = levels_for_update(&mut tx, db, &c.location, &lines, "on_hand").await?;
+        let deltas = count_deltas(&lines, &on_hand)
+            .ok_or_else(|| OpError::Invalid("a count difference overflows".into()))?;
+        let reference = crate::auth::new_id();
+        let bookings = deltas
+            .iter()
+            .map(|(sku, delta)| Booking {
+                location: c.location.clone(),
+                sku: sku.to_string(),
+                delta: *delta,
+                kind: MovementKind::Count,
+                reference: Some(reference.clone()),
+            })
+            .collect();
+        let detail = serde_json::json!({"lines": lines_json(&deltas, "delta"), "reference": reference});
+        commit(tx, actor, "stock_counted", bookings, detail, reference).await
+    }
+
+    /// Sets (or, with `None`, removes) the low-stock threshold of `sku`
+    /// at `location`.
+    pub async fn set_threshold(
+        db: &Db,
+        actor: &str,
+        location: &str,
+        sku: &str,
+        min_level: Option<i64>,
+    ) -> Result<(), OpError> {
+        let sku = Sku::parse(sku).map_err(|e| LineError::BadSku {
+            sku: sku.to_owned(),
+            message: e.to_string(),
+        })?;
+        if min_level.is_some_and(|m| m < 0) {
+            return Err(OpError::Invalid("min_level cannot be negative".into()));
+        }
+        let mut tx = db.begin().await?;
+        must_exist(&mut tx, &[location], &[(sku.clone(), 0)]).await?;
+        match min_level {
+            Some(m) => {
+                sqlx::query(
+                    "INSERT INTO stock_thresholds (location, sku, min_level) VALUES ($1, $2, $3) \
+                     ON CONFLICT (location, sku) DO UPDATE SET min_level = excluded.min_level",
+                )
+                .bind(location)
+                .bind(sku.as_str())
+                .bind(m)
+                .execute(&mut *tx)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM stock_thresholds WHERE location = $1 AND sku = $2")
+                    .bind(location)
+                    .bind(sku.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let detail = serde_json::json!({"location": location, "sku": sku.as_str(), "min_level": min_level});
+        crate::audit::record(&mut tx, actor, "threshold_saved", "location", location, detail).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn must_exist(
+        tx: &mut Transaction<'static, Any>,
+        locations: &[&str],
+        lines: &[(Sku, i64)],
+    ) -> Result<(), OpError> {
+        for l in locations {
+            let kind: Option<String> = sqlx::query_scalar("SELECT kind FROM stores WHERE store_id = $1")
+                .bind(*l)
+                .fetch_optional(&mut **tx)
+                .await?;
+            if kind.is_none() {
+                return Err(OpError::UnknownLocation((*l).to_owned()));
+            }
+        }
+        for (sku, _) in lines {
+            let found: Option<String> = sqlx::query_scalar("SELECT sku FROM products WHERE sku = $1")
+                .bind(sku.as_str())
+                .fetch_optional(&mut **tx)
+                .await?;
+            if found.is_none() {
+                return Err(OpError::UnknownProduct(sku.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// `column` (an expression over a level row) of each line's SKU at
+    /// `location`, rows locked for the rest of the transaction.
+    async fn levels_for_update(
+        tx: &mut Transaction<'static, Any>,
+        db: &Db,
+        location: &str,
+        lines: &[(Sku, i64)],
+        column: &'static str,
+    ) -> Result<HashMap<Sku, i64>, OpError> {
+        let mut out = HashMap::with_capacity(lines.len());
+        for (sku, _) in lines {
+            let v: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+                "SELECT {column} FROM stock_levels WHERE location = $1 AND sku = $2{}",
+                db.for_update()
+            )))
+            .bind(location)
+            .bind(sku.as_str())
+            .fetch_optional(&mut **tx)
+            .await?;
+            out.insert(sku.clone(), v.unwrap_or(0));
+        }
+        Ok(out)
+    }
+
+    async fn commit(
+        mut tx: Transaction<'static, Any>,
+        actor: &str,
+        action: &str,
+        bookings: Vec<Booking>,
+        detail: serde_json::Value,
+        reference: String,
+    ) -> Result<Booked, OpError> {
+        book(&mut tx, &bookings).await?;
+        let loc = bookings.first().map(|b| b.location.clone()).unwrap_or_default();
+        crate::audit::record(&mut tx, actor, action, "location", &loc, detail).await?;
+        tx.commit().await?;
+        Ok(Booked {
+            reference,
+            movements: bookings.iter().filter(|b| b.delta != 0).count(),
+        })
+    }
 }

@@ -121,6 +121,27 @@ pub async fn upsert(
 }
 
 /// Records a presence message.
+/// Makes sure a store has its registry and sync rows (stores register
+/// themselves on first contact; an admin names them later).
+pub async fn ensure(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    store: &storegate_protocol::StoreId,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO stores (store_id, name, created_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+        .bind(store.as_str())
+        .bind(store.as_str())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("INSERT INTO store_sync (store_id) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(store.as_str())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Records a store's presence.
 pub async fn presence(db: &Db, p: &Presence) -> Result<(), sqlx::Error> {
     let now = now_ms();
     sqlx::query(

@@ -6,13 +6,12 @@ use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use sqlx::{AssertSqlSafe, Row};
-use storegate_protocol::Sku;
+use sqlx::Row;
 use utoipa::{IntoParams, ToSchema};
 
 use super::catalog::actor;
 use super::{ApiError, ApiResult, AppState, Authed, Body, Client, ErrorBody, Operator, Page};
-use crate::stock::{self, Booking, LevelView, Mismatch, MovementView};
+use crate::stock::{self, LevelView, Mismatch, MovementView};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -192,60 +191,31 @@ pub struct Booked {
     pub movements: usize,
 }
 
-async fn check(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    locations: &[&str],
-    skus: &[&str],
-) -> ApiResult<()> {
-    if skus.is_empty() || skus.len() > 1000 {
-        return Err(ApiError::invalid("1 to 1000 lines"));
-    }
-    for l in locations {
-        let kind: Option<String> = sqlx::query_scalar("SELECT kind FROM stores WHERE store_id = $1")
-            .bind(*l)
-            .fetch_optional(&mut **tx)
-            .await?;
-        if kind.is_none() {
-            return Err(ApiError::invalid(format!(
-                "location {l} does not exist (register it with PUT /api/v1/stores/{l})"
-            )));
+impl From<stock::ops::OpError> for ApiError {
+    fn from(e: stock::ops::OpError) -> ApiError {
+        use stock::ops::OpError;
+        match e {
+            OpError::Db(e) => e.into(),
+            OpError::Shortage { .. } => ApiError::new(StatusCode::CONFLICT, "out_of_stock", e.to_string()),
+            OpError::Lines(_)
+            | OpError::UnknownLocation(_)
+            | OpError::UnknownProduct(_)
+            | OpError::Invalid(_) => ApiError::invalid(e.to_string()),
         }
     }
-    for s in skus {
-        Sku::parse(*s).map_err(|e| ApiError::invalid(format!("sku {s:?}: {e}")))?;
-        let found: Option<String> = sqlx::query_scalar("SELECT sku FROM products WHERE sku = $1")
-            .bind(*s)
-            .fetch_optional(&mut **tx)
-            .await?;
-        if found.is_none() {
-            return Err(ApiError::invalid(format!("product {s} does not exist")));
-        }
-    }
-    Ok(())
 }
 
-async fn book_all(
-    actor: &str,
-    action: &str,
-    mut tx: sqlx::Transaction<'static, sqlx::Any>,
-    bookings: Vec<Booking>,
-    detail: serde_json::Value,
-    reference: String,
-) -> ApiResult<(StatusCode, Json<Booked>)> {
-    stock::book(&mut tx, &bookings).await?;
-    let loc = bookings.first().map(|b| b.location.clone()).unwrap_or_default();
-    crate::audit::record(&mut tx, actor, action, "location", &loc, detail).await?;
-    tx.commit().await?;
-    Ok((
+fn created(b: stock::ops::Booked) -> (StatusCode, Json<Booked>) {
+    (
         StatusCode::CREATED,
         Json(Booked {
-            reference,
-            movements: bookings.iter().filter(|b| b.delta != 0).count(),
+            reference: b.reference,
+            movements: b.movements,
         }),
-    ))
+    )
 }
 
-/// Books an adjustment.
+/// Books an adjustment. Lines of one SKU are booked as their sum.
 #[utoipa::path(post, path = "/api/v1/stock/adjustments", tag = "stock", security(("bearer" = ["operator"])), request_body = Adjustment,
     responses((status = 201, body = Booked), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn adjust(
@@ -253,29 +223,15 @@ pub async fn adjust(
     State(s): State<AppState>,
     Body(a): Body<Adjustment>,
 ) -> ApiResult<(StatusCode, Json<Booked>)> {
-    if a.reason.trim().is_empty() {
-        return Err(ApiError::invalid("an adjustment needs a reason"));
-    }
-    let mut tx = s.db.begin().await?;
-    let skus: Vec<&str> = a.lines.iter().map(|l| l.sku.as_str()).collect();
-    check(&mut tx, &[&a.location], &skus).await?;
-    let reference = crate::auth::new_id();
-    let bookings = a
-        .lines
-        .iter()
-        .map(|l| Booking {
-            location: a.location.clone(),
-            sku: l.sku.clone(),
-            delta: l.delta,
-            kind: "adjustment",
-            reference: Some(format!("{}: {}", reference, a.reason)),
-        })
-        .collect();
-    let detail = serde_json::json!({"reason": a.reason, "lines": a.lines, "reference": reference});
-    book_all(&actor(&p), "stock_adjusted", tx, bookings, detail, reference).await
+    let cmd = stock::ops::Adjust {
+        location: a.location,
+        reason: a.reason,
+        lines: a.lines.into_iter().map(|l| (l.sku, l.delta)).collect(),
+    };
+    Ok(created(stock::ops::adjust(&s.db, &actor(&p), cmd).await?))
 }
 
-/// Books a delivery from a supplier.
+/// Books a delivery from a supplier. Lines of one SKU are booked as their sum.
 #[utoipa::path(post, path = "/api/v1/stock/receipts", tag = "stock", security(("bearer" = ["operator"])), request_body = Receipt,
     responses((status = 201, body = Booked), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn receive(
@@ -283,30 +239,18 @@ pub async fn receive(
     State(s): State<AppState>,
     Body(r): Body<Receipt>,
 ) -> ApiResult<(StatusCode, Json<Booked>)> {
-    if r.lines.iter().any(|l| l.qty <= 0) {
-        return Err(ApiError::invalid("received quantities must be positive"));
-    }
-    let mut tx = s.db.begin().await?;
-    let skus: Vec<&str> = r.lines.iter().map(|l| l.sku.as_str()).collect();
-    check(&mut tx, &[&r.location], &skus).await?;
-    let reference = r.reference.clone().unwrap_or_else(crate::auth::new_id);
-    let bookings = r
-        .lines
-        .iter()
-        .map(|l| Booking {
-            location: r.location.clone(),
-            sku: l.sku.clone(),
-            delta: l.qty,
-            kind: "receipt",
-            reference: Some(reference.clone()),
-        })
-        .collect();
-    let detail = serde_json::json!({"supplier": r.supplier, "lines": r.lines, "reference": reference});
-    book_all(&actor(&p), "goods_received", tx, bookings, detail, reference).await
+    let cmd = stock::ops::Receive {
+        location: r.location,
+        supplier: r.supplier,
+        reference: r.reference,
+        lines: r.lines.into_iter().map(|l| (l.sku, l.qty)).collect(),
+    };
+    Ok(created(stock::ops::receive(&s.db, &actor(&p), cmd).await?))
 }
 
 /// Moves goods from one location to another (out and in at once). Only
-/// available stock can leave.
+/// available stock can leave; lines of one SKU are checked and booked as
+/// their sum.
 #[utoipa::path(post, path = "/api/v1/stock/transfers", tag = "stock", security(("bearer" = ["operator"])), request_body = TransferInput,
     responses((status = 201, body = Booked), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
@@ -315,56 +259,16 @@ pub async fn transfer(
     State(s): State<AppState>,
     Body(t): Body<TransferInput>,
 ) -> ApiResult<(StatusCode, Json<Booked>)> {
-    if t.from == t.to {
-        return Err(ApiError::invalid("from and to must differ"));
-    }
-    if t.lines.iter().any(|l| l.qty <= 0) {
-        return Err(ApiError::invalid("transferred quantities must be positive"));
-    }
-    let mut tx = s.db.begin().await?;
-    let skus: Vec<&str> = t.lines.iter().map(|l| l.sku.as_str()).collect();
-    check(&mut tx, &[&t.from, &t.to], &skus).await?;
-    for l in &t.lines {
-        let available: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT on_hand - reserved FROM stock_levels WHERE location = $1 AND sku = $2{}",
-            s.db.for_update()
-        )))
-        .bind(t.from.as_str())
-        .bind(l.sku.as_str())
-        .fetch_optional(&mut *tx)
-        .await?
-        .unwrap_or(0);
-        if available < l.qty {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "out_of_stock",
-                format!("{} has {available} of {} available, not {}", t.from, l.sku, l.qty),
-            ));
-        }
-    }
-    let reference = crate::auth::new_id();
-    let mut bookings = Vec::new();
-    for l in &t.lines {
-        bookings.push(Booking {
-            location: t.from.clone(),
-            sku: l.sku.clone(),
-            delta: -l.qty,
-            kind: "transfer_out",
-            reference: Some(reference.clone()),
-        });
-        bookings.push(Booking {
-            location: t.to.clone(),
-            sku: l.sku.clone(),
-            delta: l.qty,
-            kind: "transfer_in",
-            reference: Some(reference.clone()),
-        });
-    }
-    let detail = serde_json::json!({"from": t.from, "to": t.to, "lines": t.lines, "reference": reference});
-    book_all(&actor(&p), "stock_transferred", tx, bookings, detail, reference).await
+    let cmd = stock::ops::Transfer {
+        from: t.from,
+        to: t.to,
+        lines: t.lines.into_iter().map(|l| (l.sku, l.qty)).collect(),
+    };
+    Ok(created(stock::ops::transfer(&s.db, &actor(&p), cmd).await?))
 }
 
-/// Books a count: `counted - on_hand` per line.
+/// Books a count: `counted - on_hand` per SKU (lines of one SKU, counted
+/// in different places, add up).
 #[utoipa::path(post, path = "/api/v1/stock/counts", tag = "stock", security(("bearer" = ["operator"])), request_body = CountInput,
     responses((status = 201, body = Booked), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn count(
@@ -372,34 +276,11 @@ pub async fn count(
     State(s): State<AppState>,
     Body(c): Body<CountInput>,
 ) -> ApiResult<(StatusCode, Json<Booked>)> {
-    if c.lines.iter().any(|l| l.counted < 0) {
-        return Err(ApiError::invalid("counted quantities cannot be negative"));
-    }
-    let mut tx = s.db.begin().await?;
-    let skus: Vec<&str> = c.lines.iter().map(|l| l.sku.as_str()).collect();
-    check(&mut tx, &[&c.location], &skus).await?;
-    let reference = crate::auth::new_id();
-    let mut bookings = Vec::new();
-    for l in &c.lines {
-        let level: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT on_hand FROM stock_levels WHERE location = $1 AND sku = $2{}",
-            s.db.for_update()
-        )))
-        .bind(c.location.as_str())
-        .bind(l.sku.as_str())
-        .fetch_optional(&mut *tx)
-        .await?
-        .unwrap_or(0);
-        bookings.push(Booking {
-            location: c.location.clone(),
-            sku: l.sku.clone(),
-            delta: l.counted - level,
-            kind: "count",
-            reference: Some(reference.clone()),
-        });
-    }
-    let detail = serde_json::json!({"lines": bookings.iter().map(|b| serde_json::json!({"sku": b.sku, "delta": b.delta})).collect::<Vec<_>>(), "reference": reference});
-    book_all(&actor(&p), "stock_counted", tx, bookings, detail, reference).await
+    let cmd = stock::ops::Count {
+        location: c.location,
+        lines: c.lines.into_iter().map(|l| (l.sku, l.counted)).collect(),
+    };
+    Ok(created(stock::ops::count(&s.db, &actor(&p), cmd).await?))
 }
 
 /// A low-stock threshold.
@@ -422,39 +303,7 @@ pub async fn put_threshold(
     State(s): State<AppState>,
     Body(t): Body<Threshold>,
 ) -> ApiResult<StatusCode> {
-    let mut tx = s.db.begin().await?;
-    check(&mut tx, &[&t.location], &[&t.sku]).await?;
-    match t.min_level {
-        Some(m) if m >= 0 => {
-            sqlx::query(
-                "INSERT INTO stock_thresholds (location, sku, min_level) VALUES ($1, $2, $3) \
-                 ON CONFLICT (location, sku) DO UPDATE SET min_level = excluded.min_level",
-            )
-            .bind(t.location.as_str())
-            .bind(t.sku.as_str())
-            .bind(m)
-            .execute(&mut *tx)
-            .await?;
-        }
-        Some(_) => return Err(ApiError::invalid("min_level cannot be negative")),
-        None => {
-            sqlx::query("DELETE FROM stock_thresholds WHERE location = $1 AND sku = $2")
-                .bind(t.location.as_str())
-                .bind(t.sku.as_str())
-                .execute(&mut *tx)
-                .await?;
-        }
-    }
-    crate::audit::record(
-        &mut tx,
-        &actor(&p),
-        "threshold_saved",
-        "location",
-        &t.location,
-        serde_json::to_value(&t).unwrap_or_default(),
-    )
-    .await?;
-    tx.commit().await?;
+    stock::ops::set_threshold(&s.db, &actor(&p), &t.location, &t.sku, t.min_level).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

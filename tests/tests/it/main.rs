@@ -12,4 +12,5 @@ mod hub_auth;
 mod hub_crash;
 mod hub_ingest;
 mod pos;
+mod stock_ops;
 mod wan_trust;
