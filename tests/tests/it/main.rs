@@ -11,6 +11,7 @@ mod edge_sync;
 mod hub_auth;
 mod hub_crash;
 mod hub_ingest;
+mod hub_schema;
 mod pos;
 mod stock_ops;
 mod wan_trust;
