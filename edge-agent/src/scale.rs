@@ -190,3 +190,58 @@ async fn exchange(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use storegate_protocol::Currency;
+
+    use super::*;
+    use crate::settings::JournalSettings;
+
+    /// An unplugged scale's port is tried every 2 s, and a weighing meanwhile
+    /// is answered at once (offline), not after its timeout. Paused time.
+    #[tokio::test]
+    async fn an_unplugged_scale_is_retried_every_two_seconds_and_says_so_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _writer) = Journal::open(
+            &dir.path().join("j.db"),
+            &JournalSettings::default(),
+            Currency::EUR,
+        )
+        .await
+        .unwrap();
+        tokio::time::pause();
+        let attempts = Arc::new(AtomicU32::new(0));
+        let counted = attempts.clone();
+        let open: Opener = Arc::new(move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+            Box::pin(async { Err(std::io::Error::other("unplugged")) })
+        });
+        let stop = CancellationToken::new();
+        let (handle, driver) = spawn(
+            DeviceId::parse("scale-1").unwrap(),
+            open,
+            Devices::default(),
+            journal,
+            stop.clone(),
+        );
+        let task = tokio::spawn(driver);
+        tokio::time::sleep(Duration::from_millis(9_900)).await;
+        // Ticks at 0, 2, 4, 6 and 8 s.
+        assert_eq!(attempts.load(Ordering::Relaxed), 5);
+        let asked = tokio::time::Instant::now();
+        assert!(matches!(
+            handle.weigh(Duration::from_secs(3)).await,
+            Err(ScaleError::Offline(_))
+        ));
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "no waiting for the timeout"
+        );
+        stop.cancel();
+        task.await.unwrap();
+    }
+}

@@ -96,3 +96,58 @@ pub async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use storegate_protocol::Currency;
+
+    use super::*;
+    use crate::settings::JournalSettings;
+
+    /// A port that is gone is retried with a growing pause (200 ms,
+    /// doubling, at most 5 s), never spun on. In paused time: the count is
+    /// exact and the test takes no wall-clock seconds.
+    #[tokio::test]
+    async fn a_missing_port_is_retried_with_backoff_not_spun_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _writer) = Journal::open(
+            &dir.path().join("j.db"),
+            &JournalSettings::default(),
+            Currency::EUR,
+        )
+        .await
+        .unwrap();
+        tokio::time::pause();
+        let attempts = Arc::new(AtomicU32::new(0));
+        let counted = attempts.clone();
+        let open: Opener = Arc::new(move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+            Box::pin(async { Err(std::io::Error::other("no such port")) })
+        });
+        let (tx, _rx) = mpsc::channel(1);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(
+            DeviceId::parse("scanner-1").unwrap(),
+            open,
+            ScannerConfig {
+                terminator: Terminator::CrLf,
+                idle: Duration::from_millis(50),
+            },
+            tx,
+            Devices::default(),
+            journal,
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        // Tries at 0, 0.2, 0.6, 1.4, 3.0 and 6.2 s; the next at 11.2 s.
+        assert_eq!(attempts.load(Ordering::Relaxed), 6);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        // Then every 5 s: 11.2, 16.2, ... 66.2 s.
+        assert_eq!(attempts.load(Ordering::Relaxed), 6 + 12);
+        stop.cancel();
+        task.await.unwrap();
+    }
+}

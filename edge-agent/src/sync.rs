@@ -1006,6 +1006,52 @@ mod tests {
         assert_eq!(c.next_from(), Some(Seq(1)));
     }
 
+    /// A card authorisation the hub never answers fails at its deadline,
+    /// not later; an edge that is not connected fails at once. Paused time.
+    #[tokio::test]
+    async fn an_rpc_call_gives_up_at_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _writer) = Journal::open(
+            &dir.path().join("j.db"),
+            &crate::settings::JournalSettings::default(),
+            storegate_protocol::Currency::EUR,
+        )
+        .await
+        .unwrap();
+        tokio::time::pause();
+        let store = StoreId::parse("s1").unwrap();
+        let (handle, _loop_not_run) = spawn(
+            SyncConfig {
+                store: store.clone(),
+                upstream: BrokerUrl::parse("mqtt://127.0.0.1:9").unwrap(),
+                trust: Arc::new(EdgeTrust::unsigned(store)),
+                client_id: "edge-s1".into(),
+                credentials: None,
+                keep_alive: Duration::from_secs(5),
+                sync: SyncSettings::default(),
+            },
+            journal,
+            CancellationToken::new(),
+        );
+        let request = || RpcRequest {
+            correlation_id: storegate_protocol::EventId::from_u128(1),
+            sent_at_ms: 0,
+            timeout_ms: 3_000,
+            call: storegate_protocol::rpc::RpcCall::PriceLookup {
+                sku: storegate_protocol::Sku::parse("SKU-1").unwrap(),
+            },
+        };
+        assert_eq!(handle.call(request()).await, Err(RpcError::Offline));
+        handle.status.connected.store(true, Ordering::Release);
+        let asked = Instant::now();
+        assert_eq!(handle.call(request()).await, Err(RpcError::Timeout));
+        let waited = asked.elapsed();
+        assert!(
+            waited >= Duration::from_secs(3) && waited < Duration::from_millis(3_010),
+            "{waited:?} (the timer wheel rounds up to the millisecond)"
+        );
+    }
+
     #[test]
     fn backoff_grows_with_jitter_and_resets() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));

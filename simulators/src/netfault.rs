@@ -19,6 +19,8 @@ pub struct Proxy {
     cut: Arc<AtomicBool>,
     /// Cancelled to drop the live connections; replaced on each cut.
     live: Arc<Mutex<CancellationToken>>,
+    /// Where new connections go.
+    target: Arc<Mutex<SocketAddr>>,
 }
 
 impl Proxy {
@@ -30,6 +32,7 @@ impl Proxy {
             addr,
             cut: Arc::new(AtomicBool::new(false)),
             live: Arc::new(Mutex::new(CancellationToken::new())),
+            target: Arc::new(Mutex::new(target)),
         };
         let p = proxy.clone();
         tokio::spawn(async move {
@@ -39,6 +42,9 @@ impl Proxy {
                     continue;
                 }
                 let Ok(token) = p.live.lock().map(|t| t.clone()) else {
+                    continue;
+                };
+                let Ok(target) = p.target.lock().map(|t| *t) else {
                     continue;
                 };
                 tokio::spawn(async move {
@@ -73,5 +79,18 @@ impl Proxy {
     /// Restores the link.
     pub fn restore(&self) {
         self.cut.store(false, Ordering::Release);
+    }
+
+    /// Sends new connections to `target` from now on (the far end moved,
+    /// e.g. a restarted broker on a new port); live ones are dropped, as a
+    /// broker restart would.
+    pub fn retarget(&self, target: SocketAddr) {
+        if let Ok(mut t) = self.target.lock() {
+            *t = target;
+        }
+        if let Ok(mut live) = self.live.lock() {
+            live.cancel();
+            *live = CancellationToken::new();
+        }
     }
 }

@@ -89,14 +89,6 @@ where
     }
 }
 
-/// A free loopback port (bound and released; good enough for tests).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// Path of a workspace binary built by `cargo build --workspace --bins`
 /// (`./test.sh` does that before the tests).
 pub fn bin(name: &str) -> PathBuf {
@@ -653,17 +645,18 @@ pub async fn hub_cli(dir: &Path, database_url: &str, args: &[&str]) -> String {
 /// Which broker a [`HubProcess`] uses.
 #[derive(Debug, Clone, Copy)]
 pub enum HubBroker {
-    /// Its embedded broker, listening on this port.
-    Embedded(u16),
+    /// Its embedded broker, on a port of its own choosing (port 0: read back
+    /// from what the hub prints; a restarted hub gets another).
+    Embedded,
     /// A broker of its own (Mosquitto) at this address.
     External(SocketAddr),
 }
 
 impl HubProcess {
-    /// Spawns `hub` on `database_url` with its embedded broker on
-    /// `broker_port`; extra environment in `env`.
-    pub async fn spawn(dir: &Path, database_url: &str, broker_port: u16, env: &[(&str, &str)]) -> HubProcess {
-        Self::spawn_on(dir, database_url, HubBroker::Embedded(broker_port), env).await
+    /// Spawns `hub` on `database_url` with its embedded broker on a port
+    /// of its own; extra environment in `env`.
+    pub async fn spawn(dir: &Path, database_url: &str, env: &[(&str, &str)]) -> HubProcess {
+        Self::spawn_on(dir, database_url, HubBroker::Embedded, env).await
     }
 
     /// Spawns `hub` on `database_url` with `broker`; extra environment in
@@ -684,7 +677,7 @@ impl HubProcess {
             .arg("--data-dir")
             .arg(dir);
         match broker {
-            HubBroker::Embedded(port) => cmd.arg("--broker-listen").arg(format!("127.0.0.1:{port}")),
+            HubBroker::Embedded => cmd.arg("--broker-listen").arg("127.0.0.1:0"),
             HubBroker::External(addr) => cmd.arg("--broker").arg(format!("mqtt://{addr}")),
         };
         cmd.arg("--api-listen")

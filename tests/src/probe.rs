@@ -163,17 +163,30 @@ impl Probe {
     }
 
     /// Subscribes to `filter` at QoS 1 and listens for `window`.
-    pub async fn subscribe(mut self, filter: &str, window: Duration) -> Outcome {
+    pub async fn subscribe(self, filter: &str, window: Duration) -> Outcome {
+        match self.subscribe_only(filter).await {
+            Ok((probe, codes)) => probe.listen(codes, window).await,
+            Err(o) => o,
+        }
+    }
+
+    /// Subscribes to `filter` at QoS 1; returns once the SUBACK is in, with
+    /// its return codes (0x80: refused), or `Closed`.
+    pub async fn subscribe_only(mut self, filter: &str) -> Result<(Probe, Vec<u8>), Outcome> {
         let mut body = vec![0, 7];
         string(&mut body, filter.as_bytes());
         body.push(1);
         if self.io.write_all(&frame(0x82, &body)).await.is_err() {
-            return Outcome::Closed;
+            return Err(Outcome::Closed);
         }
-        let codes = match read_packet(self.io.as_mut(), Duration::from_secs(3)).await {
-            Some((0x90, b)) if b.len() > 2 => b[2..].to_vec(),
-            _ => return Outcome::Closed,
-        };
+        match read_packet(self.io.as_mut(), Duration::from_secs(3)).await {
+            Some((0x90, b)) if b.len() > 2 => Ok((self, b[2..].to_vec())),
+            _ => Err(Outcome::Closed),
+        }
+    }
+
+    /// Collects what is delivered for `window` (acking QoS 1).
+    pub async fn listen(mut self, codes: Vec<u8>, window: Duration) -> Outcome {
         let mut delivered = Vec::new();
         let deadline = tokio::time::Instant::now() + window;
         loop {

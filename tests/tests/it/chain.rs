@@ -26,8 +26,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use storegate_e2e::{
     ADMIN_EMAIL, ADMIN_PASSWORD, Backend, EdgeProcess, HubBroker, HubProcess, Mosquitto, MqttPeer, Proxy,
-    Rest, both_backends, drop_pg_database, free_port, fresh_pg_database, http, service_or_skip, token,
-    wait_until,
+    Rest, both_backends, drop_pg_database, fresh_pg_database, http, service_or_skip, token, wait_until,
 };
 use storegate_protocol::device::{PosOp, PosResult};
 use storegate_protocol::event::{CardToken, Last4};
@@ -186,13 +185,13 @@ async fn fault_run(backend: Backend, external_broker: bool) {
     };
     let hub_broker = match &mosquitto {
         Some(m) => HubBroker::External(m.addr),
-        None => HubBroker::Embedded(free_port()),
-    };
-    let broker: SocketAddr = match hub_broker {
-        HubBroker::External(a) => a,
-        HubBroker::Embedded(port) => format!("127.0.0.1:{port}").parse().unwrap(),
+        None => HubBroker::Embedded,
     };
     let mut hub = Some(HubProcess::spawn_on(hub_dir.path(), &url, hub_broker, &HUB_ENV).await);
+    let broker: SocketAddr = match hub_broker {
+        HubBroker::External(a) => a,
+        HubBroker::Embedded => hub.as_ref().unwrap().broker,
+    };
     let names = ["f1", "f2", "f3"];
     let admin_rest = admin(hub.as_ref().unwrap()).await;
     seed(&admin_rest, &names).await;
@@ -255,6 +254,14 @@ async fn fault_run(backend: Backend, external_broker: bool) {
     hub.take().unwrap().kill9().await; // the hub (and its broker) crash
     pause(1500).await;
     hub = Some(HubProcess::spawn_on(hub_dir.path(), &url, hub_broker, &HUB_ENV).await);
+    if matches!(hub_broker, HubBroker::Embedded) {
+        // The restarted hub's broker has a port of its own: the WAN links
+        // lead there now (as DNS would, for a hub that moved).
+        let moved = hub.as_ref().unwrap().broker;
+        for s in &stores {
+            s.wan.retarget(moved);
+        }
+    }
     pause(1000).await;
     if let Some(m) = &mut mosquitto {
         m.kill().await; // the broker crashes; the hub stays up
@@ -374,7 +381,7 @@ both_backends!(
         let Some(url) = database(backend, hub_dir.path()).await else {
             return;
         };
-        let hub = HubProcess::spawn(hub_dir.path(), &url, free_port(), &HUB_ENV).await;
+        let hub = HubProcess::spawn(hub_dir.path(), &url, &HUB_ENV).await;
         let admin_rest = admin(&hub).await;
         seed(&admin_rest, &["c1"]).await;
         let store = StoreId::parse("c1").unwrap();

@@ -9,8 +9,8 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 use storegate_e2e::{
-    Backend, HubProcess, Rest, StorePeer, TestHub, both_backends, drop_pg_database, free_port,
-    fresh_pg_database, spawn_hub, spawn_hub_with, token, wait_until,
+    Backend, HubProcess, Rest, StorePeer, TestHub, both_backends, drop_pg_database, fresh_pg_database,
+    spawn_hub, spawn_hub_with, token, wait_until,
 };
 use storegate_protocol::downlink::{DownBody, PaymentOutcome};
 use storegate_protocol::envelope::{DownAck, Message, Presence, UpBatch};
@@ -392,7 +392,17 @@ both_backends!(
             let body = body.clone();
             tokio::spawn(async move { place(&client, "key-1", &body).await })
         };
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        // In flight: its key is recorded with no answer yet.
+        wait_until("the first request in flight", Duration::from_secs(10), || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM idempotency WHERE key = 'key-1' AND status IS NULL",
+            )
+            .fetch_one(&hub.hub.db.pool)
+            .await
+            .unwrap()
+                == 1
+        })
+        .await;
         let during = place(&client, "key-1", &body).await;
         assert_eq!(
             (during.status, during.body["error"]["code"].as_str()),
@@ -495,9 +505,8 @@ both_backends!(
                 None => return,
             },
         };
-        let port = free_port();
         let lease = [("SG_HUB_COMMERCE__SAGA_LEASE_MS", "1000")];
-        let hub = HubProcess::spawn(dir.path(), &url, port, &lease).await;
+        let hub = HubProcess::spawn(dir.path(), &url, &lease).await;
         let api = format!("http://{}", hub.api);
         let admin_token = token(&api, storegate_e2e::ADMIN_EMAIL, storegate_e2e::ADMIN_PASSWORD)
             .await
@@ -510,7 +519,6 @@ both_backends!(
         let hub = HubProcess::spawn(
             dir.path(),
             &url,
-            port,
             &[lease[0], ("STOREGATE_FAILPOINT", "abort_after_authorize")],
         )
         .await;
@@ -529,7 +537,7 @@ both_backends!(
         assert!(!status.success());
 
         // Restarted: the saga resumes by itself once its lease expires.
-        let hub = HubProcess::spawn(dir.path(), &url, port, &lease).await;
+        let hub = HubProcess::spawn(dir.path(), &url, &lease).await;
         let api = format!("http://{}", hub.api);
         let admin = Rest::new(&api, &admin.token);
         let client = Rest::new(&api, &client.token);

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use storegate_e2e::wait_until;
 use storegate_edge::devices::{Devices, serial_opener};
 use storegate_edge::framing::{Frame, Terminator};
 use storegate_edge::journal::Journal;
@@ -143,6 +144,7 @@ async fn scanner_with(
 ) {
     let pty = open_pty().unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let devices = Devices::default();
     tokio::spawn(scanner::run(
         DeviceId::parse("scanner-1").unwrap(),
         serial_opener(pty.path.clone(), 9600),
@@ -151,12 +153,18 @@ async fn scanner_with(
             idle: Duration::from_millis(80),
         },
         tx,
-        Devices::default(),
+        devices.clone(),
         journal(dir).await,
         CancellationToken::new(),
     ));
-    // Let the driver open the slave before anything is written.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nothing is written before the driver has its port open.
+    wait_until("the scanner's port open", Duration::from_secs(10), || async {
+        devices
+            .snapshot()
+            .get("scanner-1")
+            .is_some_and(|d| d.status == HealthStatus::Ok)
+    })
+    .await;
     (pty, rx)
 }
 

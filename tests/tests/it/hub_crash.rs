@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use storegate_e2e::{
-    Backend, HubProcess, StorePeer, both_backends, drop_pg_database, free_port, fresh_pg_database,
-};
+use storegate_e2e::{Backend, HubProcess, StorePeer, both_backends, drop_pg_database, fresh_pg_database};
 use storegate_protocol::envelope::{AppAck, Message};
 use storegate_protocol::{Seq, StoreId};
 
@@ -33,14 +31,7 @@ both_backends!(
                 None => return,
             },
         };
-        let port = free_port();
-        let hub = HubProcess::spawn(
-            dir.path(),
-            &url,
-            port,
-            &[("STOREGATE_FAILPOINT", "abort_after_commit")],
-        )
-        .await;
+        let hub = HubProcess::spawn(dir.path(), &url, &[("STOREGATE_FAILPOINT", "abort_after_commit")]).await;
         let store = StoreId::parse("s-crash").unwrap();
         let bundle = hub
             .provision(&store, &format!("mqtt://{}", hub.broker), dir.path())
@@ -62,7 +53,7 @@ both_backends!(
         assert_eq!(count(&db, "SELECT COUNT(*) FROM events").await, 10);
 
         // Restarted, the edge (which never got its ack) sends the batch again.
-        let hub = HubProcess::spawn(dir.path(), &url, port, &[]).await;
+        let hub = HubProcess::spawn(dir.path(), &url, &[]).await;
         let mut peer = StorePeer::connect(hub.broker, "edge-s-crash-2", trust, false).await;
         peer.send_up(&sales("s-crash", 1, 10)).await;
         assert_eq!(

@@ -19,13 +19,15 @@ async fn sqlite_schema(db: &storegate_hub::db::Db) -> Schema {
     .unwrap();
     let mut out = Schema::new();
     for t in tables {
-        let cols: BTreeSet<String> = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT name FROM pragma_table_info('{t}')")))
-            .fetch_all(&db.pool)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get::<String, _>(0))
-            .collect();
+        let cols: BTreeSet<String> = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT name FROM pragma_table_info('{t}')"
+        )))
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<String, _>(0))
+        .collect();
         // Explicit indexes only: SQLite names the implicit ones of PRIMARY
         // KEY and UNIQUE constraints `sqlite_autoindex_*`, PostgreSQL
         // `*_pkey` / `*_key`; those come with the columns' constraints.

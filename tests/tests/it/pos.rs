@@ -178,8 +178,14 @@ pub async fn shop(store: &str, tweak: impl FnOnce(&mut Settings)) -> Shop {
     )
     .await
     .unwrap();
-    // Let the scanner driver open its port.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Nothing is scanned before the scanner driver has its port open.
+    wait_until("the scanner's port open", Duration::from_secs(10), || async {
+        edge.devices
+            .snapshot()
+            .get("scanner-1")
+            .is_some_and(|d| d.status == storegate_protocol::event::HealthStatus::Ok)
+    })
+    .await;
     Shop {
         edge,
         lane,
@@ -606,8 +612,14 @@ async fn a_plain_mosquitto_client_drives_a_lane() {
     let s = shop("s-mq", |_| {}).await;
     let lan = s.edge.lan_addr.unwrap();
     let port = lan.port().to_string();
-    let sub = tokio::process::Command::new(sub_bin)
+    // `-d` prints the client's protocol steps: its SUBACK says it listens
+    // (line-buffered through coreutils' stdbuf, or it would wait in a pipe
+    // buffer until the end).
+    let mut sub = tokio::process::Command::new("stdbuf")
+        .arg("-oL")
+        .arg(sub_bin)
         .args([
+            "-d",
             "-h",
             "127.0.0.1",
             "-p",
@@ -624,7 +636,17 @@ async fn a_plain_mosquitto_client_drives_a_lane() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(sub.stdout.take().unwrap()));
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            if l.contains("received SUBACK") {
+                return;
+            }
+        }
+        panic!("mosquitto_sub ended before subscribing");
+    })
+    .await
+    .expect("mosquitto_sub subscribed");
     for msg in [
         r#"{"id":"1","op":"open_basket","cashier":"c9"}"#.to_owned(),
         format!(r#"{{"id":"2","op":"add_item","code":"{PENCIL}","qty":2}}"#),
@@ -647,17 +669,22 @@ async fn a_plain_mosquitto_client_drives_a_lane() {
             .status()
             .await
             .unwrap();
+        // Acked by the broker (QoS 1) before the next one goes: in order.
         assert!(st.success());
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let out = tokio::time::timeout(Duration::from_secs(30), sub.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let replies: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let replies: Vec<serde_json::Value> = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut out = Vec::new();
+        while let Some(l) = lines.next_line().await.unwrap() {
+            // Debug lines start "Client"; the replies are JSON.
+            if l.starts_with('{') {
+                out.push(serde_json::from_str(&l).unwrap());
+            }
+        }
+        out
+    })
+    .await
+    .unwrap();
+    let _ = sub.wait().await;
     assert_eq!(replies.len(), 4, "{replies:?}");
     assert_eq!(replies[1]["result"]["total"], 398);
     assert_eq!(replies[2]["result"]["change"], 102);

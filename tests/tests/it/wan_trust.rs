@@ -339,13 +339,24 @@ async fn strangers_other_cas_revoked_and_other_stores_are_refused_by_mosquitto_w
         // Acked (or the connection closed); either way dropped: see below.
         let _ = probe.publish(&topic, b"forged").await;
     }
-    let listen = |filter: String| {
+    let mut subscribed = Vec::new();
+    let mut listen = |filter: String| {
         let cfg = b.tls.clone();
+        let (ready, is_ready) = tokio::sync::oneshot::channel::<()>();
+        subscribed.push(is_ready);
         tokio::spawn(async move {
+            // (Each probe gets B's one session; a later one takes it over,
+            // which is as good for B as staying subscribed.)
             let probe = Probe::connect(mq, cfg, "edge-store-b-sub")
                 .await
                 .expect("B connects");
-            probe.subscribe(&filter, Duration::from_secs(3)).await
+            match probe.subscribe_only(&filter).await {
+                Ok((probe, codes)) => {
+                    let _ = ready.send(());
+                    probe.listen(codes, Duration::from_secs(3)).await
+                }
+                Err(o) => o,
+            }
         })
     };
     let everything = listen("sg/v1/#".into());
@@ -360,7 +371,10 @@ async fn strangers_other_cas_revoked_and_other_stores_are_refused_by_mosquitto_w
             hijacks.push((filter.clone(), listen(filter)));
         }
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // (A subscription the broker closed on counts as ready: nothing to wait for.)
+    for r in subscribed {
+        let _ = r.await;
+    }
     record(&a, 100, 20).await; // traffic B must not see
     synced(&hub, "store-a", 40).await;
     let mut outcomes = vec![
