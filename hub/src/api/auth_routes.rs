@@ -92,7 +92,7 @@ pub async fn token(
     State(s): State<AppState>,
     addr: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    super::RawBody(body): super::RawBody,
 ) -> Response {
     let req = match parse_token_request(&headers, &body) {
         Ok(r) => r,
@@ -230,7 +230,7 @@ pub async fn introspect(
     _: Authed<Operator>,
     State(s): State<AppState>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    super::RawBody(body): super::RawBody,
 ) -> ApiResult<Response> {
     let json = headers
         .get(header::CONTENT_TYPE)

@@ -1,7 +1,7 @@
 //! Catalog routes: products, barcodes, prices, suppliers, categories,
 //! promotions, CSV import and export.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use storegate_protocol::StoreId;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiError, ApiResult, AppState, Authed, Body, Client, ErrorBody, Operator, Page, PageParams};
+use super::{
+    ApiError, ApiResult, AppState, Authed, Body, Client, ErrorBody, Operator, Page, PageParams, Path, Query,
+};
 use crate::catalog::{
     self, CatalogError, NamedView, PriceInput, PriceView, ProductInput, ProductView, PromotionView, RowError,
 };
@@ -222,7 +224,7 @@ fn import_refused(rows: Vec<RowError>) -> Response {
 pub async fn import_products(
     Authed(p, ..): Authed<Operator>,
     State(s): State<AppState>,
-    body: String,
+    super::TextBody(body): super::TextBody,
 ) -> ApiResult<Response> {
     let products = match catalog::parse_products_csv(&body) {
         Ok(p) => p,
@@ -303,7 +305,7 @@ pub async fn export_prices(_: Authed<Operator>, State(s): State<AppState>) -> Ap
 pub async fn import_prices(
     Authed(p, ..): Authed<Operator>,
     State(s): State<AppState>,
-    body: String,
+    super::TextBody(body): super::TextBody,
 ) -> ApiResult<Response> {
     let prices = match catalog::parse_prices_csv(&body) {
         Ok(p) => p,

@@ -264,6 +264,78 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> 
     }
 }
 
+/// A path parameter whose parse errors come back in the API's error shape
+/// (400, `invalid_path`), not as axum's plain text.
+#[derive(Debug)]
+pub struct Path<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(e) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+                e.body_text(),
+            )),
+        }
+    }
+}
+
+/// A query string whose parse errors come back in the API's error shape
+/// (400, `invalid_query`).
+#[derive(Debug)]
+pub struct Query<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(e) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                e.body_text(),
+            )),
+        }
+    }
+}
+
+/// A request body read whole as bytes (routes that hash it, or parse it
+/// themselves), with the limit's rejection in the error shape (413).
+#[derive(Debug)]
+pub struct RawBody(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        axum::body::Bytes::from_request(req, state)
+            .await
+            .map(RawBody)
+            .map_err(|e| ApiError::new(e.status(), "invalid_body", e.body_text()))
+    }
+}
+
+/// A request body read whole as UTF-8 text (CSV), its rejections (too
+/// large, not UTF-8) in the error shape.
+#[derive(Debug)]
+pub struct TextBody(pub String);
+
+impl<S: Send + Sync> FromRequest<S> for TextBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        String::from_request(req, state)
+            .await
+            .map(TextBody)
+            .map_err(|e| ApiError::new(e.status(), "invalid_body", e.body_text()))
+    }
+}
+
 /// Parses a JSON body already read as bytes (routes that also hash it).
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
     serde_json::from_slice(bytes).map_err(|e| {
@@ -426,7 +498,7 @@ async fn request_context(req: Request, next: Next) -> Response {
         payments::list_exceptions, payments::resolve_exception, payments::issue_gift_card, payments::get_gift_card,
     ),
     components(schemas(ErrorBody, ErrorDetail, Role, Principal)),
-    modifiers(&SecurityAddon),
+    modifiers(&SecurityAddon, &ErrorResponses),
     tags(
         (name = "health", description = "Liveness, readiness, metrics"),
         (name = "auth", description = "Tokens, profile, logout"),
@@ -466,6 +538,69 @@ impl utoipa::Modify for SecurityAddon {
             "api_key",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
         );
+    }
+}
+
+/// Documents, on every operation, the errors the API's own machinery can
+/// answer with (beyond what each handler documents): 400 for a malformed
+/// path, query or body, 413/415/422 for a request body that is too large,
+/// not JSON or not the expected shape, 404 where a path names something,
+/// 401/403 where credentials are needed, 429 where logins are throttled.
+/// All in the one error shape.
+struct ErrorResponses;
+
+impl utoipa::Modify for ErrorResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{RefOr, ResponseBuilder, content::Content, schema::Ref};
+        let error = |description: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/json",
+                        Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+                    )
+                    .build(),
+            )
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let ops = [
+                item.get.as_mut(),
+                item.put.as_mut(),
+                item.post.as_mut(),
+                item.delete.as_mut(),
+                item.patch.as_mut(),
+            ];
+            for op in ops.into_iter().flatten() {
+                let has_body = op.request_body.is_some();
+                let has_params = op.parameters.as_ref().is_some_and(|p| !p.is_empty()) || path.contains('{');
+                let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+                let mut add = |code: &str, description: &str| {
+                    op.responses
+                        .responses
+                        .entry(code.to_owned())
+                        .or_insert_with(|| error(description));
+                };
+                if has_body || has_params {
+                    add("400", "Malformed request: path, query or body syntax");
+                }
+                if has_body {
+                    add("413", "Request body too large");
+                    add("415", "Request body is not of the expected content type");
+                    add(
+                        "422",
+                        "Request body is not the expected shape, or a value is invalid",
+                    );
+                }
+                if path.contains('{') {
+                    add("404", "Not found");
+                }
+                if secured {
+                    add("401", "No, expired or revoked credentials");
+                    add("403", "Credentials without the role this needs");
+                }
+            }
+        }
     }
 }
 
@@ -520,6 +655,17 @@ async fn not_found() -> ApiError {
     ApiError::not_found("route")
 }
 
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method (see /api/v1/openapi.json)",
+    )
+}
+
+/// Largest request body.
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+
 /// The whole router.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -537,7 +683,10 @@ pub fn router(state: AppState) -> Router {
         .merge(orders::routes())
         .merge(payments::routes())
         .fallback(not_found)
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(4 * 1024 * 1024))
+        .method_not_allowed_fallback(method_not_allowed)
+        // Bodies over the limit are refused by the extractors, in the
+        // error shape (413).
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(request_context))
         .with_state(state)
 }

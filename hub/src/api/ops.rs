@@ -1,6 +1,6 @@
 //! Operations: quarantined messages, discrepancies, the audit log.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -8,7 +8,9 @@ use serde_json::json;
 use sqlx::Row;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{Admin, ApiError, ApiResult, AppState, Authed, ErrorBody, Operator, Page, PageParams};
+use super::{
+    Admin, ApiError, ApiResult, AppState, Authed, ErrorBody, Operator, Page, PageParams, Path, Query,
+};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -217,8 +219,8 @@ pub struct AuditView {
     pub entity: String,
     /// Entity id.
     pub entity_id: String,
-    /// Details.
-    #[schema(value_type = Object)]
+    /// Details: any JSON value (an object, or a list for rules).
+    #[schema(value_type = Value)]
     pub detail: serde_json::Value,
 }
 

@@ -1,8 +1,7 @@
 //! Order routes (online orders with `Idempotency-Key`, history, cancel),
 //! allocation rules, shipping, tasks and favourites.
 
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post, put};
@@ -13,7 +12,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::catalog::actor;
 use super::{
-    Admin, ApiError, ApiResult, AppState, Authed, Body, Client, ErrorBody, Operator, Page, json_response,
+    Admin, ApiError, ApiResult, AppState, Authed, Body, Client, ErrorBody, Operator, Page, Path, Query,
+    json_response,
 };
 use crate::allocation::{self, Rule};
 use crate::auth::{Principal, Role};
@@ -154,7 +154,7 @@ pub async fn create_order(
     Authed(p, ..): Authed<Client>,
     State(s): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    super::RawBody(body): super::RawBody,
 ) -> ApiResult<Response> {
     let k = key_ref(&p, &headers, "POST /api/v1/orders")?;
     let input: OrderInput = super::parse_json(&body)?;

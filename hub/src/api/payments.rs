@@ -1,8 +1,7 @@
 //! Payment routes: payments, capture, void, refund (idempotent), the
 //! store-and-forward exception queue, gift cards.
 
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -12,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::catalog::actor;
 use super::orders::idempotent;
-use super::{Admin, ApiError, ApiResult, AppState, Authed, Body, ErrorBody, Operator, Page};
+use super::{Admin, ApiError, ApiResult, AppState, Authed, Body, ErrorBody, Operator, Page, Path, Query};
 use crate::idempotency::{self, KeyRef};
 use crate::payments::{self, ActionError, ExceptionView, GiftCardView, PaymentView};
 
@@ -146,7 +145,7 @@ pub async fn refund(
     State(s): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    super::RawBody(body): super::RawBody,
 ) -> ApiResult<Response> {
     let key = headers
         .get("idempotency-key")

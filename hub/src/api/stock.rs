@@ -1,7 +1,7 @@
 //! Stock routes: levels, the ledger, adjustments, receipts, transfers,
 //! counts, low-stock thresholds, availability, and a ledger check.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -10,7 +10,7 @@ use sqlx::Row;
 use utoipa::{IntoParams, ToSchema};
 
 use super::catalog::actor;
-use super::{ApiError, ApiResult, AppState, Authed, Body, Client, ErrorBody, Operator, Page};
+use super::{ApiError, ApiResult, AppState, Authed, Body, Client, ErrorBody, Operator, Page, Path, Query};
 use crate::stock::{self, LevelView, Mismatch, MovementView};
 
 pub(super) fn routes() -> Router<AppState> {

@@ -1,6 +1,6 @@
 //! Stores, their devices, sync state and synced events.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -9,7 +9,9 @@ use sqlx::Row;
 use storegate_protocol::StoreId;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{Admin, ApiError, ApiResult, AppState, Authed, ErrorBody, Operator, Page, PageParams};
+use super::{
+    Admin, ApiError, ApiResult, AppState, Authed, ErrorBody, Operator, Page, PageParams, Path, Query,
+};
 use crate::stores::{self, DeviceView, StoreView};
 
 pub(super) fn routes() -> Router<AppState> {

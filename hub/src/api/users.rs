@@ -1,6 +1,6 @@
 //! Users and API keys (admin).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
@@ -9,7 +9,7 @@ use serde_json::json;
 use sqlx::Row;
 use utoipa::ToSchema;
 
-use super::{Admin, ApiError, ApiResult, AppState, Authed, ErrorBody, Page, PageParams};
+use super::{Admin, ApiError, ApiResult, AppState, Authed, ErrorBody, Page, PageParams, Path, Query};
 use crate::auth::{self, CreateUserError, NewApiKey, Role, UserRow};
 
 pub(super) fn routes() -> Router<AppState> {

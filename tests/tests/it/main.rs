@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod api_contract;
 mod chain;
 mod commerce;
 mod devices;
