@@ -9,6 +9,8 @@
 //!   rumqttd per-client authorisation (rumqttd has none of its own).
 //! - [`burst`]: logging a repeated refusal once per burst.
 //! - [`tls`]: the rustls client and server configurations of the WAN.
+//! - [`process`]: what both binaries share: settings loading, logging,
+//!   the Prometheus recorder, stopping on a signal.
 //!
 //! rumqttd has no shutdown API and does not report a failed bind (it logs
 //! and the server thread ends). So [`start_embedded`] binds the address
@@ -19,6 +21,7 @@
 
 pub mod burst;
 pub mod gate;
+pub mod process;
 pub mod tls;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -13,14 +13,13 @@
 //! routes need `Authorization: Bearer <token>`.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
 use serde_json::json;
 use storegate_protocol::event::EventBody;
@@ -30,30 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::journal::{Journal, JournalError, now_ms};
 use crate::sync::LinkStatus;
 
-static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
-
-/// Renders metrics from `handle`, a recorder the host process installed,
-/// instead of installing one (for processes that run a hub and agents
-/// together). Call before [`crate::start`]; false if one was already chosen.
-pub fn use_metrics(handle: PrometheusHandle) -> bool {
-    METRICS.set(handle).is_ok()
-}
-
-/// The process-wide Prometheus recorder (installed once, shared by every
-/// agent in the process, unless the host gave one with [`use_metrics`]).
-pub fn metrics_handle() -> PrometheusHandle {
-    METRICS
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            // Fails only if another recorder is installed already (a host
-            // application's); then our handle renders nothing, which is
-            // the host's choice.
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
-        .clone()
-}
+pub use storegate_broker::process::{metrics_handle, use_metrics};
 
 /// What the routes need.
 #[derive(Debug, Clone)]

@@ -141,11 +141,14 @@ impl SyncCore {
         n <= self.published_max
     }
 
-    /// The hub committed up to `n`. Returns `Some(n)` when that is news and
-    /// the journal should delete up to `n`. An ack above anything published
-    /// is ignored (see [`SyncCore::could_ack`]).
+    /// The hub committed up to `n`. Returns `Some(m)` when that is news and
+    /// the journal should delete up to `m`. An ack is capped at what this
+    /// engine published: nothing unpublished is ever deleted, yet a hub
+    /// ahead of the journal (its ack of events sent before a crash, when
+    /// deletes were still pending) still moves the store on.
     pub fn on_app_ack(&mut self, n: Seq) -> Option<Seq> {
-        if n <= self.acked || !self.could_ack(n) {
+        let n = n.min(self.published_max);
+        if n <= self.acked {
             return None;
         }
         self.acked = n;
@@ -157,14 +160,10 @@ impl SyncCore {
     }
 
     /// The hub wants everything from `from` again; it committed up to
-    /// `from - 1`. Returns the implied ack, if it is news. A request whose
-    /// implied ack is above anything published is ignored whole.
+    /// `from - 1`. Returns the implied ack (capped as in
+    /// [`SyncCore::on_app_ack`]), if it is news.
     pub fn on_resend(&mut self, from: Seq) -> Option<Seq> {
-        let implied = Seq(from.0.saturating_sub(1));
-        if !self.could_ack(implied) {
-            return None;
-        }
-        let ack = self.on_app_ack(implied);
+        let ack = self.on_app_ack(Seq(from.0.saturating_sub(1)));
         self.rewind();
         ack
     }
@@ -724,14 +723,11 @@ impl Loop {
             match msg {
                 Message::AppAck(a) => {
                     if !self.core.could_ack(a.committed_up_to) {
-                        return self.ack_beyond(a.committed_up_to);
+                        self.ack_beyond(a.committed_up_to);
                     }
                     if let Some(n) = self.core.on_app_ack(a.committed_up_to) {
                         self.commit_ack(n);
                     }
-                }
-                Message::ResendRequest(r) if !self.core.could_ack(Seq(r.from.0.saturating_sub(1))) => {
-                    self.ack_beyond(Seq(r.from.0.saturating_sub(1)));
                 }
                 Message::ResendRequest(r) if self.core.is_stale_resend(r.from) => {
                     // What is asked for is gone (acked, deleted); what is
@@ -761,6 +757,10 @@ impl Loop {
                 Message::ResendRequest(r) => {
                     tracing::debug!(from = r.from.0, "hub asks for a resend");
                     metrics::counter!("edge_sync_resend_requests_total").increment(1);
+                    let implied = Seq(r.from.0.saturating_sub(1));
+                    if !self.core.could_ack(implied) {
+                        self.ack_beyond(implied);
+                    }
                     if let Some(n) = self.core.on_resend(r.from) {
                         self.commit_ack(n);
                     }
@@ -833,7 +833,7 @@ impl Loop {
         }
     }
 
-    /// An ack above anything published: ignored, counted.
+    /// An ack above anything published: capped, counted.
     fn ack_beyond(&self, n: Seq) {
         self.status.acks_beyond.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("edge_sync_acks_beyond_total").increment(1);
@@ -842,7 +842,7 @@ impl Loop {
                 ack = n.0,
                 published = self.core.published_max.0,
                 suppressed,
-                "ignored an ack above anything this store published"
+                "capped an ack above anything this store published"
             );
         }
     }
@@ -938,26 +938,42 @@ mod tests {
     }
 
     #[test]
-    fn an_ack_above_anything_published_is_ignored() {
+    fn an_ack_above_anything_published_is_capped() {
         let mut c = SyncCore::new(Seq(3), 4);
         c.on_connected();
         c.on_published(Seq(10), Instant::now());
-        assert!(!c.could_ack(Seq(11)));
-        assert_eq!(c.on_app_ack(Seq(u64::MAX)), None);
+        c.on_published(Seq(20), Instant::now());
+        assert!(!c.could_ack(Seq(21)));
         assert_eq!(
-            c.on_resend(Seq(1_000_000)),
-            None,
-            "a resend implying a bigger ack too"
+            c.on_app_ack(Seq(u64::MAX)),
+            Some(Seq(20)),
+            "nothing unpublished is deleted"
         );
-        assert_eq!(c.inflight(), 1, "and neither rewinds");
-        assert_eq!(c.acked(), Seq(3));
-        assert_eq!(c.on_resend(Seq(u64::MAX)), None);
-        assert_eq!(c.on_app_ack(Seq(10)), Some(Seq(10)));
+        assert_eq!(c.acked(), Seq(20));
+        assert_eq!(c.inflight(), 0);
+        assert_eq!(c.on_app_ack(Seq(u64::MAX)), None, "and it is news once");
+        assert_eq!(c.on_resend(Seq(u64::MAX)), None, "a resend implying more too");
+        assert_eq!(c.next_from(), Some(Seq(21)));
+        c.on_published(Seq(30), Instant::now());
         c.on_disconnected();
         assert!(
-            c.could_ack(Seq(10)),
+            c.could_ack(Seq(30)),
             "what was published before a reconnect still counts"
         );
+    }
+
+    #[test]
+    fn after_a_crash_a_hub_ahead_of_the_journal_moves_the_store_on() {
+        // The journal kept 1..=50 (deletes were pending at the crash), the
+        // hub has committed them all and acks 50 to the first batch.
+        let mut c = SyncCore::new(Seq(0), 1);
+        c.on_connected();
+        c.on_published(Seq(10), Instant::now());
+        assert_eq!(c.on_app_ack(Seq(50)), Some(Seq(10)));
+        assert_eq!(c.next_from(), Some(Seq(11)));
+        c.on_published(Seq(20), Instant::now());
+        assert_eq!(c.on_resend(Seq(51)), Some(Seq(20)));
+        assert_eq!(c.next_from(), Some(Seq(21)));
     }
 
     #[test]

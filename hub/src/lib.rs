@@ -69,9 +69,7 @@ pub mod tasks;
 pub mod trust;
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -147,29 +145,7 @@ pub struct Hub {
     tasks: TaskTracker,
 }
 
-static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
-
-/// Renders metrics from `handle`, a recorder the host process installed,
-/// instead of installing one (a process running a hub and edge agents
-/// together installs one recorder and gives it to both). Call before
-/// [`start`]; returns false if a handle was already chosen.
-pub fn use_metrics(handle: PrometheusHandle) -> bool {
-    METRICS.set(handle).is_ok()
-}
-
-/// The process-wide Prometheus recorder (installed on first use unless the
-/// host gave one with [`use_metrics`]).
-pub fn metrics_handle() -> PrometheusHandle {
-    METRICS
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            // Fails only if the host installed a recorder; then ours renders nothing.
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
-        .clone()
-}
+pub use storegate_broker::process::{metrics_handle, use_metrics};
 
 /// Test hook: `STOREGATE_FAILPOINT=name` makes the hub abort at that point
 /// so crash tests can prove recovery (`abort_after_commit`,

@@ -4,8 +4,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 /// Everything the hub can be told.
@@ -326,18 +324,13 @@ pub struct Validated {
 impl Settings {
     /// Defaults, overridden by `file` (if given) and then by `SG_HUB_*`.
     pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
-        let mut fig = Figment::from(Serialized::defaults(Settings::default()));
-        if let Some(f) = file {
-            fig = fig.merge(Toml::file_exact(f));
-        }
-        fig.merge(Env::prefixed("SG_HUB_").split("__"))
-            .extract()
-            .map_err(|e| SettingsError::Load(Box::new(e)))
+        storegate_broker::process::load_settings(&Settings::default(), file, "SG_HUB_")
+            .map_err(SettingsError::Load)
     }
 
     /// The defaults as TOML, for `--print-default-config`.
     pub fn default_toml() -> String {
-        toml::to_string_pretty(&Settings::default()).unwrap_or_default()
+        storegate_broker::process::settings_toml(&Settings::default())
     }
 
     /// Checks every value.

@@ -34,19 +34,10 @@ pub use storegate_sim::responder::{Responder, StoreLog};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-/// Installs one Prometheus recorder for this process and gives it to both
-/// the hub and the edge libraries (each would otherwise try to install its
-/// own). Idempotent.
+/// Installs the process's one Prometheus recorder, which the hub and the
+/// edge libraries share. Idempotent.
 pub fn shared_metrics() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        if metrics::set_global_recorder(recorder).is_ok() {
-            storegate_hub::use_metrics(handle.clone());
-            storegate_edge::http::use_metrics(handle);
-        }
-    });
+    let _ = storegate_broker::process::metrics_handle();
 }
 
 /// Starts an embedded rumqttd on a free loopback port.

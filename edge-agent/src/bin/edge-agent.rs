@@ -42,12 +42,7 @@ fn main() -> anyhow::Result<()> {
         print!("{}", Settings::default_toml());
         return Ok(());
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rumqttc=warn,sqlx=warn".into()),
-        )
-        .init();
+    storegate_broker::process::init_logging("info,rumqttc=warn,sqlx=warn");
     let mut settings = Settings::load(cli.config.as_deref())?;
     if let Some(s) = cli.store_id {
         settings.store_id = s;
@@ -76,32 +71,8 @@ fn main() -> anyhow::Result<()> {
             Some(lan) => println!("edge-agent listening http={} lan={lan}", edge.http_addr),
             None => println!("edge-agent listening http={}", edge.http_addr),
         }
-        tokio::spawn(stop_on_signal(shutdown));
+        tokio::spawn(storegate_broker::process::stop_on_signal(shutdown));
         edge.stopped().await;
         anyhow::Ok(())
     })
-}
-
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                let _ = ctrl_c.await;
-                shutdown.cancel();
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down");
-    shutdown.cancel();
 }

@@ -185,13 +185,7 @@ fn main() -> anyhow::Result<()> {
         print!("{}", Settings::default_toml());
         return Ok(());
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // rumqttd logs every client disconnect at ERROR; RUST_LOG=rumqttd=info shows it.
-                .unwrap_or_else(|_| "info,rumqttd=off,rumqttc=warn,sqlx=warn".into()),
-        )
-        .init();
+    storegate_broker::process::init_logging("info,rumqttd=off,rumqttc=warn,sqlx=warn");
     let mut settings = Settings::load(cli.config.as_deref())?;
     if let Some(u) = cli.database_url {
         settings.database.url = u;
@@ -244,7 +238,7 @@ fn main() -> anyhow::Result<()> {
             None => println!("hub listening api={} broker={}", hub.api_addr, hub.broker_addr),
         }
         println!("REST API docs: http://{}/api/docs", hub.api_addr);
-        tokio::spawn(stop_on_signal(shutdown));
+        tokio::spawn(storegate_broker::process::stop_on_signal(shutdown));
         hub.stopped().await;
         anyhow::Ok(())
     })
@@ -424,28 +418,4 @@ async fn store_command(settings: &Settings, command: StoreCommand) -> anyhow::Re
         }
     }
     Ok(())
-}
-
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                let _ = ctrl_c.await;
-                shutdown.cancel();
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down");
-    shutdown.cancel();
 }
