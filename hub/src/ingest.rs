@@ -27,8 +27,9 @@ use storegate_protocol::{Seq, StoreId};
 
 use crate::catalog::{PriceRow, effective_price};
 use crate::db::{Db, now_ms};
+use crate::domain::order::OrderStatus;
 use crate::domain::stock::MovementKind;
-use crate::payments::NewPayment;
+use crate::payments::{NewPayment, PaymentMethod, PaymentStatus};
 use crate::{orders, payments, sql, stock, tasks};
 
 /// A decoded batch and the store it came from (checked against the topic).
@@ -634,10 +635,18 @@ fn tender_row(
 ) -> NewPayment {
     let key = t.payment_key.to_string();
     let (method, status, captured, card, reference, detail, offline) = match &t.method {
-        TenderMethod::Cash { .. } if refund => ("cash", "refunded", 0, None, None, String::new(), false),
+        TenderMethod::Cash { .. } if refund => (
+            PaymentMethod::Cash,
+            PaymentStatus::Refunded,
+            0,
+            None,
+            None,
+            String::new(),
+            false,
+        ),
         TenderMethod::Cash { .. } => (
-            "cash",
-            "captured",
+            PaymentMethod::Cash,
+            PaymentStatus::Captured,
             t.amount.minor,
             None,
             None,
@@ -646,7 +655,11 @@ fn tender_row(
         ),
         TenderMethod::Card(c) | TenderMethod::GiftCard(c) => {
             let gift = matches!(t.method, TenderMethod::GiftCard(_));
-            let method = if gift { "gift_card" } else { "card" };
+            let method = if gift {
+                PaymentMethod::GiftCard
+            } else {
+                PaymentMethod::Card
+            };
             let (reference, detail, offline) = match &c.auth {
                 CardAuth::Online {
                     authorization_id,
@@ -655,12 +668,12 @@ fn tender_row(
                 CardAuth::StoreAndForward { .. } => (None, "store-and-forward".to_owned(), true),
             };
             let (status, captured) = if refund {
-                ("refund_pending", 0)
+                (PaymentStatus::RefundPending, 0)
             } else if gift && !offline {
                 // Taken off the balance when the lane asked.
-                ("captured", t.amount.minor)
+                (PaymentStatus::Captured, t.amount.minor)
             } else {
-                ("pending_capture", 0)
+                (PaymentStatus::PendingCapture, 0)
             };
             (
                 method,
@@ -746,7 +759,7 @@ async fn commerce_effects(
             q = q
                 .bind(id.as_str())
                 .bind("store")
-                .bind("completed")
+                .bind(OrderStatus::Completed)
                 .bind(s.customer.as_deref().map(sql::text))
                 .bind(store.as_str())
                 .bind(s.totals.total.currency.as_str())
@@ -763,36 +776,17 @@ async fn commerce_effects(
         q.execute(&mut **tx).await?;
     }
     payments::upsert_rows(tx, &pays).await?;
-    for id in voided {
-        sqlx::query("UPDATE orders SET status = 'voided', updated_ms = $2 WHERE id = $1 AND kind = 'store'")
-            .bind(id.as_str())
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
-        sqlx::query("INSERT INTO order_status_history (order_id, status, at_ms, note) VALUES ($1, 'voided', $2, 'voided at the till')")
-            .bind(id.as_str())
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
-    }
+    orders::void_store_sales(tx, &voided).await?;
     for (store, key) in payment_voids {
-        if !payments::transition(tx, &key, &["authorized"], "void_pending").await? {
+        if !payments::transition(tx, &key, PaymentStatus::VoidPending).await? {
             // Unknown yet (or already settled): a tombstone stops a late
             // authorisation from being kept; settled ones stay as they are.
-            sqlx::query(
-                "INSERT INTO payments (id, payment_key, store_id, method, status, amount_minor, currency, detail, created_ms, updated_ms) \
-                 VALUES ($1, $1, $2, 'card', 'voided', 0, 'XXX', 'voided at the lane', $3, $3) ON CONFLICT DO NOTHING",
-            )
-            .bind(key.as_str())
-            .bind(store.as_str())
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
+            payments::tombstone(tx, &key, store.as_str(), "voided at the lane").await?;
         }
     }
     for (store, u) in task_updates {
         if let Some(applied) = tasks::apply_update(tx, db, store.as_str(), u).await? {
-            orders::on_task_update(tx, store.as_str(), &applied).await?;
+            orders::on_task_update(tx, db, store.as_str(), &applied).await?;
         }
     }
     Ok(())

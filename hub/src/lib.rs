@@ -44,7 +44,6 @@
 //! [`start`] takes settings and a cancellation token, binds everything
 //! (port 0 allowed), and returns a [`Hub`]; the `hub` binary wraps it.
 
-pub mod allocation;
 pub mod api;
 pub mod audit;
 pub mod auth;

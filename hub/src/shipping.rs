@@ -3,48 +3,57 @@
 //! events.
 
 use serde::{Deserialize, Serialize};
-use sqlx::{Any, Row, Transaction};
+use sqlx::{Any, AnyConnection, AssertSqlSafe, Transaction};
 use utoipa::ToSchema;
 
 use crate::audit;
 use crate::db::{Db, now_ms};
+use crate::domain::machine::{Machine, Refused};
+use crate::domain::shipment::ShipmentStatus;
+use crate::sql::{self, row};
 
-/// A carrier.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct CarrierView {
-    /// Key (`dhl`, `ups`...).
-    #[serde(default)]
-    pub id: String,
-    /// Display name.
-    pub name: String,
+row! {
+    /// A carrier.
+    #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+    pub struct CarrierView {
+        /// Key (`dhl`, `ups`...).
+        #[serde(default)]
+        pub id: String,
+        /// Display name.
+        pub name: String,
+    }
 }
 
-/// A rate: up to `max_grams` in `zone` with `carrier` costs `price_minor`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct RateView {
-    /// Carrier id.
-    pub carrier: String,
-    /// Zone.
-    pub zone: String,
-    /// Upper weight bound of this bracket, grams.
-    pub max_grams: i64,
-    /// Price, minor units.
-    pub price_minor: i64,
-    /// ISO currency.
-    pub currency: String,
+row! {
+    /// A rate: up to `max_grams` in `zone` with `carrier` costs `price_minor`.
+    #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+    pub struct RateView {
+        /// Carrier id.
+        pub carrier: String,
+        /// Zone.
+        pub zone: String,
+        /// Upper weight bound of this bracket, grams.
+        pub max_grams: i64,
+        /// Price, minor units.
+        pub price_minor: i64,
+        /// ISO currency.
+        pub currency: String,
+    }
 }
 
-/// A quote for one carrier.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct Quote {
-    /// Carrier id.
-    pub carrier: String,
-    /// Zone used.
-    pub zone: String,
-    /// Price, minor units.
-    pub price_minor: i64,
-    /// ISO currency.
-    pub currency: String,
+row! {
+    /// A quote for one carrier.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+    pub struct Quote {
+        /// Carrier id.
+        pub carrier: String,
+        /// Zone used.
+        pub zone: String,
+        /// Price, minor units.
+        pub price_minor: i64,
+        /// ISO currency.
+        pub currency: String,
+    }
 }
 
 /// Saves a carrier.
@@ -74,17 +83,9 @@ pub async fn save_carrier(
 
 /// Every carrier.
 pub async fn carriers(db: &Db) -> Result<Vec<CarrierView>, sqlx::Error> {
-    sqlx::query("SELECT id, name FROM carriers ORDER BY id")
+    sqlx::query_as("SELECT id, name FROM carriers ORDER BY id")
         .fetch_all(&db.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(CarrierView {
-                id: r.try_get(0)?,
-                name: r.try_get(1)?,
-            })
-        })
-        .collect()
+        .await
 }
 
 /// Maps a region to a zone.
@@ -142,20 +143,11 @@ pub async fn save_rate(
 
 /// Every rate.
 pub async fn rates(db: &Db) -> Result<Vec<RateView>, sqlx::Error> {
-    sqlx::query("SELECT carrier, zone, max_grams, price_minor, currency FROM shipping_rates ORDER BY carrier, zone, max_grams")
-        .fetch_all(&db.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(RateView {
-                carrier: r.try_get(0)?,
-                zone: r.try_get(1)?,
-                max_grams: r.try_get(2)?,
-                price_minor: r.try_get(3)?,
-                currency: r.try_get(4)?,
-            })
-        })
-        .collect()
+    sqlx::query_as(
+        "SELECT carrier, zone, max_grams, price_minor, currency FROM shipping_rates ORDER BY carrier, zone, max_grams",
+    )
+    .fetch_all(&db.pool)
+    .await
 }
 
 /// Quotes per carrier for `grams` to `region`, cheapest first: each
@@ -166,8 +158,9 @@ pub async fn quote(
     region: &str,
     grams: i64,
 ) -> Result<Vec<Quote>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT r.carrier, r.zone, r.price_minor, r.currency FROM shipping_rates r \
+    let rows: Vec<Quote> = sqlx::query_as(
+        "SELECT r.carrier AS carrier, r.zone AS zone, r.price_minor AS price_minor, r.currency AS currency \
+         FROM shipping_rates r \
          WHERE r.zone = COALESCE((SELECT zone FROM shipping_zones WHERE region = $1), 'default') \
          AND r.max_grams >= $2 ORDER BY r.carrier, r.max_grams",
     )
@@ -175,18 +168,12 @@ pub async fn quote(
     .bind(grams)
     .fetch_all(&mut **tx)
     .await?;
+    // Each carrier's smallest bracket comes first.
     let mut out: Vec<Quote> = Vec::new();
-    for r in rows {
-        let carrier: String = r.try_get(0)?;
-        if out.iter().any(|q| q.carrier == carrier) {
-            continue;
+    for q in rows {
+        if !out.iter().any(|o| o.carrier == q.carrier) {
+            out.push(q);
         }
-        out.push(Quote {
-            carrier,
-            zone: r.try_get(1)?,
-            price_minor: r.try_get(2)?,
-            currency: r.try_get(3)?,
-        });
     }
     out.sort_by(|a, b| {
         a.price_minor
@@ -209,8 +196,8 @@ pub struct ShipmentView {
     pub tracking: String,
     /// Location it leaves from.
     pub from_location: String,
-    /// label_created, in_transit, delivered, exception.
-    pub status: String,
+    /// Where it is.
+    pub status: ShipmentStatus,
     /// Price charged, minor units.
     pub price_minor: i64,
     /// ISO currency.
@@ -221,17 +208,19 @@ pub struct ShipmentView {
     pub created_ms: i64,
 }
 
-/// One status event.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ShipmentEvent {
-    /// New status.
-    pub status: String,
-    /// Where (depot, city).
-    #[serde(default)]
-    pub place: String,
-    /// When, ms.
-    #[serde(default)]
-    pub at_ms: i64,
+row! {
+    /// One status event.
+    #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+    pub struct ShipmentEvent {
+        /// New status.
+        pub status: ShipmentStatus,
+        /// Where (depot, city).
+        #[serde(default)]
+        pub place: String,
+        /// When, ms.
+        #[serde(default)]
+        pub at_ms: i64,
+    }
 }
 
 /// Tracking number: carrier prefix and 12 digits from the shipment id.
@@ -259,27 +248,51 @@ pub async fn create(
 ) -> Result<String, sqlx::Error> {
     let id = crate::auth::new_id();
     let now = now_ms();
+    let status = ShipmentStatus::LabelCreated;
     sqlx::query(
         "INSERT INTO shipments (id, order_id, carrier, tracking, from_location, status, price_minor, currency, created_ms, updated_ms) \
-         VALUES ($1, $2, $3, $4, $5, 'label_created', $6, $7, $8, $8)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
     )
     .bind(id.as_str())
     .bind(order_id)
     .bind(q.carrier.as_str())
     .bind(tracking_number(&q.carrier, &id))
     .bind(from)
+    .bind(status)
     .bind(q.price_minor)
     .bind(q.currency.as_str())
     .bind(now)
     .execute(&mut **tx)
     .await?;
-    sqlx::query("INSERT INTO shipment_events (shipment_id, status, place, at_ms) VALUES ($1, 'label_created', $2, $3)")
+    sqlx::query("INSERT INTO shipment_events (shipment_id, status, place, at_ms) VALUES ($1, $2, $3, $4)")
         .bind(id.as_str())
+        .bind(status)
         .bind(from)
         .bind(now)
         .execute(&mut **tx)
         .await?;
     Ok(id)
+}
+
+row! {
+    struct ShipmentRow {
+        id: String,
+        order_id: String,
+        carrier: String,
+        tracking: String,
+        from_location: String,
+        status: ShipmentStatus,
+        price_minor: i64,
+        currency: String,
+        created_ms: i64,
+    }
+}
+
+async fn events(conn: &mut AnyConnection, shipment_id: &str) -> Result<Vec<ShipmentEvent>, sqlx::Error> {
+    sqlx::query_as("SELECT status, place, at_ms FROM shipment_events WHERE shipment_id = $1 ORDER BY id")
+        .bind(shipment_id)
+        .fetch_all(conn)
+        .await
 }
 
 /// Shipments of an order (or one by id).
@@ -288,7 +301,7 @@ pub async fn list(
     order_id: Option<&str>,
     id: Option<&str>,
 ) -> Result<Vec<ShipmentView>, sqlx::Error> {
-    let rows = sqlx::query(
+    let rows: Vec<ShipmentRow> = sqlx::query_as(
         "SELECT id, order_id, carrier, tracking, from_location, status, price_minor, currency, created_ms FROM shipments \
          WHERE ($1 = '' OR order_id = $1) AND ($2 = '' OR id = $2) ORDER BY created_ms, id LIMIT 100",
     )
@@ -296,59 +309,53 @@ pub async fn list(
     .bind(id.unwrap_or(""))
     .fetch_all(&db.pool)
     .await?;
-    let mut out = Vec::new();
+    let mut conn = db.pool.acquire().await?;
+    let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        let id: String = r.try_get(0)?;
-        let events = sqlx::query(
-            "SELECT status, place, at_ms FROM shipment_events WHERE shipment_id = $1 ORDER BY id",
-        )
-        .bind(id.as_str())
-        .fetch_all(&db.pool)
-        .await?
-        .iter()
-        .map(|e| {
-            Ok(ShipmentEvent {
-                status: e.try_get(0)?,
-                place: e.try_get(1)?,
-                at_ms: e.try_get(2)?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
         out.push(ShipmentView {
-            id,
-            order_id: r.try_get(1)?,
-            carrier: r.try_get(2)?,
-            tracking: r.try_get(3)?,
-            from_location: r.try_get(4)?,
-            status: r.try_get(5)?,
-            price_minor: r.try_get(6)?,
-            currency: r.try_get(7)?,
-            events,
-            created_ms: r.try_get(8)?,
+            events: events(&mut conn, &r.id).await?,
+            id: r.id,
+            order_id: r.order_id,
+            carrier: r.carrier,
+            tracking: r.tracking,
+            from_location: r.from_location,
+            status: r.status,
+            price_minor: r.price_minor,
+            currency: r.currency,
+            created_ms: r.created_ms,
         });
     }
     Ok(out)
 }
 
-/// Allowed status moves.
-pub fn allowed(from: &str, to: &str) -> bool {
-    matches!(
-        (from, to),
-        ("label_created", "in_transit" | "exception")
-            | ("in_transit", "in_transit" | "delivered" | "exception")
-            | ("exception", "in_transit" | "delivered")
-    )
+/// A shipment that moved.
+#[derive(Debug, Clone)]
+pub struct Moved {
+    /// Its order.
+    pub order_id: String,
+    /// The location it leaves from.
+    pub from: String,
+    /// Its statuses before this event, oldest first.
+    pub before: Vec<ShipmentStatus>,
 }
 
-/// Records a status event; returns `(order_id, from_location, old status)`
-/// or `None` if there is no such shipment.
+row! {
+    struct Locked {
+        order_id: String,
+        from_location: String,
+        status: ShipmentStatus,
+    }
+}
+
+/// Records a status event if the shipment's status allows it; `None` if
+/// there is no such shipment.
 pub async fn add_event(
     tx: &mut Transaction<'static, Any>,
     db: &Db,
     id: &str,
     e: &ShipmentEvent,
-) -> Result<Option<Result<(String, String, String), String>>, sqlx::Error> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+) -> Result<Option<Result<Moved, Refused>>, sqlx::Error> {
+    let row: Option<Locked> = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT order_id, from_location, status FROM shipments WHERE id = $1{}",
         db.for_update()
     )))
@@ -356,28 +363,105 @@ pub async fn add_event(
     .fetch_optional(&mut **tx)
     .await?;
     let Some(row) = row else { return Ok(None) };
-    let (order, from, old): (String, String, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-    if !allowed(&old, &e.status) {
-        return Ok(Some(Err(format!(
-            "a shipment cannot go from {old} to {}",
-            e.status
-        ))));
+    if let Err(refused) = row.status.check(e.status) {
+        return Ok(Some(Err(refused)));
     }
+    let before = events(tx, id).await?.into_iter().map(|e| e.status).collect();
     let now = now_ms();
     sqlx::query("UPDATE shipments SET status = $2, updated_ms = $3 WHERE id = $1")
         .bind(id)
-        .bind(e.status.as_str())
+        .bind(e.status)
         .bind(now)
         .execute(&mut **tx)
         .await?;
     sqlx::query("INSERT INTO shipment_events (shipment_id, status, place, at_ms) VALUES ($1, $2, $3, $4)")
         .bind(id)
-        .bind(e.status.as_str())
-        .bind(crate::sql::text(&e.place))
+        .bind(e.status)
+        .bind(sql::text(&e.place))
         .bind(if e.at_ms > 0 { e.at_ms } else { now })
         .execute(&mut **tx)
         .await?;
-    Ok(Some(Ok((order, from, old))))
+    Ok(Some(Ok(Moved {
+        order_id: row.order_id,
+        from: row.from_location,
+        before,
+    })))
+}
+
+/// How far an order's shipments are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Neither delivered nor cancelled.
+    pub open: i64,
+    /// Not cancelled and never left.
+    pub waiting: i64,
+}
+
+row! {
+    struct ProgressRow {
+        open: i64,
+        waiting: i64,
+    }
+}
+
+/// How far an order's shipments are.
+pub async fn progress(conn: &mut AnyConnection, order_id: &str) -> Result<Progress, sqlx::Error> {
+    let left: Vec<ShipmentStatus> = ShipmentStatus::ALL
+        .iter()
+        .copied()
+        .filter(|s| s.has_left())
+        .collect();
+    let mut q = sqlx::query_as::<_, ProgressRow>(AssertSqlSafe(format!(
+        "SELECT \
+         COALESCE(SUM(CASE WHEN s.status NOT IN ($2, $3) THEN 1 ELSE 0 END), 0) AS open, \
+         COALESCE(SUM(CASE WHEN s.status <> $3 AND NOT EXISTS (SELECT 1 FROM shipment_events e \
+           WHERE e.shipment_id = s.id AND e.status IN {}) THEN 1 ELSE 0 END), 0) AS waiting \
+         FROM shipments s WHERE s.order_id = $1",
+        sql::list(4, left.len())
+    )))
+    .bind(order_id)
+    .bind(ShipmentStatus::Delivered)
+    .bind(ShipmentStatus::Cancelled);
+    for s in left {
+        q = q.bind(s);
+    }
+    let r = q.fetch_one(conn).await?;
+    Ok(Progress {
+        open: r.open,
+        waiting: r.waiting,
+    })
+}
+
+/// Whether every shipment of an order may still be cancelled (none has
+/// left, none is in trouble).
+pub async fn all_cancellable(conn: &mut AnyConnection, order_id: &str) -> Result<bool, sqlx::Error> {
+    let ok = ShipmentStatus::sources(ShipmentStatus::Cancelled);
+    let mut q = sqlx::query_scalar::<_, i64>(AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM shipments WHERE order_id = $1 AND status NOT IN {}",
+        sql::list(2, ok.len())
+    )))
+    .bind(order_id);
+    for s in ok {
+        q = q.bind(s);
+    }
+    Ok(q.fetch_one(conn).await? == 0)
+}
+
+/// Cancels an order's shipments that have not left.
+pub async fn cancel_for_order(conn: &mut AnyConnection, order_id: &str) -> Result<(), sqlx::Error> {
+    let from = ShipmentStatus::sources(ShipmentStatus::Cancelled);
+    let mut q = sqlx::query(AssertSqlSafe(format!(
+        "UPDATE shipments SET status = $1, updated_ms = $2 WHERE order_id = $3 AND status IN {}",
+        sql::list(4, from.len())
+    )))
+    .bind(ShipmentStatus::Cancelled)
+    .bind(now_ms())
+    .bind(order_id);
+    for s in from {
+        q = q.bind(s);
+    }
+    q.execute(conn).await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -389,7 +473,5 @@ mod tests {
         let t = tracking_number("dhl-express", "01ABC");
         assert_eq!(t, tracking_number("dhl-express", "01ABC"));
         assert!(t.starts_with("DHL") && t.len() == 15);
-        assert!(allowed("label_created", "in_transit"));
-        assert!(!allowed("delivered", "in_transit"));
     }
 }

@@ -1,8 +1,85 @@
-//! Small SQL text helpers that emit `$N` placeholders, valid on both
-//! PostgreSQL and SQLite (sqlx's `QueryBuilder` emits `?` under `Any`,
-//! which PostgreSQL refuses).
+//! Small SQL helpers shared by the repositories: text that emits `$N`
+//! placeholders, valid on both PostgreSQL and SQLite (sqlx's
+//! `QueryBuilder` emits `?` under `Any`, which PostgreSQL refuses); typed
+//! rows read by column name ([`row!`]); the domain's named enums as TEXT
+//! columns.
 
 use std::fmt::Write as _;
+
+use sqlx::any::{Any, AnyTypeInfo};
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+
+use crate::domain::order::{Fulfilment, OrderStatus, SagaStep};
+use crate::domain::payment::{ExceptionStatus, PaymentMethod, PaymentStatus};
+use crate::domain::shipment::ShipmentStatus;
+use crate::domain::task::TaskStatus;
+
+/// Declares a typed row: a struct whose fields are read by column name
+/// (`sqlx::FromRow` for `AnyRow`), so a query's column order cannot shift
+/// a value into the wrong field. Column expressions need an `AS` alias.
+macro_rules! row {
+    (
+        $(#[$m:meta])*
+        $vis:vis struct $name:ident {
+            $($(#[$fm:meta])* $fvis:vis $field:ident : $ty:ty),* $(,)?
+        }
+    ) => {
+        $(#[$m])*
+        $vis struct $name {
+            $($(#[$fm])* $fvis $field: $ty),*
+        }
+
+        impl<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> for $name {
+            fn from_row(row: &'r sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
+                use sqlx::Row as _;
+                Ok(Self {
+                    $($field: row.try_get(stringify!($field))?),*
+                })
+            }
+        }
+    };
+}
+pub(crate) use row;
+
+/// The domain's named enums are TEXT columns: bound by name, and read
+/// back refusing a name the enum does not know.
+macro_rules! text_columns {
+    ($($t:ty),* $(,)?) => {$(
+        impl sqlx::Type<Any> for $t {
+            fn type_info() -> AnyTypeInfo {
+                <str as sqlx::Type<Any>>::type_info()
+            }
+        }
+
+        impl<'q> sqlx::Encode<'q, Any> for $t {
+            fn encode_by_ref(
+                &self,
+                buf: &mut <Any as sqlx::Database>::ArgumentBuffer,
+            ) -> Result<IsNull, BoxDynError> {
+                <&str as sqlx::Encode<'q, Any>>::encode(self.as_str(), buf)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, Any> for $t {
+            fn decode(value: <Any as sqlx::Database>::ValueRef<'r>) -> Result<Self, BoxDynError> {
+                let s = <&str as sqlx::Decode<'r, Any>>::decode(value)?;
+                Ok(<$t>::parse(s)?)
+            }
+        }
+    )*};
+}
+
+text_columns!(
+    OrderStatus,
+    SagaStep,
+    Fulfilment,
+    PaymentStatus,
+    PaymentMethod,
+    ExceptionStatus,
+    TaskStatus,
+    ShipmentStatus,
+);
 
 /// `prefix VALUES ($1, $2), ($3, $4) suffix` for `rows` rows of `cols`
 /// columns, placeholders starting at `$1`.

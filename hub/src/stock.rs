@@ -282,6 +282,33 @@ pub async fn release(
     mark_dirty(conn, &[(location, sku)]).await
 }
 
+crate::sql::row! {
+    /// What a reference still holds reserved at a location.
+    #[derive(Debug, Clone)]
+    pub struct Held {
+        /// The location.
+        pub location: String,
+        /// The product.
+        pub sku: String,
+        /// Reserved minus released.
+        pub held: i64,
+    }
+}
+
+/// What `reference` (an order) still holds reserved, per location and
+/// SKU, from the ledger.
+pub async fn held_by(conn: &mut AnyConnection, reference: &str) -> Result<Vec<Held>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT location, sku, CAST(SUM(delta) AS BIGINT) AS held FROM stock_movements \
+         WHERE reference = $1 AND kind IN ($2, $3) GROUP BY location, sku",
+    )
+    .bind(reference)
+    .bind(MovementKind::Reservation.as_str())
+    .bind(MovementKind::Release.as_str())
+    .fetch_all(conn)
+    .await
+}
+
 /// Reserved goods leave: the reservation is released and on-hand drops.
 pub async fn fulfil(
     conn: &mut AnyConnection,

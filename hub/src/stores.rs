@@ -120,6 +120,14 @@ pub async fn upsert(
     Ok(())
 }
 
+/// A location's kind (`store` or `warehouse`), if it exists.
+pub async fn kind(conn: &mut sqlx::AnyConnection, store_id: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT kind FROM stores WHERE store_id = $1")
+        .bind(store_id)
+        .fetch_optional(conn)
+        .await
+}
+
 /// Records a presence message.
 /// Makes sure a store has its registry and sync rows (stores register
 /// themselves on first contact; an admin names them later).

@@ -2,13 +2,16 @@
 //! down as `TaskAssigned`, confirmed back as `TaskUpdated` events.
 
 use serde::{Deserialize, Serialize};
-use sqlx::{Any, AssertSqlSafe, Row, Transaction};
+use sqlx::{Any, AssertSqlSafe, Transaction};
 use storegate_protocol::Sku;
 use storegate_protocol::downlink::{DownBody, Task, TaskKind, TaskLine};
-use storegate_protocol::event::{TaskStatus, TaskUpdate};
+use storegate_protocol::event::TaskUpdate;
 use utoipa::ToSchema;
 
 use crate::db::{Db, now_ms};
+use crate::domain::machine::Machine;
+pub use crate::domain::task::TaskStatus;
+use crate::sql::{self, row};
 
 /// A task line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -33,8 +36,8 @@ pub struct TaskView {
     pub kind: String,
     /// The order it serves.
     pub order_id: Option<String>,
-    /// assigned, accepted, in_progress, done, failed, cancelled.
-    pub status: String,
+    /// Where it is.
+    pub status: TaskStatus,
     /// The goods.
     pub lines: Vec<LineView>,
     /// Created, ms.
@@ -66,15 +69,6 @@ pub fn parse_kind(s: &str) -> Option<TaskKind> {
     })
 }
 
-fn status_name(s: TaskStatus) -> &'static str {
-    match s {
-        TaskStatus::Accepted => "accepted",
-        TaskStatus::InProgress => "in_progress",
-        TaskStatus::Done => "done",
-        TaskStatus::Failed => "failed",
-    }
-}
-
 fn task_body(
     id: &str,
     kind: TaskKind,
@@ -101,31 +95,37 @@ fn task_body(
     }
 }
 
+row! {
+    struct OpenRow {
+        id: String,
+        kind: String,
+        order_id: Option<String>,
+        lines: String,
+    }
+}
+
 /// Open tasks of a store as downlink items (for its first snapshot).
 pub async fn open_items(
     tx: &mut Transaction<'static, Any>,
     store: &str,
 ) -> Result<Vec<DownBody>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT id, kind, order_id, lines FROM tasks WHERE store_id = $1 AND status IN ('assigned', 'accepted', 'in_progress') \
-         ORDER BY id",
-    )
-    .bind(store)
-    .fetch_all(&mut **tx)
-    .await?;
+    let mut q = sqlx::query_as::<_, OpenRow>(AssertSqlSafe(format!(
+        "SELECT id, kind, order_id, lines FROM tasks WHERE store_id = $1 AND status IN {} ORDER BY id",
+        sql::list(2, TaskStatus::OPEN.len())
+    )))
+    .bind(store);
+    for s in TaskStatus::OPEN {
+        q = q.bind(s);
+    }
     let mut out = Vec::new();
-    for r in rows {
-        let id: String = r.try_get(0)?;
-        let kind: String = r.try_get(1)?;
-        let order: Option<String> = r.try_get(2)?;
-        let lines: String = r.try_get(3)?;
-        let lines: Vec<LineView> = serde_json::from_str(&lines).unwrap_or_default();
-        let Some(kind) = parse_kind(&kind) else { continue };
+    for r in q.fetch_all(&mut **tx).await? {
+        let lines: Vec<LineView> = serde_json::from_str(&r.lines).unwrap_or_default();
+        let Some(kind) = parse_kind(&r.kind) else { continue };
         let pairs: Vec<(String, i64)> = lines.into_iter().map(|l| (l.sku, l.qty)).collect();
         out.push(DownBody::TaskAssigned(task_body(
-            &id,
+            &r.id,
             kind,
-            order.as_deref(),
+            r.order_id.as_deref(),
             &pairs,
             None,
         )));
@@ -176,7 +176,7 @@ pub async fn create_as(
         .collect();
     sqlx::query(
         "INSERT INTO tasks (id, store_id, kind, order_id, status, lines, created_ms, updated_ms) \
-         VALUES ($1, $2, $3, $4, 'assigned', $5, $6, $6)",
+         VALUES ($1, $2, $3, $4, $7, $5, $6, $6)",
     )
     .bind(id)
     .bind(store)
@@ -184,6 +184,7 @@ pub async fn create_as(
     .bind(order_id)
     .bind(serde_json::to_string(&views).unwrap_or_default())
     .bind(now)
+    .bind(TaskStatus::Assigned)
     .execute(&mut **tx)
     .await?;
     let snapshot: Option<Option<i64>> = sqlx::query_scalar(AssertSqlSafe(format!(
@@ -200,35 +201,44 @@ pub async fn create_as(
     Ok(())
 }
 
+row! {
+    struct TaskStore {
+        id: String,
+        store_id: String,
+    }
+}
+
 /// Withdraws open tasks of an order; returns the stores told.
 pub async fn cancel_for_order(
     tx: &mut Transaction<'static, Any>,
     db: &Db,
     order_id: &str,
 ) -> Result<Vec<String>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT id, store_id FROM tasks WHERE order_id = $1 AND status NOT IN ('done', 'failed', 'cancelled')",
-    )
-    .bind(order_id)
-    .fetch_all(&mut **tx)
-    .await?;
+    let mut q = sqlx::query_as::<_, TaskStore>(AssertSqlSafe(format!(
+        "SELECT id, store_id FROM tasks WHERE order_id = $1 AND status IN {}",
+        sql::list(2, TaskStatus::OPEN.len())
+    )))
+    .bind(order_id);
+    for s in TaskStatus::OPEN {
+        q = q.bind(s);
+    }
     let mut stores = Vec::new();
-    for r in rows {
-        let id: String = r.try_get(0)?;
-        let store: String = r.try_get(1)?;
-        sqlx::query("UPDATE tasks SET status = 'cancelled', updated_ms = $2 WHERE id = $1")
-            .bind(id.as_str())
+    for t in q.fetch_all(&mut **tx).await? {
+        sqlx::query("UPDATE tasks SET status = $3, updated_ms = $2 WHERE id = $1")
+            .bind(t.id.as_str())
             .bind(now_ms())
+            .bind(TaskStatus::Cancelled)
             .execute(&mut **tx)
             .await?;
         let snapshot: Option<Option<i64>> =
             sqlx::query_scalar("SELECT snapshot_ms FROM store_sync WHERE store_id = $1")
-                .bind(store.as_str())
+                .bind(t.store_id.as_str())
                 .fetch_optional(&mut **tx)
                 .await?;
         if matches!(snapshot, Some(Some(_))) {
-            crate::downlink::enqueue(tx, db, &store, &[DownBody::TaskCancelled { task_id: id }]).await?;
-            stores.push(store);
+            crate::downlink::enqueue(tx, db, &t.store_id, &[DownBody::TaskCancelled { task_id: t.id }])
+                .await?;
+            stores.push(t.store_id);
         }
     }
     Ok(stores)
@@ -244,21 +254,30 @@ pub struct Applied {
     /// The order it serves.
     pub order_id: Option<String>,
     /// The new status.
-    pub status: &'static str,
+    pub status: TaskStatus,
     /// The device's note.
     pub note: Option<String>,
 }
 
+row! {
+    struct Updated {
+        kind: String,
+        order_id: Option<String>,
+        status: TaskStatus,
+        lines: String,
+    }
+}
+
 /// Applies a `TaskUpdated` from `store`. Returns `None` for an unknown
-/// task, another store's task, or a task already finished (updates after
-/// done/failed/cancelled change nothing).
+/// task, another store's task, or an update its status does not allow
+/// (updates after done/failed/cancelled, or going back, change nothing).
 pub async fn apply_update(
     tx: &mut Transaction<'static, Any>,
     db: &Db,
     store: &str,
     u: &TaskUpdate,
 ) -> Result<Option<Applied>, sqlx::Error> {
-    let row = sqlx::query(AssertSqlSafe(format!(
+    let row: Option<Updated> = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT kind, order_id, status, lines FROM tasks WHERE id = $1 AND store_id = $2{}",
         db.for_update()
     )))
@@ -267,18 +286,16 @@ pub async fn apply_update(
     .fetch_optional(&mut **tx)
     .await?;
     let Some(row) = row else { return Ok(None) };
-    let old: String = row.try_get(2)?;
-    if matches!(old.as_str(), "done" | "failed" | "cancelled") {
+    let status = TaskStatus::reported(u.status);
+    if !row.status.can_become(status) {
         return Ok(None);
     }
-    let lines: String = row.try_get(3)?;
-    let mut lines: Vec<LineView> = serde_json::from_str(&lines).unwrap_or_default();
+    let mut lines: Vec<LineView> = serde_json::from_str(&row.lines).unwrap_or_default();
     for r in &u.lines {
         if let Some(l) = lines.iter_mut().find(|l| l.sku == r.sku.as_str()) {
             l.done = r.done;
         }
     }
-    let status = status_name(u.status);
     sqlx::query("UPDATE tasks SET status = $2, lines = $3, updated_ms = $4 WHERE id = $1")
         .bind(u.task_id.as_str())
         .bind(status)
@@ -288,8 +305,8 @@ pub async fn apply_update(
         .await?;
     Ok(Some(Applied {
         task_id: u.task_id.clone(),
-        kind: row.try_get(0)?,
-        order_id: row.try_get(1)?,
+        kind: row.kind,
+        order_id: row.order_id,
         status,
         note: u.note.clone(),
     }))
@@ -304,7 +321,7 @@ pub async fn get(db: &Db, id: &str) -> Result<Option<TaskView>, sqlx::Error> {
 pub async fn list(
     db: &Db,
     store: Option<&str>,
-    status: Option<&str>,
+    status: Option<TaskStatus>,
     order_id: Option<&str>,
     after: &str,
     limit: i64,
@@ -312,41 +329,52 @@ pub async fn list(
     query(db, None, store, status, order_id, after, limit).await
 }
 
+row! {
+    struct TaskRow {
+        id: String,
+        store_id: String,
+        kind: String,
+        order_id: Option<String>,
+        status: TaskStatus,
+        lines: String,
+        created_ms: i64,
+        updated_ms: i64,
+    }
+}
+
 async fn query(
     db: &Db,
     id: Option<&str>,
     store: Option<&str>,
-    status: Option<&str>,
+    status: Option<TaskStatus>,
     order_id: Option<&str>,
     after: &str,
     limit: i64,
 ) -> Result<Vec<TaskView>, sqlx::Error> {
-    let rows = sqlx::query(
+    let rows: Vec<TaskRow> = sqlx::query_as(
         "SELECT id, store_id, kind, order_id, status, lines, created_ms, updated_ms FROM tasks \
          WHERE ($1 = '' OR store_id = $1) AND ($2 = '' OR status = $2) AND ($3 = '' OR order_id = $3) AND id > $4 \
          AND ($6 = '' OR id = $6) ORDER BY id LIMIT $5",
     )
     .bind(store.unwrap_or(""))
-    .bind(status.unwrap_or(""))
+    .bind(status.map_or("", TaskStatus::as_str))
     .bind(order_id.unwrap_or(""))
     .bind(after)
     .bind(limit)
     .bind(id.unwrap_or(""))
     .fetch_all(&db.pool)
     .await?;
-    rows.iter()
-        .map(|r| {
-            let lines: String = r.try_get(5)?;
-            Ok(TaskView {
-                id: r.try_get(0)?,
-                store_id: r.try_get(1)?,
-                kind: r.try_get(2)?,
-                order_id: r.try_get(3)?,
-                status: r.try_get(4)?,
-                lines: serde_json::from_str(&lines).unwrap_or_default(),
-                created_ms: r.try_get(6)?,
-                updated_ms: r.try_get(7)?,
-            })
+    Ok(rows
+        .into_iter()
+        .map(|r| TaskView {
+            lines: serde_json::from_str(&r.lines).unwrap_or_default(),
+            id: r.id,
+            store_id: r.store_id,
+            kind: r.kind,
+            order_id: r.order_id,
+            status: r.status,
+            created_ms: r.created_ms,
+            updated_ms: r.updated_ms,
         })
-        .collect()
+        .collect())
 }

@@ -15,8 +15,8 @@ use super::{
     Admin, ApiError, ApiResult, AppState, Authed, Body, Client, ErrorBody, Operator, Page, Path, Query,
     json_response,
 };
-use crate::allocation::{self, Rule};
 use crate::auth::{Principal, Role};
+use crate::domain::allocation::Rule;
 use crate::idempotency::{self, Begin, KeyRef};
 use crate::orders::{self, Created, OrderError, OrderInput, OrderSummary, OrderView};
 use crate::shipping::{self, CarrierView, Quote, RateView, ShipmentEvent, ShipmentView};
@@ -50,7 +50,10 @@ impl From<OrderError> for ApiError {
             OrderError::Invalid(m) => ApiError::invalid(m),
             OrderError::OutOfStock(m) => ApiError::new(StatusCode::CONFLICT, "out_of_stock", m),
             OrderError::NotFound(m) => ApiError::not_found(m),
-            OrderError::State(m) => ApiError::conflict(m),
+            OrderError::NotCancellable { .. } | OrderError::ShipmentLeft | OrderError::Shipment(_) => {
+                ApiError::conflict(e.to_string())
+            }
+            OrderError::Raced => ApiError::new(StatusCode::CONFLICT, "out_of_stock", e.to_string()),
             OrderError::Db(e) => ApiError::internal(e),
         }
     }
@@ -137,6 +140,9 @@ fn order_parts(created: Result<Created, OrderError>) -> (u16, String) {
             e.retry_after = None;
             e.to_parts()
         }
+        Ok(Created::Cancelled(o, why)) => {
+            ApiError::conflict(format!("order {} was cancelled while it was placed: {why}", o.id)).to_parts()
+        }
         Err(e) => ApiError::from(e).to_parts(),
     }
 }
@@ -171,13 +177,10 @@ pub async fn create_order(
         &body,
         async |order_id: String| {
             let o = orders::get(&db, &order_id).await.ok().flatten()?;
-            match o.status.as_str() {
-                "reserved" => None,
-                "failed" => {
-                    let why = o.history.last().map(|h| h.note.clone()).unwrap_or_default();
-                    Some(order_parts(Ok(Created::Failed(o, why))))
-                }
-                _ => Some(order_parts(Ok(Created::Confirmed(o)))),
+            match Created::of(o) {
+                // Still running: the first request answers.
+                Created::Pending(_) => None,
+                settled => Some(order_parts(Ok(settled))),
             }
         },
         async || {
@@ -197,7 +200,8 @@ pub struct OrderQuery {
     /// A customer (operators; clients always see their own).
     pub customer: Option<String>,
     /// A status.
-    pub status: Option<String>,
+    #[param(inline)]
+    pub status: Option<orders::OrderStatus>,
     /// `store` or `online`.
     pub kind: Option<String>,
     /// Items per page (1 to 500, default 50).
@@ -227,7 +231,7 @@ pub async fn list_orders(
     let items = orders::list(
         &s.db,
         customer.as_deref(),
-        q.status.as_deref(),
+        q.status,
         q.kind.as_deref(),
         before.as_deref(),
         page.limit() + 1,
@@ -287,7 +291,7 @@ pub async fn cancel_order(
 #[utoipa::path(get, path = "/api/v1/allocation-rules", tag = "orders", security(("bearer" = ["operator"])),
     responses((status = 200, body = Vec<Rule>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn get_rules(_: Authed<Operator>, State(s): State<AppState>) -> ApiResult<Json<Vec<Rule>>> {
-    Ok(Json(allocation::load(&s.db).await?))
+    Ok(Json(orders::rules(&s.db).await?))
 }
 
 /// Replaces the allocation rules (first rule that tells two candidates
@@ -309,7 +313,7 @@ pub async fn put_rules(
             return Err(ApiError::invalid("kind.prefer is `store` or `warehouse`"));
         }
     }
-    allocation::save(&s.db, &actor(&p), &rules).await?;
+    orders::save_rules(&s.db, &actor(&p), &rules).await?;
     Ok(Json(rules))
 }
 
@@ -483,7 +487,8 @@ pub struct TaskQuery {
     /// One store.
     pub store: Option<String>,
     /// One status.
-    pub status: Option<String>,
+    #[param(inline)]
+    pub status: Option<tasks::TaskStatus>,
     /// One order.
     pub order_id: Option<String>,
     /// Items per page (1 to 500, default 50).
@@ -508,7 +513,7 @@ pub async fn list_tasks(
     let items = tasks::list(
         &s.db,
         q.store.as_deref(),
-        q.status.as_deref(),
+        q.status,
         q.order_id.as_deref(),
         &after,
         page.limit() + 1,

@@ -45,7 +45,8 @@ pub struct PaymentQuery {
     /// One order.
     pub order_id: Option<String>,
     /// One status.
-    pub status: Option<String>,
+    #[param(inline)]
+    pub status: Option<payments::PaymentStatus>,
     /// Items per page (1 to 500, default 50).
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
@@ -65,14 +66,7 @@ pub async fn list_payments(
         cursor: q.cursor,
     };
     let after = page.after()?.unwrap_or_default();
-    let items = payments::list(
-        &s.db,
-        q.order_id.as_deref(),
-        q.status.as_deref(),
-        &after,
-        page.limit() + 1,
-    )
-    .await?;
+    let items = payments::list(&s.db, q.order_id.as_deref(), q.status, &after, page.limit() + 1).await?;
     Ok(Json(Page::from(items, page.limit(), |p| p.id.clone())))
 }
 
@@ -216,7 +210,7 @@ pub async fn list_exceptions(
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct Resolution {
     /// `collected` or `written_off`.
-    pub status: String,
+    pub status: payments::ExceptionStatus,
     /// Free text.
     #[serde(default)]
     pub note: String,
@@ -233,7 +227,7 @@ pub async fn resolve_exception(
     Path(id): Path<i64>,
     Body(r): Body<Resolution>,
 ) -> ApiResult<StatusCode> {
-    if payments::resolve_exception(&s.db, &actor(&p), id, &r.status, &r.note).await? {
+    if payments::resolve_exception(&s.db, &actor(&p), id, r.status, &r.note).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("open payment exception {id}")))
@@ -248,21 +242,7 @@ pub async fn issue_gift_card(
     State(s): State<AppState>,
     Body(g): Body<GiftCardView>,
 ) -> ApiResult<(StatusCode, Json<GiftCardView>)> {
-    storegate_protocol::event::CardToken::parse(g.token.as_str())
-        .map_err(|e| ApiError::invalid(format!("token: {e}")))?;
-    storegate_protocol::event::Last4::parse(&g.last4)
-        .map_err(|e| ApiError::invalid(format!("last4: {e}")))?;
-    storegate_protocol::Currency::parse(&g.currency)
-        .map_err(|e| ApiError::invalid(format!("currency: {e}")))?;
-    if g.balance_minor <= 0 {
-        return Err(ApiError::invalid("balance_minor must be positive"));
-    }
-    let mut tx = s.db.begin().await?;
-    payments::issue_gift_card(&mut tx, &actor(&p), &g).await?;
-    tx.commit().await?;
-    let card = payments::gift_card(&s.db, &g.token)
-        .await?
-        .ok_or_else(|| ApiError::internal("gift card vanished"))?;
+    let card = payments::issue_gift_card(&s.db, &actor(&p), &g).await?;
     Ok((StatusCode::CREATED, Json(card)))
 }
 

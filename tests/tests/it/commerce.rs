@@ -142,6 +142,96 @@ both_backends!(
 );
 
 both_backends!(
+    a_shipment_in_trouble_before_it_left_books_its_goods_once_when_it_leaves,
+    |backend: Backend| async move {
+        let Some(hub) = spawn_hub(backend).await else {
+            return;
+        };
+        let (admin, client) = seed(&hub).await;
+        receive(&admin, "w1", "P1", 10).await;
+        let placed = place(&client, "trouble-1", &order("P1", 2, "tok_visa")).await;
+        assert_eq!(placed.status, 201, "{}", placed.body);
+        let id = placed.body["id"].as_str().unwrap().to_owned();
+        let shipment = placed.body["shipments"][0]["id"].as_str().unwrap().to_owned();
+        let event = |status: &str| {
+            let admin = admin.clone();
+            let path = format!("/api/v1/shipments/{shipment}/events");
+            let body = json!({ "status": status });
+            async move { admin.call(Method::POST, &path, Some(&body), &[]).await }
+        };
+        // The carrier reports a problem before pick-up: nothing has left.
+        assert_eq!(event("exception").await.status, 200);
+        assert_eq!(level(&admin, "w1", "P1").await, (10, 2));
+        // Then it leaves: the goods leave the ledger and the payment is captured.
+        assert_eq!(event("in_transit").await.status, 200);
+        assert_eq!(level(&admin, "w1", "P1").await, (8, 0), "the goods left");
+        let pid = format!("order-{id}");
+        wait_until("the payment is captured", Duration::from_secs(20), || {
+            let admin = admin.clone();
+            let pid = pid.clone();
+            async move { admin.get(&format!("/api/v1/payments/{pid}")).await["status"] == "captured" }
+        })
+        .await;
+        assert_eq!(
+            admin.get(&format!("/api/v1/orders/{id}")).await["status"],
+            "shipped"
+        );
+        // Trouble on the way and the delivery book nothing again.
+        assert_eq!(event("exception").await.status, 200);
+        assert_eq!(event("delivered").await.status, 200);
+        assert_eq!(level(&admin, "w1", "P1").await, (8, 0), "booked once");
+        let done = admin.get(&format!("/api/v1/orders/{id}")).await;
+        assert_eq!(done["status"], "completed");
+        let statuses: Vec<&str> = done["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["status"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            statuses,
+            [
+                "created",
+                "reserved",
+                "confirmed",
+                "awaiting_shipment",
+                "shipped",
+                "completed"
+            ]
+        );
+        // A delivered shipment goes nowhere; the refusal says why.
+        let back = event("in_transit").await;
+        assert_eq!(back.status, 409, "{}", back.body);
+        assert_eq!(
+            back.body["error"]["message"],
+            "shipment cannot go from delivered to in_transit"
+        );
+        // An unknown status is not a status.
+        assert_eq!(event("teleported").await.status, 422);
+        // Its goods left: cancelling is refused, naming the status.
+        let cancel = admin
+            .call(
+                Method::POST,
+                &format!("/api/v1/orders/{id}/cancel"),
+                Some(&json!({})),
+                &[],
+            )
+            .await;
+        assert_eq!(cancel.status, 409, "{}", cancel.body);
+        assert!(
+            cancel.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("is completed"),
+            "{}",
+            cancel.body
+        );
+        verify_ledger(&admin).await;
+        hub.stop().await;
+    }
+);
+
+both_backends!(
     online_orders_get_the_promotions_stores_apply,
     |backend: Backend| async move {
         let Some(hub) = spawn_hub(backend).await else {
