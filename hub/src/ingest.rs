@@ -25,9 +25,10 @@ use storegate_protocol::envelope::{AppAck, Message, ResendRequest, UpBatch, enco
 use storegate_protocol::event::{CardAuth, Event, EventBody, EventKind, Tender, TenderMethod};
 use storegate_protocol::{Seq, StoreId};
 
-use crate::catalog::{PriceRow, effective_price};
+use crate::catalog;
 use crate::db::{Db, now_ms};
 use crate::domain::order::OrderStatus;
+use crate::domain::price::effective_price;
 use crate::domain::stock::MovementKind;
 use crate::payments::{NewPayment, PaymentMethod, PaymentStatus};
 use crate::{orders, payments, sql, stock, tasks};
@@ -359,43 +360,9 @@ async fn apply_effects(
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let mut known: HashSet<String> = HashSet::new();
-    let mut prices: Vec<PriceRow> = Vec::new();
-    for chunk in all_skus.chunks(sql::CHUNK) {
-        let rows = bind_all(
-            sqlx::query(AssertSqlSafe(format!(
-                "SELECT sku FROM products WHERE sku IN {}",
-                sql::list(1, chunk.len())
-            ))),
-            chunk,
-        )
-        .fetch_all(&mut **tx)
-        .await?;
-        for r in rows {
-            known.insert(r.try_get(0)?);
-        }
-        let rows = bind_all(
-            sqlx::query(AssertSqlSafe(format!(
-                "SELECT sku, scope, scope_id, price_minor, currency, effective_from_ms, effective_to_ms \
-                 FROM prices WHERE sku IN {}",
-                sql::list(1, chunk.len())
-            ))),
-            chunk,
-        )
-        .fetch_all(&mut **tx)
-        .await?;
-        for r in rows {
-            prices.push(PriceRow {
-                sku: r.try_get(0)?,
-                scope: r.try_get(1)?,
-                scope_id: r.try_get(2)?,
-                price: r.try_get(3)?,
-                currency: r.try_get(4)?,
-                from: r.try_get(5)?,
-                to: r.try_get(6)?,
-            });
-        }
-    }
+    let owned: Vec<String> = all_skus.iter().map(|s| (*s).to_owned()).collect();
+    let known = catalog::known_skus(tx, &all_skus).await?;
+    let prices = catalog::price_rows(tx, Some(&owned)).await?;
     let stores: Vec<&str> = fresh
         .iter()
         .map(|(s, _)| s.as_str())
@@ -495,7 +462,8 @@ async fn apply_effects(
                             region,
                             s.completed_at_ms,
                         )
-                        && (p.price != l.unit_price.minor || p.currency != l.unit_price.currency.as_str())
+                        && (p.price_minor != l.unit_price.minor
+                            || p.currency != l.unit_price.currency.as_str())
                     {
                         discrepancies.push(Discrepancy {
                             store: store.to_string(),
@@ -503,7 +471,7 @@ async fn apply_effects(
                             kind: "price_mismatch",
                             detail: format!(
                                 "line {} sold {} at {} but the catalog price is {} {}",
-                                l.line_no, l.sku, l.unit_price, p.price, p.currency
+                                l.line_no, l.sku, l.unit_price, p.price_minor, p.currency
                             ),
                         });
                     }

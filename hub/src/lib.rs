@@ -351,6 +351,10 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Hu
             auth,
             link: link.clone(),
             metrics,
+            catalog: catalog::Catalog {
+                db: db.clone(),
+                kick: kick.clone(),
+            },
             commerce,
         },
         shutdown.clone(),

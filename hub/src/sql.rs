@@ -12,6 +12,8 @@ use sqlx::error::BoxDynError;
 
 use crate::domain::order::{Fulfilment, OrderStatus, SagaStep};
 use crate::domain::payment::{ExceptionStatus, PaymentMethod, PaymentStatus};
+use crate::domain::price::PriceScope;
+use crate::domain::product::Measure;
 use crate::domain::shipment::ShipmentStatus;
 use crate::domain::task::TaskStatus;
 
@@ -41,6 +43,22 @@ macro_rules! row {
     };
 }
 pub(crate) use row;
+
+/// `sqlx::FromRow` by column name for a struct defined elsewhere (a
+/// domain type that is also a row): `row_impl!(Type { field, ... })`.
+macro_rules! row_impl {
+    ($name:path { $($field:ident),* $(,)? }) => {
+        impl<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> for $name {
+            fn from_row(row: &'r sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
+                use sqlx::Row as _;
+                Ok(Self {
+                    $($field: row.try_get(stringify!($field))?),*
+                })
+            }
+        }
+    };
+}
+pub(crate) use row_impl;
 
 /// The domain's named enums are TEXT columns: bound by name, and read
 /// back refusing a name the enum does not know.
@@ -79,6 +97,8 @@ text_columns!(
     ExceptionStatus,
     TaskStatus,
     ShipmentStatus,
+    PriceScope,
+    Measure,
 );
 
 /// `prefix VALUES ($1, $2), ($3, $4) suffix` for `rows` rows of `cols`

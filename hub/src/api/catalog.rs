@@ -7,14 +7,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use storegate_protocol::StoreId;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
     ApiError, ApiResult, AppState, Authed, Body, Client, ErrorBody, Operator, Page, PageParams, Path, Query,
 };
 use crate::catalog::{
-    self, CatalogError, NamedView, PriceInput, PriceView, ProductInput, ProductView, PromotionView, RowError,
+    self, CatalogError, Imported, NamedKind, NamedView, PriceInput, PriceView, ProductInput, ProductView,
+    PromotionView, RowError,
 };
 
 pub(super) fn routes() -> Router<AppState> {
@@ -54,12 +54,6 @@ impl From<CatalogError> for ApiError {
 /// The actor string for audit rows.
 pub fn actor(p: &crate::auth::Principal) -> String {
     format!("{}:{}", p.kind, p.subject)
-}
-
-fn kick(s: &AppState, stores: &[StoreId]) {
-    for st in stores {
-        s.link.send_downlink(st);
-    }
 }
 
 /// `?q=&category=&barcode=` product search.
@@ -128,15 +122,8 @@ pub async fn put_product(
     Path(sku): Path<String>,
     Body(input): Body<ProductInput>,
 ) -> ApiResult<Response> {
-    let valid = catalog::validate_product(&sku, input)?;
-    let mut tx = s.db.begin().await?;
-    let (created, stores) = catalog::save_products(&mut tx, &s.db, &actor(&p), &[valid]).await?;
-    tx.commit().await?;
-    kick(&s, &stores);
-    let view = catalog::get_product(&s.db, &sku)
-        .await?
-        .ok_or_else(|| ApiError::internal("product vanished after saving"))?;
-    let status = if created > 0 {
+    let (created, view) = s.catalog.put_product(&actor(&p), &sku, input).await?;
+    let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
@@ -153,10 +140,7 @@ pub async fn delete_product(
     State(s): State<AppState>,
     Path(sku): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let mut tx = s.db.begin().await?;
-    let stores = catalog::deactivate(&mut tx, &s.db, &actor(&p), &sku).await?;
-    tx.commit().await?;
-    kick(&s, &stores);
+    s.catalog.deactivate(&actor(&p), &sku).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -179,7 +163,7 @@ fn csv_response(body: String, name: &str) -> Response {
 #[utoipa::path(get, path = "/api/v1/products/export.csv", tag = "catalog", security(("bearer" = ["operator"])),
     responses((status = 200, description = "CSV", content_type = "text/csv"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn export_products(_: Authed<Operator>, State(s): State<AppState>) -> ApiResult<Response> {
-    Ok(csv_response(catalog::products_csv(&s.db).await?, "products.csv"))
+    Ok(csv_response(s.catalog.products_csv().await?, "products.csv"))
 }
 
 /// What an import did.
@@ -191,6 +175,16 @@ pub struct ImportReport {
     pub created: usize,
     /// Replaced products.
     pub updated: usize,
+}
+
+impl From<Imported> for ImportReport {
+    fn from(i: Imported) -> Self {
+        ImportReport {
+            rows: i.rows,
+            created: i.created,
+            updated: i.rows - i.created,
+        }
+    }
 }
 
 /// A refused import: every row's error; nothing was written.
@@ -226,20 +220,10 @@ pub async fn import_products(
     State(s): State<AppState>,
     super::TextBody(body): super::TextBody,
 ) -> ApiResult<Response> {
-    let products = match catalog::parse_products_csv(&body) {
-        Ok(p) => p,
-        Err(rows) => return Ok(import_refused(rows)),
-    };
-    let mut tx = s.db.begin().await?;
-    let (created, stores) = catalog::save_products(&mut tx, &s.db, &actor(&p), &products).await?;
-    tx.commit().await?;
-    kick(&s, &stores);
-    Ok(Json(ImportReport {
-        rows: products.len(),
-        created,
-        updated: products.len() - created,
+    Ok(match s.catalog.import_products(&actor(&p), &body).await? {
+        Ok(done) => Json(ImportReport::from(done)).into_response(),
+        Err(rows) => import_refused(rows),
     })
-    .into_response())
 }
 
 /// `?sku=` filter for prices.
@@ -283,10 +267,7 @@ pub async fn add_price(
     State(s): State<AppState>,
     Body(input): Body<PriceInput>,
 ) -> ApiResult<StatusCode> {
-    let mut tx = s.db.begin().await?;
-    let stores = catalog::add_prices(&mut tx, &s.db, &actor(&p), &[input]).await?;
-    tx.commit().await?;
-    kick(&s, &stores);
+    s.catalog.add_prices(&actor(&p), &[input]).await?;
     Ok(StatusCode::CREATED)
 }
 
@@ -295,7 +276,7 @@ pub async fn add_price(
 #[utoipa::path(get, path = "/api/v1/prices/export.csv", tag = "catalog", security(("bearer" = ["operator"])),
     responses((status = 200, description = "CSV", content_type = "text/csv"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn export_prices(_: Authed<Operator>, State(s): State<AppState>) -> ApiResult<Response> {
-    Ok(csv_response(catalog::prices_csv(&s.db).await?, "prices.csv"))
+    Ok(csv_response(s.catalog.prices_csv().await?, "prices.csv"))
 }
 
 /// Imports price rows from CSV, all or nothing.
@@ -307,20 +288,10 @@ pub async fn import_prices(
     State(s): State<AppState>,
     super::TextBody(body): super::TextBody,
 ) -> ApiResult<Response> {
-    let prices = match catalog::parse_prices_csv(&body) {
-        Ok(p) => p,
-        Err(rows) => return Ok(import_refused(rows)),
-    };
-    let mut tx = s.db.begin().await?;
-    let stores = catalog::add_prices(&mut tx, &s.db, &actor(&p), &prices).await?;
-    tx.commit().await?;
-    kick(&s, &stores);
-    Ok(Json(ImportReport {
-        rows: prices.len(),
-        created: prices.len(),
-        updated: 0,
+    Ok(match s.catalog.import_prices(&actor(&p), &body).await? {
+        Ok(done) => Json(ImportReport::from(done)).into_response(),
+        Err(rows) => import_refused(rows),
     })
-    .into_response())
 }
 
 /// A supplier or category as the API takes it.
@@ -339,7 +310,7 @@ pub async fn list_suppliers(
     _: Authed<Operator>,
     State(s): State<AppState>,
 ) -> ApiResult<Json<Vec<NamedView>>> {
-    Ok(Json(catalog::list_named(&s.db, "suppliers").await?))
+    Ok(Json(catalog::list_named(&s.db, NamedKind::Supplier).await?))
 }
 
 /// Creates or renames a supplier.
@@ -357,9 +328,7 @@ pub async fn put_supplier(
         name: input.name,
         parent: None,
     };
-    let mut tx = s.db.begin().await?;
-    catalog::save_named(&mut tx, &actor(&p), "suppliers", &v).await?;
-    tx.commit().await?;
+    s.catalog.save_named(&actor(&p), NamedKind::Supplier, &v).await?;
     Ok(Json(v))
 }
 
@@ -370,7 +339,7 @@ pub async fn list_categories(
     _: Authed<Client>,
     State(s): State<AppState>,
 ) -> ApiResult<Json<Vec<NamedView>>> {
-    Ok(Json(catalog::list_named(&s.db, "categories").await?))
+    Ok(Json(catalog::list_named(&s.db, NamedKind::Category).await?))
 }
 
 /// Creates or renames a category.
@@ -388,9 +357,7 @@ pub async fn put_category(
         name: input.name,
         parent: input.parent,
     };
-    let mut tx = s.db.begin().await?;
-    catalog::save_named(&mut tx, &actor(&p), "categories", &v).await?;
-    tx.commit().await?;
+    s.catalog.save_named(&actor(&p), NamedKind::Category, &v).await?;
     Ok(Json(v))
 }
 
@@ -401,10 +368,7 @@ pub async fn list_promotions(
     _: Authed<Operator>,
     State(s): State<AppState>,
 ) -> ApiResult<Json<Vec<PromotionView>>> {
-    let mut tx = s.db.pool.begin().await?;
-    let all = catalog::list_promotions(&mut tx).await?;
-    tx.rollback().await?;
-    Ok(Json(all))
+    Ok(Json(catalog::list_promotions(&s.db).await?))
 }
 
 /// Creates or replaces a promotion (percent off, amount off, multi-buy);
@@ -420,10 +384,7 @@ pub async fn put_promotion(
 ) -> ApiResult<Json<PromotionView>> {
     input.id = id;
     input.active = true;
-    let mut tx = s.db.begin().await?;
-    let stores = catalog::save_promotion(&mut tx, &s.db, &actor(&p), &input).await?;
-    tx.commit().await?;
-    kick(&s, &stores);
+    s.catalog.save_promotion(&actor(&p), &input).await?;
     Ok(Json(input))
 }
 
@@ -436,9 +397,6 @@ pub async fn delete_promotion(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let mut tx = s.db.begin().await?;
-    let stores = catalog::remove_promotion(&mut tx, &s.db, &actor(&p), &id).await?;
-    tx.commit().await?;
-    kick(&s, &stores);
+    s.catalog.remove_promotion(&actor(&p), &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

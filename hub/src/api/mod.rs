@@ -55,6 +55,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Orders, payments, stock.
     pub commerce: crate::orders::Commerce,
+    /// Catalog changes.
+    pub catalog: crate::catalog::Catalog,
 }
 
 tokio::task_local! {

@@ -11,14 +11,24 @@
 //! - [`payment`]: payment methods and statuses, refunds, exceptions.
 //! - [`task`]: store task statuses.
 //! - [`shipment`]: shipment statuses; when goods leave.
+//! - [`price`]: price scopes, the price in force, a store's schedule.
+//! - [`product`]: products, promotions, suppliers and categories: what
+//!   makes them valid.
 //! - [`lines`]: lines of goods as callers send them, merged per SKU.
 //! - [`stock`]: movement kinds; what transfers and counts book.
+
+/// A request that breaks a rule; the text says which.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
 
 pub mod allocation;
 pub mod lines;
 pub mod machine;
 pub mod order;
 pub mod payment;
+pub mod price;
+pub mod product;
 pub mod shipment;
 pub mod stock;
 pub mod task;

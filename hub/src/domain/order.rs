@@ -56,10 +56,7 @@ pub const MAX_ORDER_LINES: usize = 200;
 /// Most items (or grams) of one SKU in an online order.
 pub const MAX_LINE_QTY: i64 = 1_000_000;
 
-/// An order request that is not one.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Invalid(pub String);
+pub use super::Invalid;
 
 /// Where an order goes.
 #[derive(Debug, Clone, PartialEq, Eq)]

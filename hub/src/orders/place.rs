@@ -248,7 +248,7 @@ impl Commerce {
 /// A line as the pricing engine takes it.
 fn price_input(sku: &Sku, qty: i64, p: &catalog::ProductView, unit: Money) -> Result<PriceInput, OrderError> {
     let n = u32::try_from(qty).map_err(|_| OrderError::Invalid(format!("{sku}: qty too large")))?;
-    let qty = if p.measure == "grams" {
+    let qty = if p.measure == crate::domain::product::Measure::Grams {
         Qty::grams(n)
     } else {
         Qty::each(n)
