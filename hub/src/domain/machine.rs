@@ -57,8 +57,9 @@ pub trait Machine: Named {
 }
 
 /// Declares a status enum: variants with their names (serde, OpenAPI and
-/// the database use the same), `as_str`, `Display` and the `ALL` list a
-/// [`Machine`] needs. The allowed moves are written by hand beside it.
+/// the database use the same: the snake_case of the variant, which the
+/// tests check), `as_str`, `Display` and the `ALL` list a [`Machine`]
+/// needs. The allowed moves are written by hand beside it.
 macro_rules! states {
     (
         $(#[$m:meta])*
@@ -68,8 +69,9 @@ macro_rules! states {
     ) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+        #[serde(rename_all = "snake_case")]
         $vis enum $name {
-            $($(#[$vm])* #[serde(rename = $text)] $variant),+
+            $($(#[$vm])* $variant),+
         }
 
         impl $name {

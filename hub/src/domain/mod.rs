@@ -32,3 +32,40 @@ pub mod product;
 pub mod shipment;
 pub mod stock;
 pub mod task;
+
+#[cfg(test)]
+mod tests {
+    use super::machine::Named;
+
+    /// Each enum's database name is the name serde and the OpenAPI
+    /// document give it.
+    fn names_agree<T: Named + serde::Serialize + std::fmt::Debug>() {
+        for v in T::ALL {
+            assert_eq!(serde_json::to_value(v).unwrap(), v.as_str(), "{v:?}");
+            assert_eq!(T::parse(v.as_str()).ok(), Some(*v));
+        }
+    }
+
+    #[test]
+    fn every_named_enum_has_one_name_everywhere() {
+        names_agree::<super::order::OrderStatus>();
+        names_agree::<super::order::SagaStep>();
+        names_agree::<super::order::Fulfilment>();
+        names_agree::<super::payment::PaymentStatus>();
+        names_agree::<super::payment::PaymentMethod>();
+        names_agree::<super::payment::ExceptionStatus>();
+        names_agree::<super::task::TaskStatus>();
+        names_agree::<super::shipment::ShipmentStatus>();
+        names_agree::<super::price::PriceScope>();
+        names_agree::<super::product::Measure>();
+    }
+
+    #[test]
+    fn the_openapi_document_names_the_same_values() {
+        use utoipa::PartialSchema;
+        let schema = serde_json::to_value(super::order::OrderStatus::schema()).unwrap();
+        assert!(schema.to_string().contains("\"awaiting_shipment\""), "{schema}");
+        let schema = serde_json::to_value(super::product::Measure::schema()).unwrap();
+        assert_eq!(schema["enum"], serde_json::json!(["each", "grams"]));
+    }
+}
