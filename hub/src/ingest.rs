@@ -20,18 +20,18 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use sqlx::{Any, AssertSqlSafe, Row, Transaction};
-use storegate_protocol::envelope::{AppAck, Message, ResendRequest, UpBatch, encode_event};
-use storegate_protocol::event::{CardAuth, Event, EventBody, EventKind, Tender, TenderMethod};
+use sqlx::{Any, AnyConnection, AssertSqlSafe, Transaction};
+use storegate_protocol::envelope::{UpBatch, encode_event};
+use storegate_protocol::event::{Event, EventBody};
 use storegate_protocol::{Seq, StoreId};
 
-use crate::catalog;
 use crate::db::{Db, now_ms};
+use crate::domain::ingest::{self as rules, Discrepancy, Effects, Facts, Movement};
+pub use crate::domain::ingest::{Verdict, validate};
 use crate::domain::order::OrderStatus;
-use crate::domain::price::effective_price;
-use crate::domain::stock::MovementKind;
-use crate::payments::{NewPayment, PaymentMethod, PaymentStatus};
-use crate::{orders, payments, sql, stock, tasks};
+use crate::payments::PaymentStatus;
+use crate::sql::{self, row};
+use crate::{catalog, orders, payments, stock, tasks};
 
 /// A decoded batch and the store it came from (checked against the topic).
 #[derive(Debug, Clone)]
@@ -42,66 +42,7 @@ pub struct Batch {
     pub batch: UpBatch,
 }
 
-/// What became of one batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// New events committed; the store is acked up to `hwm`.
-    Committed {
-        /// The new high-water mark.
-        hwm: Seq,
-        /// Events newly stored.
-        applied: u64,
-    },
-    /// Everything was already committed; ack `hwm` again, no effect.
-    Duplicate {
-        /// The mark.
-        hwm: Seq,
-    },
-    /// Events are missing before this batch: ask for them from `hwm + 1`.
-    Gap {
-        /// The mark.
-        hwm: Seq,
-    },
-}
-
-impl Verdict {
-    /// The message to publish on the store's ack topic.
-    pub fn reply(&self) -> Message {
-        match *self {
-            Verdict::Committed { hwm, .. } | Verdict::Duplicate { hwm } => {
-                Message::AppAck(AppAck { committed_up_to: hwm })
-            }
-            Verdict::Gap { hwm } => Message::ResendRequest(ResendRequest { from: hwm.next() }),
-        }
-    }
-}
-
-/// Checks a batch's shape: non-empty, contiguous seqs matching its header.
-/// A batch that fails is quarantined, never applied.
-pub fn validate(b: &UpBatch) -> Result<(), String> {
-    let (Some(first), Some(last)) = (b.events.first(), b.events.last()) else {
-        return Err("batch has no events".into());
-    };
-    if first.seq != b.first || last.seq != b.last {
-        return Err(format!(
-            "header says {}..={} but events run {}..={}",
-            b.first, b.last, first.seq, last.seq
-        ));
-    }
-    if b.first.0 == 0 {
-        return Err("seq 0 is not a sequence number".into());
-    }
-    if b.last > Seq::MAX {
-        return Err(format!("seq {} is beyond the largest seq {}", b.last, Seq::MAX));
-    }
-    for pair in b.events.windows(2) {
-        if pair[0].seq.0.checked_add(1) != Some(pair[1].seq.0) {
-            return Err(format!("seq jumps from {} to {}", pair[0].seq, pair[1].seq));
-        }
-    }
-    Ok(())
-}
-
+/// What a group changes in a store's sync row.
 #[derive(Default)]
 struct SyncUpdate {
     hwm: i64,
@@ -113,41 +54,13 @@ struct SyncUpdate {
     batch_seen: bool,
 }
 
-/// A stock movement caused by edge events: one per group, location, SKU
-/// and kind, with the seq range of the events behind it.
-pub(crate) struct Movement {
-    location: String,
-    sku: String,
-    delta: i64,
-    kind: MovementKind,
-    store: String,
-    seq_from: i64,
-    seq_to: i64,
-}
-
-/// A device's latest health report in a group.
-struct DeviceUpdate {
-    kind: String,
-    status: String,
-    detail: String,
-    errors: i64,
-    seen_ms: i64,
-}
-
-struct Discrepancy {
-    store: String,
-    seq: i64,
-    kind: &'static str,
-    detail: String,
-}
-
 /// Applies `batches` in one transaction and returns a verdict per batch.
 /// With `effects` false, events are stored and the mark advances but no
 /// effect is applied (each such event is flagged instead).
 pub async fn apply(db: &Db, batches: &[Batch], effects: bool) -> Result<Vec<Verdict>, sqlx::Error> {
     let now = now_ms();
     let mut tx = db.begin().await?;
-    let mut marks: HashMap<StoreId, i64> = HashMap::new();
+    let mut marks: HashMap<StoreId, Seq> = HashMap::new();
     let mut sync: BTreeMap<String, SyncUpdate> = BTreeMap::new();
     let mut fresh: Vec<(&StoreId, &Event)> = Vec::new();
     let mut verdicts = Vec::with_capacity(batches.len());
@@ -164,60 +77,36 @@ pub async fn apply(db: &Db, batches: &[Batch], effects: bool) -> Result<Vec<Verd
                 .bind(b.store.as_str())
                 .fetch_one(&mut *tx)
                 .await?;
-                marks.insert(b.store.clone(), h);
-                h
+                Seq(u64::try_from(h).unwrap_or(0))
             }
         };
+        let judged = rules::judge(hwm, &b.batch);
         let s = sync.entry(b.store.to_string()).or_default();
-        let (first, last) = (b.batch.first.0 as i64, b.batch.last.0 as i64);
-        if last <= hwm {
-            s.duplicates += b.batch.events.len() as i64;
-            verdicts.push(Verdict::Duplicate { hwm: Seq(hwm as u64) });
-            continue;
-        }
-        if first > hwm + 1 {
-            s.resends += 1;
-            verdicts.push(Verdict::Gap { hwm: Seq(hwm as u64) });
-            continue;
-        }
-        let mut applied = 0u64;
-        for e in &b.batch.events {
-            if (e.seq.0 as i64) <= hwm {
-                s.duplicates += 1;
-            } else {
-                fresh.push((&b.store, e));
-                applied += 1;
+        s.duplicates += judged.duplicates as i64;
+        match judged.verdict {
+            Verdict::Gap { .. } => s.resends += 1,
+            Verdict::Duplicate { .. } => {}
+            Verdict::Committed { hwm, applied } => {
+                fresh.extend(judged.fresh.iter().map(|e| (&b.store, e)));
+                s.hwm = hwm.0 as i64;
+                s.backlog = b.batch.backlog as i64;
+                s.dropped = b.batch.dropped_telemetry as i64;
+                s.events += applied as i64;
+                s.batch_seen = true;
+                marks.insert(b.store.clone(), hwm);
+                verdicts.push(judged.verdict);
+                continue;
             }
         }
-        marks.insert(b.store.clone(), last);
-        s.hwm = last;
-        s.backlog = b.batch.backlog as i64;
-        s.dropped = b.batch.dropped_telemetry as i64;
-        s.events += applied as i64;
-        s.batch_seen = true;
-        verdicts.push(Verdict::Committed {
-            hwm: Seq(last as u64),
-            applied,
-        });
+        marks.insert(b.store.clone(), hwm);
+        verdicts.push(judged.verdict);
     }
 
     insert_events(&mut tx, &fresh, now).await?;
     let discrepancies = if effects {
         apply_effects(db, &mut tx, &fresh, now).await?
     } else {
-        fresh
-            .iter()
-            .filter(|(_, e)| !e.body.stock_deltas().is_empty() || e.body.kind() == EventKind::StockCounted)
-            .map(|(store, e)| Discrepancy {
-                store: store.to_string(),
-                seq: e.seq.0 as i64,
-                kind: "effects_not_applied",
-                detail: format!(
-                    "{} stored without its effects after they failed to apply",
-                    e.body.kind()
-                ),
-            })
-            .collect()
+        rules::unapplied(&fresh)
     };
     insert_discrepancies(&mut tx, &discrepancies, now).await?;
 
@@ -314,363 +203,96 @@ async fn insert_discrepancies(
     Ok(())
 }
 
-/// The SKUs an event names.
-fn skus(body: &EventBody) -> Vec<&str> {
-    match body {
-        EventBody::Sale(s) => s.lines.iter().map(|l| l.sku.as_str()).collect(),
-        EventBody::Return(r) => r.lines.iter().map(|l| l.sku.as_str()).collect(),
-        EventBody::StockCounted(c) => c.lines.iter().map(|l| l.sku.as_str()).collect(),
-        EventBody::StockAdjusted(a) => a.lines.iter().map(|l| l.sku.as_str()).collect(),
-        EventBody::GoodsReceived(g) => g.lines.iter().map(|l| l.sku.as_str()).collect(),
-        EventBody::TransferIn(t) | EventBody::TransferOut(t) => {
-            t.lines.iter().map(|l| l.sku.as_str()).collect()
-        }
-        _ => Vec::new(),
+row! {
+    struct Region {
+        store_id: String,
+        region: String,
     }
 }
 
-fn movement_kind(kind: EventKind) -> MovementKind {
-    match kind {
-        EventKind::Sale => MovementKind::Sale,
-        EventKind::SaleVoided => MovementKind::Void,
-        EventKind::Return => MovementKind::Return,
-        EventKind::StockCounted => MovementKind::Count,
-        EventKind::StockAdjusted => MovementKind::Adjustment,
-        EventKind::GoodsReceived => MovementKind::Receipt,
-        EventKind::TransferOut => MovementKind::TransferOut,
-        EventKind::TransferIn => MovementKind::TransferIn,
-        _ => MovementKind::Other,
-    }
-}
-
-async fn apply_effects(
-    db: &Db,
-    tx: &mut Transaction<'static, Any>,
-    fresh: &[(&StoreId, &Event)],
-    now: i64,
-) -> Result<Vec<Discrepancy>, sqlx::Error> {
-    let mut discrepancies = Vec::new();
-    if fresh.is_empty() {
-        return Ok(discrepancies);
-    }
-    // Reads first, one query each for the whole group.
+/// Reads what a group's plan needs: one query each for the whole group.
+async fn facts(conn: &mut AnyConnection, fresh: &[(&StoreId, &Event)]) -> Result<Facts, sqlx::Error> {
     let all_skus: Vec<&str> = fresh
         .iter()
-        .flat_map(|(_, e)| skus(&e.body))
+        .flat_map(|(_, e)| rules::skus(&e.body))
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
     let owned: Vec<String> = all_skus.iter().map(|s| (*s).to_owned()).collect();
-    let known = catalog::known_skus(tx, &all_skus).await?;
-    let prices = catalog::price_rows(tx, Some(&owned)).await?;
+    let mut facts = Facts {
+        known: catalog::known_skus(conn, &all_skus).await?,
+        prices: catalog::price_rows(conn, Some(&owned)).await?,
+        ..Facts::default()
+    };
     let stores: Vec<&str> = fresh
         .iter()
         .map(|(s, _)| s.as_str())
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let mut regions: HashMap<String, String> = HashMap::new();
-    let rows = bind_all(
-        sqlx::query(AssertSqlSafe(format!(
-            "SELECT store_id, region FROM stores WHERE region IS NOT NULL AND store_id IN {}",
-            sql::list(1, stores.len())
-        ))),
-        &stores,
-    )
-    .fetch_all(&mut **tx)
-    .await?;
-    for r in rows {
-        regions.insert(r.try_get(0)?, r.try_get(1)?);
+    let mut q = sqlx::query_as::<_, Region>(AssertSqlSafe(format!(
+        "SELECT store_id, region FROM stores WHERE region IS NOT NULL AND store_id IN {}",
+        sql::list(1, stores.len())
+    )));
+    for s in &stores {
+        q = q.bind(*s);
     }
-    // Levels needed by counts: a count books `counted - level`.
-    let mut levels: HashMap<(String, String), i64> = HashMap::new();
-    for (store, e) in fresh {
-        if let EventBody::StockCounted(c) = &e.body {
-            for l in &c.lines {
-                if let std::collections::hash_map::Entry::Vacant(slot) =
-                    levels.entry((store.to_string(), l.sku.to_string()))
-                {
-                    let level: Option<i64> = sqlx::query_scalar(
-                        "SELECT on_hand FROM stock_levels WHERE location = $1 AND sku = $2",
-                    )
-                    .bind(slot.key().0.as_str())
-                    .bind(slot.key().1.as_str())
-                    .fetch_optional(&mut **tx)
-                    .await?;
-                    slot.insert(level.unwrap_or(0));
-                }
-            }
-        }
+    for r in q.fetch_all(&mut *conn).await? {
+        facts.regions.insert(r.store_id, r.region);
     }
+    // A count books `counted - level`.
+    for (loc, sku) in rules::count_levels(fresh) {
+        let level = stock::on_hand(conn, &loc, &sku).await?;
+        facts.levels.insert((loc, sku), level);
+    }
+    for (store, sale) in rules::earlier_sales(fresh) {
+        let lines = sale_lines_from_db(conn, store, &sale).await?;
+        facts.earlier_sales.insert(sale, lines);
+    }
+    Ok(facts)
+}
 
-    // Effects, in seq order within each store, summed per location, SKU and kind.
-    let mut moves: BTreeMap<(String, String, MovementKind), Movement> = BTreeMap::new();
-    let mut devices: BTreeMap<(String, String), DeviceUpdate> = BTreeMap::new();
-    let mut sale_lines: HashMap<Vec<u8>, Vec<(String, i64)>> = HashMap::new();
-    for (store, e) in fresh {
-        let seq = e.seq.0 as i64;
-        let loc = store.to_string();
-        let mut flag = |kind: &'static str, detail: String| {
-            discrepancies.push(Discrepancy {
-                store: loc.clone(),
-                seq,
-                kind,
-                detail,
-            });
-        };
-        for sku in skus(&e.body) {
-            if !known.contains(sku) {
-                flag(
-                    "unknown_sku",
-                    format!(
-                        "{} names SKU {sku}, which the catalog does not have",
-                        e.body.kind()
-                    ),
-                );
-            }
-        }
-        let mut push =
-            |sku: &str, delta: i64, kind: MovementKind, levels: &mut HashMap<(String, String), i64>| {
-                if delta == 0 {
-                    return;
-                }
-                *levels.entry((loc.clone(), sku.to_owned())).or_insert(0) += delta;
-                let m = moves
-                    .entry((loc.clone(), sku.to_owned(), kind))
-                    .or_insert_with(|| Movement {
-                        location: loc.clone(),
-                        sku: sku.to_owned(),
-                        delta: 0,
-                        kind,
-                        store: loc.clone(),
-                        seq_from: seq,
-                        seq_to: seq,
-                    });
-                m.delta += delta;
-                m.seq_from = m.seq_from.min(seq);
-                m.seq_to = m.seq_to.max(seq);
-            };
-        match &e.body {
-            EventBody::Sale(s) => {
-                let region = regions.get(store.as_str()).map(String::as_str);
-                for l in &s.lines {
-                    if known.contains(l.sku.as_str())
-                        && let Some(p) = effective_price(
-                            &prices,
-                            l.sku.as_str(),
-                            store.as_str(),
-                            region,
-                            s.completed_at_ms,
-                        )
-                        && (p.price_minor != l.unit_price.minor
-                            || p.currency != l.unit_price.currency.as_str())
-                    {
-                        discrepancies.push(Discrepancy {
-                            store: store.to_string(),
-                            seq,
-                            kind: "price_mismatch",
-                            detail: format!(
-                                "line {} sold {} at {} but the catalog price is {} {}",
-                                l.line_no, l.sku, l.unit_price, p.price_minor, p.currency
-                            ),
-                        });
-                    }
-                }
-                let lines_total: i64 = s.lines.iter().map(|l| l.total.minor).sum();
-                let basket: i64 = s.basket_discounts.iter().map(|d| d.amount.minor).sum();
-                let expected = if s.tax_included {
-                    lines_total - basket
-                } else {
-                    lines_total - basket + s.totals.tax.minor
-                };
-                if expected != s.totals.total.minor {
-                    discrepancies.push(Discrepancy {
-                        store: store.to_string(),
-                        seq,
-                        kind: "totals_mismatch",
-                        detail: format!(
-                            "lines add up to {expected} but the sale total is {}",
-                            s.totals.total.minor
-                        ),
-                    });
-                }
-                sale_lines.insert(
-                    s.sale_id.to_bytes().to_vec(),
-                    s.lines
-                        .iter()
-                        .map(|l| (l.sku.to_string(), l.qty.base_units()))
-                        .collect(),
-                );
-                for (sku, delta) in e.body.stock_deltas() {
-                    push(sku.as_str(), delta, MovementKind::Sale, &mut levels);
-                }
-            }
-            EventBody::SaleVoided(v) if v.restock => {
-                // The sale came earlier in seq order: in this group or before.
-                let key = v.sale_id.to_bytes().to_vec();
-                let lines = match sale_lines.get(&key) {
-                    Some(l) => l.clone(),
-                    None => sale_lines_from_db(tx, store, &key).await?,
-                };
-                if lines.is_empty() {
-                    discrepancies.push(Discrepancy {
-                        store: store.to_string(),
-                        seq,
-                        kind: "void_unknown_sale",
-                        detail: format!("void of sale {} which this store never synced", v.sale_id),
-                    });
-                }
-                for (sku, qty) in lines {
-                    push(&sku, qty, MovementKind::Void, &mut levels);
-                }
-            }
-            EventBody::StockCounted(c) => {
-                for l in &c.lines {
-                    let level = levels
-                        .get(&(loc.clone(), l.sku.to_string()))
-                        .copied()
-                        .unwrap_or(0);
-                    push(
-                        l.sku.as_str(),
-                        l.counted - level,
-                        MovementKind::Count,
-                        &mut levels,
-                    );
-                }
-            }
-            EventBody::DeviceHealth(h) => {
-                let name = |v: serde_json::Result<serde_json::Value>| {
-                    v.ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default()
-                };
-                devices.insert(
-                    (store.to_string(), h.device.to_string()),
-                    DeviceUpdate {
-                        kind: name(serde_json::to_value(h.kind)),
-                        status: name(serde_json::to_value(h.status)),
-                        detail: sql::text(&h.detail),
-                        errors: i64::from(h.error_count),
-                        seen_ms: e.recorded_at_ms,
-                    },
-                );
-            }
-            other => {
-                let kind = movement_kind(other.kind());
-                for (sku, delta) in other.stock_deltas() {
-                    push(sku.as_str(), delta, kind, &mut levels);
-                }
-            }
-        }
+/// Plans a group's effects and writes them; returns its discrepancies.
+async fn apply_effects(
+    db: &Db,
+    tx: &mut Transaction<'static, Any>,
+    fresh: &[(&StoreId, &Event)],
+    now: i64,
+) -> Result<Vec<Discrepancy>, sqlx::Error> {
+    if fresh.is_empty() {
+        return Ok(Vec::new());
     }
-    let moves: Vec<Movement> = moves.into_values().filter(|m| m.delta != 0).collect();
-    if !moves.is_empty() {
-        insert_movements(tx, &moves, now).await?;
-        bump_levels(tx, &moves, now).await?;
-        let dirty: Vec<(&str, &str)> = moves
+    let mut facts = facts(tx, fresh).await?;
+    let fx = rules::plan(fresh, &mut facts);
+    if !fx.movements.is_empty() {
+        insert_movements(tx, &fx.movements, now).await?;
+        bump_levels(tx, &fx.movements, now).await?;
+        let dirty: Vec<(&str, &str)> = fx
+            .movements
             .iter()
             .map(|m| (m.location.as_str(), m.sku.as_str()))
             .collect();
         stock::mark_dirty(tx, &dirty).await?;
     }
-    commerce_effects(db, tx, fresh, now).await?;
-    for ((store, device), d) in devices {
+    commerce_effects(db, tx, &fx, now).await?;
+    for d in &fx.devices {
         sqlx::query(
             "INSERT INTO devices (store_id, device_id, kind, status, detail, error_count, last_seen_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (store_id, device_id) DO UPDATE SET \
              kind = excluded.kind, status = excluded.status, detail = excluded.detail, \
              error_count = excluded.error_count, last_seen_ms = excluded.last_seen_ms",
         )
-        .bind(store)
-        .bind(device)
-        .bind(d.kind)
-        .bind(d.status)
-        .bind(d.detail)
+        .bind(d.store.as_str())
+        .bind(d.device.as_str())
+        .bind(d.kind.as_str())
+        .bind(d.status.as_str())
+        .bind(sql::text(&d.detail))
         .bind(d.errors)
         .bind(d.seen_ms)
         .execute(&mut **tx)
         .await?;
     }
-    Ok(discrepancies)
-}
-
-fn tender_row(
-    store: &StoreId,
-    order_id: Option<&str>,
-    sale_id: Option<&[u8]>,
-    t: &Tender,
-    refund: bool,
-) -> NewPayment {
-    let key = t.payment_key.to_string();
-    let (method, status, captured, card, reference, detail, offline) = match &t.method {
-        TenderMethod::Cash { .. } if refund => (
-            PaymentMethod::Cash,
-            PaymentStatus::Refunded,
-            0,
-            None,
-            None,
-            String::new(),
-            false,
-        ),
-        TenderMethod::Cash { .. } => (
-            PaymentMethod::Cash,
-            PaymentStatus::Captured,
-            t.amount.minor,
-            None,
-            None,
-            String::new(),
-            false,
-        ),
-        TenderMethod::Card(c) | TenderMethod::GiftCard(c) => {
-            let gift = matches!(t.method, TenderMethod::GiftCard(_));
-            let method = if gift {
-                PaymentMethod::GiftCard
-            } else {
-                PaymentMethod::Card
-            };
-            let (reference, detail, offline) = match &c.auth {
-                CardAuth::Online {
-                    authorization_id,
-                    auth_code,
-                } => (Some(authorization_id.clone()), auth_code.clone(), false),
-                CardAuth::StoreAndForward { .. } => (None, "store-and-forward".to_owned(), true),
-            };
-            let (status, captured) = if refund {
-                (PaymentStatus::RefundPending, 0)
-            } else if gift && !offline {
-                // Taken off the balance when the lane asked.
-                (PaymentStatus::Captured, t.amount.minor)
-            } else {
-                (PaymentStatus::PendingCapture, 0)
-            };
-            (
-                method,
-                status,
-                captured,
-                Some(c.card.clone()),
-                reference,
-                detail,
-                offline,
-            )
-        }
-    };
-    NewPayment {
-        id: key.clone(),
-        key,
-        order_id: order_id.map(str::to_owned),
-        store_id: Some(store.to_string()),
-        sale_id: sale_id.map(<[u8]>::to_vec),
-        method,
-        status,
-        amount: t.amount,
-        captured,
-        card_token: card.as_ref().map(|c| c.token.as_str().to_owned()),
-        card_last4: card.as_ref().map(|c| c.last4.as_str().to_owned()),
-        provider_ref: reference,
-        offline,
-        parent_id: None,
-        detail,
-    }
+    Ok(fx.discrepancies)
 }
 
 /// Orders and payments from sales, voids and returns; payment voids; task
@@ -678,43 +300,10 @@ fn tender_row(
 async fn commerce_effects(
     db: &Db,
     tx: &mut Transaction<'static, Any>,
-    fresh: &[(&StoreId, &Event)],
+    fx: &Effects<'_>,
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    let mut orders_rows = Vec::new();
-    let mut pays = Vec::new();
-    let mut voided = Vec::new();
-    let mut payment_voids = Vec::new();
-    let mut task_updates = Vec::new();
-    for (store, e) in fresh {
-        match &e.body {
-            EventBody::Sale(s) => {
-                let id = s.sale_id.to_string();
-                let sale = s.sale_id.to_bytes();
-                for t in &s.tenders {
-                    pays.push(tender_row(store, Some(&id), Some(&sale), t, false));
-                }
-                orders_rows.push((id, *store, e.seq.0 as i64, sale.to_vec(), s));
-            }
-            EventBody::SaleVoided(v) => {
-                let id = v.sale_id.to_string();
-                for t in &v.refunds {
-                    pays.push(tender_row(store, Some(&id), None, t, true));
-                }
-                voided.push(id);
-            }
-            EventBody::Return(r) => {
-                let id = r.original_sale.map(|s| s.to_string());
-                for t in &r.refunds {
-                    pays.push(tender_row(store, id.as_deref(), None, t, true));
-                }
-            }
-            EventBody::PaymentVoided(v) => payment_voids.push((*store, v.payment_key.to_string())),
-            EventBody::TaskUpdated(u) => task_updates.push((*store, u)),
-            _ => {}
-        }
-    }
-    for chunk in orders_rows.chunks(sql::CHUNK) {
+    for chunk in fx.sales.chunks(sql::CHUNK) {
         let text = sql::values(
             "INSERT INTO orders (id, kind, status, customer_id, location, currency, subtotal_minor, discount_minor, tax_minor, \
              total_minor, sale_id, store_id, seq, created_ms, updated_ms)",
@@ -723,36 +312,37 @@ async fn commerce_effects(
             "ON CONFLICT DO NOTHING",
         );
         let mut q = sqlx::query(AssertSqlSafe(text));
-        for (id, store, seq, sale, s) in chunk {
+        for x in chunk {
+            let s = x.sale;
             q = q
-                .bind(id.as_str())
+                .bind(s.sale_id.to_string())
                 .bind("store")
                 .bind(OrderStatus::Completed)
                 .bind(s.customer.as_deref().map(sql::text))
-                .bind(store.as_str())
+                .bind(x.store.as_str())
                 .bind(s.totals.total.currency.as_str())
                 .bind(s.totals.subtotal.minor)
                 .bind(s.totals.discount.minor)
                 .bind(s.totals.tax.minor)
                 .bind(s.totals.total.minor)
-                .bind(sale.clone())
-                .bind(store.as_str())
-                .bind(*seq)
+                .bind(s.sale_id.to_bytes().to_vec())
+                .bind(x.store.as_str())
+                .bind(x.seq)
                 .bind(s.completed_at_ms)
                 .bind(now);
         }
         q.execute(&mut **tx).await?;
     }
-    payments::upsert_rows(tx, &pays).await?;
-    orders::void_store_sales(tx, &voided).await?;
-    for (store, key) in payment_voids {
-        if !payments::transition(tx, &key, PaymentStatus::VoidPending).await? {
+    payments::upsert_rows(tx, &fx.payments).await?;
+    orders::void_store_sales(tx, &fx.voided_sales).await?;
+    for (store, key) in &fx.payment_voids {
+        if !payments::transition(tx, key, PaymentStatus::VoidPending).await? {
             // Unknown yet (or already settled): a tombstone stops a late
             // authorisation from being kept; settled ones stay as they are.
-            payments::tombstone(tx, &key, store.as_str(), "voided at the lane").await?;
+            payments::tombstone(tx, key, store.as_str(), "voided at the lane").await?;
         }
     }
-    for (store, u) in task_updates {
+    for (store, u) in &fx.task_updates {
         if let Some(applied) = tasks::apply_update(tx, db, store.as_str(), u).await? {
             orders::on_task_update(tx, db, store.as_str(), &applied).await?;
         }
@@ -760,18 +350,8 @@ async fn commerce_effects(
     Ok(())
 }
 
-fn bind_all<'q>(
-    mut q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
-    values: &'q [&'q str],
-) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
-    for v in values {
-        q = q.bind(*v);
-    }
-    q
-}
-
 async fn sale_lines_from_db(
-    tx: &mut Transaction<'static, Any>,
+    conn: &mut AnyConnection,
     store: &StoreId,
     sale_id: &[u8],
 ) -> Result<Vec<(String, i64)>, sqlx::Error> {
@@ -779,7 +359,7 @@ async fn sale_lines_from_db(
         sqlx::query_scalar("SELECT body FROM events WHERE ref_id = $1 AND store_id = $2 AND kind = 'sale'")
             .bind(sale_id.to_vec())
             .bind(store.as_str())
-            .fetch_optional(&mut **tx)
+            .fetch_optional(conn)
             .await?;
     Ok(
         match body.map(|b| storegate_protocol::envelope::decode_event(&b)) {
@@ -827,7 +407,7 @@ async fn insert_movements(
 
 /// Adds movements to `stock_levels` (one row per location and SKU per
 /// statement: PostgreSQL refuses to upsert one row twice in a statement).
-pub(crate) async fn bump_levels(
+async fn bump_levels(
     tx: &mut Transaction<'static, Any>,
     moves: &[Movement],
     now: i64,
@@ -852,41 +432,4 @@ pub(crate) async fn bump_levels(
         q.execute(&mut **tx).await?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use storegate_protocol::samples;
-
-    #[test]
-    fn a_batch_must_be_contiguous_and_match_its_header() {
-        let mut b = samples::sale_batch(3, 1);
-        assert!(validate(&b).is_ok());
-        b.last = Seq(9);
-        assert!(validate(&b).unwrap_err().contains("header"));
-        let mut b = samples::sale_batch(3, 1);
-        b.events[1].seq = Seq(5);
-        b.events[2].seq = Seq(6);
-        b.last = Seq(6);
-        assert!(validate(&b).unwrap_err().contains("jumps"));
-        let mut b = samples::sale_batch(1, 1);
-        b.events.clear();
-        assert!(validate(&b).is_err());
-    }
-
-    #[test]
-    fn seqs_at_the_top_of_the_range_are_refused_without_overflow() {
-        let mut b = samples::sale_batch(2, 1);
-        b.events[0].seq = Seq(u64::MAX - 1);
-        b.events[1].seq = Seq(u64::MAX);
-        b.first = Seq(u64::MAX - 1);
-        b.last = Seq(u64::MAX);
-        assert!(validate(&b).unwrap_err().contains("beyond"));
-        b.events[0].seq = Seq(u64::MAX);
-        b.first = Seq(u64::MAX);
-        b.events[1].seq = Seq(0);
-        b.last = Seq(0);
-        assert!(validate(&b).is_err(), "a wrap from the top is no successor");
-    }
 }

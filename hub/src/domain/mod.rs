@@ -5,6 +5,8 @@
 //! the adapters (`api`, `mqtt`) turn requests and messages into service
 //! calls.
 //!
+//! - [`ingest`]: a store's batch against its mark; the plan of a group's
+//!   effects.
 //! - [`allocation`]: which locations serve an online order.
 //! - [`machine`]: the state-machine pattern every status follows.
 //! - [`order`]: order statuses, fulfilment, the saga's steps and moves.
@@ -23,6 +25,7 @@
 pub struct Invalid(pub String);
 
 pub mod allocation;
+pub mod ingest;
 pub mod lines;
 pub mod machine;
 pub mod order;

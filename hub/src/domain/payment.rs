@@ -1,6 +1,8 @@
 //! Payments, pure: methods, statuses and their moves, and what a
 //! back-office action may do to a payment.
 
+use storegate_protocol::Money;
+
 use super::machine::{Machine, states};
 
 states! {
@@ -253,6 +255,41 @@ impl Machine for ExceptionStatus {
             Collected | WrittenOff => false,
         }
     }
+}
+
+/// A new payment row.
+#[derive(Debug, Clone)]
+pub struct NewPayment {
+    /// Id (defaults to the key).
+    pub id: String,
+    /// Idempotency key.
+    pub key: String,
+    /// Order paid for.
+    pub order_id: Option<String>,
+    /// Store that took it.
+    pub store_id: Option<String>,
+    /// Sale paid for.
+    pub sale_id: Option<Vec<u8>>,
+    /// How it is paid.
+    pub method: PaymentMethod,
+    /// Initial status.
+    pub status: PaymentStatus,
+    /// Amount.
+    pub amount: Money,
+    /// Captured at once (cash, gift cards).
+    pub captured: i64,
+    /// Card token.
+    pub card_token: Option<String>,
+    /// Card last four.
+    pub card_last4: Option<String>,
+    /// Provider reference.
+    pub provider_ref: Option<String>,
+    /// Store-and-forward.
+    pub offline: bool,
+    /// Refunded payment.
+    pub parent_id: Option<String>,
+    /// Notes.
+    pub detail: String,
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ pub use self::repo::{
 };
 pub use self::settle::{process_pending, worker};
 use crate::db::Db;
-pub use crate::domain::payment::{ExceptionStatus, PaymentMethod, PaymentStatus};
+pub use crate::domain::payment::{ExceptionStatus, NewPayment, PaymentMethod, PaymentStatus};
 use crate::sql::row;
 
 /// Payments: the provider, its time limit, and the database.
@@ -121,41 +121,6 @@ pub struct PaymentView {
     pub created_ms: i64,
     /// Last change, ms.
     pub updated_ms: i64,
-}
-
-/// A new payment row.
-#[derive(Debug, Clone)]
-pub struct NewPayment {
-    /// Id (defaults to the key).
-    pub id: String,
-    /// Idempotency key.
-    pub key: String,
-    /// Order paid for.
-    pub order_id: Option<String>,
-    /// Store that took it.
-    pub store_id: Option<String>,
-    /// Sale paid for.
-    pub sale_id: Option<Vec<u8>>,
-    /// How it is paid.
-    pub method: PaymentMethod,
-    /// Initial status.
-    pub status: PaymentStatus,
-    /// Amount.
-    pub amount: Money,
-    /// Captured at once (cash, gift cards).
-    pub captured: i64,
-    /// Card token.
-    pub card_token: Option<String>,
-    /// Card last four.
-    pub card_last4: Option<String>,
-    /// Provider reference.
-    pub provider_ref: Option<String>,
-    /// Store-and-forward.
-    pub offline: bool,
-    /// Refunded payment.
-    pub parent_id: Option<String>,
-    /// Notes.
-    pub detail: String,
 }
 
 row! {
