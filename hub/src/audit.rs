@@ -1,9 +1,14 @@
 //! The audit event log: append-only, one row per state change, written in
 //! the same transaction as the change where there is one.
 
-use sqlx::{Any, Transaction};
+use serde::Serialize;
+use sqlx::{Any, AssertSqlSafe, Transaction};
+use utoipa::ToSchema;
 
-use crate::db::now_ms;
+use crate::db::{Db, now_ms};
+use crate::sql::row;
+
+const INSERT: &str = "INSERT INTO audit_log (at_ms, actor, action, entity, entity_id, detail)";
 
 /// Appends an audit event inside `tx`. `actor` is `user:ID`, `key:ID`,
 /// `store:ID` or `hub:WHAT` (the hub's own workers).
@@ -15,18 +20,28 @@ pub async fn record(
     entity_id: &str,
     detail: serde_json::Value,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO audit_log (at_ms, actor, action, entity, entity_id, detail) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(now_ms())
-    .bind(crate::sql::text(actor))
-    .bind(action)
-    .bind(entity)
-    .bind(crate::sql::text(entity_id))
-    .bind(detail.to_string())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    record_many(tx, actor, entity, entity_id, &[(action, detail)]).await
+}
+
+/// Appends an audit event outside any transaction (a change that has
+/// none, such as a login); a failure is logged, not returned.
+pub async fn record_alone(
+    db: &Db,
+    actor: &str,
+    action: &str,
+    entity: &str,
+    entity_id: &str,
+    detail: serde_json::Value,
+) {
+    let result = async {
+        let mut tx = db.begin().await?;
+        record(&mut tx, actor, action, entity, entity_id, detail).await?;
+        tx.commit().await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, action, entity, "audit event not written");
+    }
 }
 
 /// Appends several audit events in one statement, in order.
@@ -40,12 +55,7 @@ pub async fn record_many(
     if events.is_empty() {
         return Ok(());
     }
-    let text = crate::sql::values(
-        "INSERT INTO audit_log (at_ms, actor, action, entity, entity_id, detail)",
-        events.len(),
-        6,
-        "",
-    );
+    let text = crate::sql::values(INSERT, events.len(), 6, "");
     let now = now_ms();
     let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
     for (action, detail) in events {
@@ -59,4 +69,55 @@ pub async fn record_many(
     }
     q.execute(&mut **tx).await?;
     Ok(())
+}
+
+row! {
+    /// An audit event.
+    #[derive(Debug, Serialize, ToSchema)]
+    pub struct AuditView {
+        /// Id (append order).
+        pub id: i64,
+        /// When, ms.
+        pub at_ms: i64,
+        /// Who (`user:<id>`, `api_key:<id>`, `store:<id>`, `hub:<worker>`).
+        pub actor: String,
+        /// What (`user_created`, `order_confirmed`...).
+        pub action: String,
+        /// Entity kind.
+        pub entity: String,
+        /// Entity id.
+        pub entity_id: String,
+        /// Details: any JSON value (an object, or a list for rules), as
+        /// stored.
+        #[serde(serialize_with = "as_json")]
+        #[schema(value_type = Value)]
+        pub detail: String,
+    }
+}
+
+/// Writes stored JSON text as JSON (`null` if it does not parse).
+fn as_json<S: serde::Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
+    let v: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+    v.serialize(s)
+}
+
+/// Audit events, newest first, below id `before`, optionally of one
+/// entity (kind, id).
+pub async fn list(
+    db: &Db,
+    before: i64,
+    entity: Option<&str>,
+    entity_id: Option<&str>,
+    limit: i64,
+) -> Result<Vec<AuditView>, sqlx::Error> {
+    sqlx::query_as(AssertSqlSafe(
+        "SELECT id, at_ms, actor, action, entity, entity_id, detail FROM audit_log \
+         WHERE id < $1 AND ($2 = '' OR entity = $2) AND ($3 = '' OR entity_id = $3) ORDER BY id DESC LIMIT $4",
+    ))
+    .bind(before)
+    .bind(entity.unwrap_or(""))
+    .bind(entity_id.unwrap_or(""))
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await
 }

@@ -204,6 +204,76 @@ async fn insert_discrepancies(
 }
 
 row! {
+    /// A discrepancy between what a store recorded and what the hub knows.
+    #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+    pub struct DiscrepancyView {
+        /// Id.
+        pub id: i64,
+        /// The store.
+        pub store_id: String,
+        /// The event's seq at that store.
+        pub seq: i64,
+        /// `unknown_sku`, `price_mismatch`, `totals_mismatch`, ...
+        pub kind: String,
+        /// What was found.
+        pub detail: String,
+        /// When flagged, ms.
+        pub created_ms: i64,
+        /// When resolved, ms.
+        pub resolved_ms: Option<i64>,
+    }
+}
+
+/// Discrepancies, newest first, below id `before`: open ones only when
+/// `open`, optionally of one store and one kind.
+pub async fn discrepancies(
+    db: &Db,
+    before: i64,
+    open: bool,
+    store: Option<&str>,
+    kind: Option<&str>,
+    limit: i64,
+) -> Result<Vec<DiscrepancyView>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, store_id, seq, kind, detail, created_ms, resolved_ms FROM discrepancies \
+         WHERE id < $1 AND ($2 = 0 OR resolved_ms IS NULL) AND ($3 = '' OR store_id = $3) AND ($4 = '' OR kind = $4) \
+         ORDER BY id DESC LIMIT $5",
+    )
+    .bind(before)
+    .bind(i64::from(open))
+    .bind(store.unwrap_or(""))
+    .bind(kind.unwrap_or(""))
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await
+}
+
+/// Marks a discrepancy resolved (audited); returns whether it was open.
+pub async fn resolve_discrepancy(db: &Db, actor: &str, id: i64) -> Result<bool, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let done = sqlx::query("UPDATE discrepancies SET resolved_ms = $2 WHERE id = $1 AND resolved_ms IS NULL")
+        .bind(id)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+        == 1;
+    if done {
+        crate::audit::record(
+            &mut tx,
+            actor,
+            "discrepancy_resolved",
+            "discrepancy",
+            &id.to_string(),
+            serde_json::json!({}),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(done)
+}
+
+row! {
     struct Region {
         store_id: String,
         region: String,

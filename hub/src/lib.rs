@@ -65,7 +65,6 @@ pub mod sql;
 pub mod stock;
 pub mod stores;
 pub mod tasks;
-pub mod trust;
 
 use std::net::SocketAddr;
 
@@ -131,7 +130,7 @@ pub struct Hub {
     /// What that gate admitted and refused.
     pub gate: Option<std::sync::Arc<storegate_broker::gate::GateStats>>,
     /// Signs and checks WAN messages; the store credentials.
-    pub trust: trust::Trust,
+    pub trust: mqtt::trust::Trust,
     /// The PKI directory (chain CA, the hub's keys).
     pub pki_dir: std::path::PathBuf,
     /// The database.
@@ -178,7 +177,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Hu
     } else {
         storegate_protocol::seal::Sealer::signing(identity.signing.clone())
     };
-    let trust = trust::Trust::new(sealer, registry.clone(), settings.wan.insecure_unsigned);
+    let trust = mqtt::trust::Trust::new(sealer, registry.clone(), settings.wan.insecure_unsigned);
     if v.plain_remote {
         tracing::warn!(
             "wan.allow_plain_remote: plain MQTT leaves this machine; anyone on the network can read every store's traffic (messages stay signed)"
@@ -243,7 +242,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Hu
                         max_pending: settings.wan.max_pending_handshakes,
                         max_packet: settings.ingest.max_payload_bytes.saturating_add(64 * 1024),
                     },
-                    std::sync::Arc::new(trust::StoreGate {
+                    std::sync::Arc::new(mqtt::trust::StoreGate {
                         registry: registry.clone(),
                     }),
                     &tasks,

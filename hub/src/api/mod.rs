@@ -718,20 +718,8 @@ pub async fn audit(
     entity_id: &str,
     detail: serde_json::Value,
 ) {
-    let result = sqlx::query(
-        "INSERT INTO audit_log (at_ms, actor, action, entity, entity_id, detail) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(crate::db::now_ms())
-    .bind(format!("{}:{}", actor.kind, actor.subject))
-    .bind(action)
-    .bind(entity)
-    .bind(crate::sql::text(entity_id))
-    .bind(detail.to_string())
-    .execute(&db.pool)
-    .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, action, entity, "audit event not written");
-    }
+    let who = format!("{}:{}", actor.kind, actor.subject);
+    crate::audit::record_alone(db, &who, action, entity, entity_id, detail).await;
 }
 
 #[cfg(test)]

@@ -26,18 +26,22 @@
 //!   order; acking from the poll loop deadlocked under load);
 //! - the **downlink sweeper**, resending unacked downlink.
 //!
+//! Files: this one (connection, routing, the acker), `uplink` (ingestion
+//! workers), `rpc` (the RPC opener), `misc` (presence, downlink acks and
+//! sends, the sweeper), [`trust`] (what is signed and who may send it).
+//!
 //! Queues between them are unbounded on purpose: the broker delivers at most
 //! its inflight limit of unacked messages, and acks only follow the work, so
 //! the queues cannot outgrow that limit, and the event loop never blocks on
 //! a worker that is itself waiting for the event loop.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
-use storegate_protocol::envelope::{self, Message, ResendUnacked};
+use storegate_protocol::envelope::Message;
 use storegate_protocol::rpc::RpcResponse;
 use storegate_protocol::topic::{RpcLeg, RpcSide, WanKind, WanTopic};
 use storegate_protocol::{Seq, StoreId};
@@ -45,12 +49,17 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod misc;
+mod rpc;
+pub mod trust;
+mod uplink;
+
+use self::misc::{misc_worker, sweeper};
+use self::rpc::rpc_opener;
+pub use self::trust::Trust;
+use self::uplink::{Worker, worker};
 use crate::db::Db;
-use crate::downlink;
-use crate::ingest::{self, Batch, Verdict};
-use crate::quarantine::{self, Reason};
 use crate::settings::IngestSettings;
-use crate::trust::Trust;
 
 /// Where and how to connect.
 #[derive(Debug)]
@@ -99,11 +108,11 @@ const STALE_RPC_SLACK_MS: i64 = 5 * 60 * 1000;
 /// Largest presence or RPC request accepted (they are well under 1 KiB).
 const SMALL_PAYLOAD: usize = 16 * 1024;
 
-struct RawRpc {
-    topic: WanTopic,
-    text: String,
-    payload: Vec<u8>,
-    received: std::time::Instant,
+pub(super) struct RawRpc {
+    pub(super) topic: WanTopic,
+    pub(super) text: String,
+    pub(super) payload: Vec<u8>,
+    pub(super) received: std::time::Instant,
 }
 
 /// Link state other modules read and use.
@@ -156,33 +165,55 @@ impl Link {
 
 /// A message's place in the ack order.
 #[derive(Debug)]
-struct Receipt {
+pub(super) struct Receipt {
     /// Connection generation; receipts of an older connection are void.
-    generation: u64,
+    pub(super) generation: u64,
     /// Position in this connection's receive order.
-    no: u64,
+    pub(super) no: u64,
     /// The message without its payload (for its ack).
-    publish: Publish,
+    pub(super) publish: Publish,
 }
 
-enum AckMsg {
+pub(super) enum AckMsg {
     /// A new connection: start numbering again.
     Reset(u64),
     /// This message's work is committed (or it was quarantined).
     Done(Receipt),
 }
 
-struct Job {
-    store: StoreId,
+pub(super) struct Job {
+    pub(super) store: StoreId,
     /// The topic, parsed.
-    wan: WanTopic,
+    pub(super) wan: WanTopic,
     /// The topic as received (what the signature covers).
-    topic: String,
-    payload: Vec<u8>,
-    receipt: Receipt,
+    pub(super) topic: String,
+    pub(super) payload: Vec<u8>,
+    pub(super) receipt: Receipt,
 }
 
-enum Misc {
+impl Job {
+    /// It, for quarantining.
+    fn received(&self) -> crate::quarantine::Received<'_> {
+        crate::quarantine::Received {
+            topic: &self.topic,
+            store: self.store.as_str(),
+            payload: &self.payload,
+        }
+    }
+}
+
+impl RawRpc {
+    /// It, for quarantining.
+    fn received_msg(&self) -> crate::quarantine::Received<'_> {
+        crate::quarantine::Received {
+            topic: &self.text,
+            store: self.topic.store().as_str(),
+            payload: &self.payload,
+        }
+    }
+}
+
+pub(super) enum Misc {
     /// A `status` message.
     Presence(Job),
     /// A `DownAck` from a store.
@@ -479,74 +510,6 @@ fn dispatch(
     }
 }
 
-/// Checks lanes' RPC requests and hands the good ones to the commerce side;
-/// signed ones that are unusable are quarantined, like uplink.
-async fn rpc_opener(
-    db: Db,
-    trust: Trust,
-    mut rx: mpsc::Receiver<RawRpc>,
-    commerce: mpsc::Sender<RpcJob>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let raw = tokio::select! {
-            () = shutdown.cancelled() => return,
-            r = rx.recv() => match r { Some(r) => r, None => return },
-        };
-        let Ok(body) = trust.open(&raw.topic, &raw.text, &raw.payload).await else {
-            continue;
-        };
-        match envelope::decode_body(body) {
-            Ok(Message::RpcRequest(request)) => {
-                // Held back by a broker long past its own deadline (the
-                // edge's clock, with five minutes of slack): the lane gave
-                // up on it; acting on it now would surprise everyone.
-                let deadline = request
-                    .sent_at_ms
-                    .saturating_add(i64::from(request.timeout_ms))
-                    .saturating_add(STALE_RPC_SLACK_MS);
-                if deadline < crate::db::now_ms() {
-                    trust.count("rpc_stale");
-                    continue;
-                }
-                let job = RpcJob {
-                    store: raw.topic.store().clone(),
-                    request,
-                    received: raw.received,
-                };
-                if commerce.try_send(job).is_err() {
-                    trust.count("rpc_queue_full");
-                }
-            }
-            Ok(other) => {
-                let why = format!("{} on an RPC request topic", other.name());
-                let store = raw.topic.store().as_str();
-                quarantine::put(
-                    &db,
-                    &raw.text,
-                    Some(store),
-                    Reason::UnexpectedMessage,
-                    &why,
-                    &raw.payload,
-                )
-                .await;
-            }
-            Err(e) => {
-                let store = raw.topic.store().as_str();
-                quarantine::put(
-                    &db,
-                    &raw.text,
-                    Some(store),
-                    Reason::Undecodable,
-                    &e.to_string(),
-                    &raw.payload,
-                )
-                .await;
-            }
-        }
-    }
-}
-
 fn shard_of(store: &StoreId, shards: usize) -> usize {
     // FNV-1a: stable across processes and replicas.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -582,355 +545,6 @@ async fn acker(client: AsyncClient, mut rx: mpsc::UnboundedReceiver<AckMsg>, shu
                 }
             }
             AckMsg::Done(_) => {} // from a connection that is gone; the broker redelivers
-        }
-    }
-}
-
-/// What an ingestion worker works with.
-struct Worker {
-    /// Its number (logs).
-    index: usize,
-    /// The database.
-    db: Db,
-    /// For publishing acks.
-    link: Link,
-    /// Checks signatures.
-    trust: Trust,
-    /// Where downlink acks go.
-    misc: mpsc::UnboundedSender<Misc>,
-    /// Where finished receipts go.
-    acks: mpsc::UnboundedSender<AckMsg>,
-    /// Most batches per transaction.
-    max_group: usize,
-    /// The crash-test failpoint.
-    abort_after_commit: bool,
-}
-
-async fn worker(w: Worker, mut rx: mpsc::UnboundedReceiver<Job>, shutdown: CancellationToken) {
-    let Worker {
-        index,
-        db,
-        link,
-        trust,
-        misc,
-        acks,
-        max_group,
-        abort_after_commit,
-    } = w;
-    // Committed marks seen by this worker: a batch at or below is a
-    // duplicate without asking the database (marks only grow).
-    let mut marks: HashMap<StoreId, Seq> = HashMap::new();
-    let mut jobs = Vec::with_capacity(max_group);
-    loop {
-        jobs.clear();
-        let n = tokio::select! {
-            () = shutdown.cancelled() => return,
-            n = rx.recv_many(&mut jobs, max_group) => n,
-        };
-        if n == 0 {
-            return;
-        }
-        let mut batches: Vec<(Batch, Receipt)> = Vec::with_capacity(n);
-        for job in jobs.drain(..) {
-            let Ok(body) = trust.open(&job.wan, &job.topic, &job.payload).await else {
-                let _ = acks.send(AckMsg::Done(job.receipt));
-                continue;
-            };
-            match envelope::decode_body(body) {
-                Ok(Message::UpBatch(b)) if b.store != job.store => {
-                    let why = format!("batch from {} on {}'s topic", b.store, job.store);
-                    quarantine::put(
-                        &db,
-                        &job.topic,
-                        Some(job.store.as_str()),
-                        Reason::StoreMismatch,
-                        &why,
-                        &job.payload,
-                    )
-                    .await;
-                    let _ = acks.send(AckMsg::Done(job.receipt));
-                }
-                Ok(Message::DownAck(a)) => {
-                    let _ = misc.send(Misc::DownAck(job.store, a.applied_up_to, job.receipt));
-                }
-                Ok(Message::UpBatch(b)) => {
-                    if let Err(why) = ingest::validate(&b) {
-                        quarantine::put(
-                            &db,
-                            &job.topic,
-                            Some(job.store.as_str()),
-                            Reason::InvalidBatch,
-                            &why,
-                            &job.payload,
-                        )
-                        .await;
-                        let _ = acks.send(AckMsg::Done(job.receipt));
-                        continue;
-                    }
-                    if let Some(mark) = marks.get(&job.store)
-                        && b.last <= *mark
-                    {
-                        metrics::counter!("hub_ingest_batches_total", "result" => "duplicate").increment(1);
-                        let counted = sqlx::query(
-                            "UPDATE store_sync SET duplicates = duplicates + $2 WHERE store_id = $1",
-                        )
-                        .bind(job.store.as_str())
-                        .bind(b.events.len() as i64)
-                        .execute(&db.pool)
-                        .await;
-                        if let Err(e) = counted {
-                            tracing::warn!(error = %e, "duplicate count not stored");
-                        }
-                        let reply = Verdict::Duplicate { hwm: *mark }.reply();
-                        link.send(&WanTopic::Ack(job.store.clone()), &reply).await;
-                        let _ = acks.send(AckMsg::Done(job.receipt));
-                        continue;
-                    }
-                    batches.push((
-                        Batch {
-                            store: job.store,
-                            batch: b,
-                        },
-                        job.receipt,
-                    ));
-                }
-                Ok(other) => {
-                    let why = format!("{} on an uplink topic", other.name());
-                    quarantine::put(
-                        &db,
-                        &job.topic,
-                        Some(job.store.as_str()),
-                        Reason::UnexpectedMessage,
-                        &why,
-                        &job.payload,
-                    )
-                    .await;
-                    let _ = acks.send(AckMsg::Done(job.receipt));
-                }
-                Err(e) => {
-                    quarantine::put(
-                        &db,
-                        &job.topic,
-                        Some(job.store.as_str()),
-                        Reason::Undecodable,
-                        &e.to_string(),
-                        &job.payload,
-                    )
-                    .await;
-                    let _ = acks.send(AckMsg::Done(job.receipt));
-                }
-            }
-        }
-        if batches.is_empty() {
-            continue;
-        }
-        let started = std::time::Instant::now();
-        let verdicts = apply_with_fallbacks(&db, index, &batches).await;
-        if abort_after_commit
-            && verdicts
-                .iter()
-                .any(|v| matches!(v, Some(Verdict::Committed { .. })))
-        {
-            tracing::error!("failpoint abort_after_commit: aborting after commit, before any ack");
-            std::process::abort();
-        }
-        metrics::histogram!("hub_ingest_group_seconds").record(started.elapsed().as_secs_f64());
-        for ((batch, receipt), verdict) in batches.into_iter().zip(verdicts) {
-            if let Some(v) = verdict {
-                let result = match v {
-                    Verdict::Committed { hwm, .. } => {
-                        marks.insert(batch.store.clone(), hwm);
-                        "committed"
-                    }
-                    Verdict::Duplicate { hwm } => {
-                        marks.insert(batch.store.clone(), hwm);
-                        "duplicate"
-                    }
-                    Verdict::Gap { .. } => "gap",
-                };
-                metrics::counter!("hub_ingest_batches_total", "result" => result).increment(1);
-                link.send(&WanTopic::Ack(batch.store.clone()), &v.reply()).await;
-            }
-            // Acked even when the database failed: the edge still holds the
-            // events and resends them after its ack timeout.
-            let _ = acks.send(AckMsg::Done(receipt));
-        }
-    }
-}
-
-/// Applies a group; on failure each batch alone; on failure again, alone
-/// without effects (stored and flagged, so the store is never stuck). `None`
-/// means the database itself is failing: no ack, the edge will resend.
-async fn apply_with_fallbacks(db: &Db, worker: usize, batches: &[(Batch, Receipt)]) -> Vec<Option<Verdict>> {
-    let group: Vec<Batch> = batches.iter().map(|(b, _)| b.clone()).collect();
-    match ingest::apply(db, &group, true).await {
-        Ok(v) => return v.into_iter().map(Some).collect(),
-        Err(e) if group.len() > 1 => {
-            tracing::warn!(worker, error = %e, batches = group.len(), "group failed; applying batches one by one");
-        }
-        Err(e) => tracing::warn!(worker, error = %e, "batch failed"),
-    }
-    let mut out = Vec::with_capacity(group.len());
-    for b in group {
-        let one = std::slice::from_ref(&b);
-        let verdict = match ingest::apply(db, one, true).await {
-            Ok(mut v) => v.pop(),
-            Err(e) => {
-                tracing::error!(store = %b.store, first = b.batch.first.0, error = %e, "effects failed; storing the events flagged");
-                match ingest::apply(db, one, false).await {
-                    Ok(mut v) => v.pop(),
-                    Err(e) => {
-                        tracing::error!(store = %b.store, error = %e, "cannot store the batch; the edge will resend");
-                        metrics::counter!("hub_ingest_batches_total", "result" => "failed").increment(1);
-                        None
-                    }
-                }
-            }
-        };
-        out.push(verdict);
-    }
-    out
-}
-
-async fn misc_worker(
-    db: Db,
-    link: Link,
-    trust: Trust,
-    mut rx: mpsc::UnboundedReceiver<Misc>,
-    acks: mpsc::UnboundedSender<AckMsg>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let msg = tokio::select! {
-            () = shutdown.cancelled() => return,
-            m = rx.recv() => match m { Some(m) => m, None => return },
-        };
-        match msg {
-            Misc::Presence(job) => {
-                let Ok(body) = trust.open(&job.wan, &job.topic, &job.payload).await else {
-                    let _ = acks.send(AckMsg::Done(job.receipt));
-                    continue;
-                };
-                match envelope::decode_body(body) {
-                    Ok(Message::Presence(p)) if p.store == job.store => {
-                        if let Err(e) = crate::stores::presence(&db, &p).await {
-                            tracing::warn!(error = %e, store = %job.store, "presence not stored");
-                        } else if p.online {
-                            if let Err(e) = crate::catalog::snapshot_if_new(&db, &job.store).await {
-                                tracing::warn!(error = %e, store = %job.store, "catalog snapshot not queued; retried at next presence");
-                            }
-                            send_pending(&db, &link, &job.store).await;
-                        }
-                    }
-                    Ok(other) => {
-                        let why = format!("{} on a status topic", other.name());
-                        quarantine::put(
-                            &db,
-                            &job.topic,
-                            Some(job.store.as_str()),
-                            Reason::UnexpectedMessage,
-                            &why,
-                            &job.payload,
-                        )
-                        .await
-                    }
-                    Err(e) => {
-                        quarantine::put(
-                            &db,
-                            &job.topic,
-                            Some(job.store.as_str()),
-                            Reason::Undecodable,
-                            &e.to_string(),
-                            &job.payload,
-                        )
-                        .await
-                    }
-                }
-                let _ = acks.send(AckMsg::Done(job.receipt));
-            }
-            Misc::DownAck(store, seq, receipt) => {
-                match downlink::acked(&db, &store, seq).await {
-                    Ok(downlink::AckOutcome::Beyond { highest }) => {
-                        trust.count("down_ack_beyond");
-                        tracing::debug!(store = %store, acked = seq.0, highest = highest.0, "downlink ack above anything sent to the store ignored");
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, store = %store, "down ack not stored"),
-                }
-                let _ = acks.send(AckMsg::Done(receipt));
-                send_pending(&db, &link, &store).await;
-            }
-            Misc::SendDownlink(store) => send_pending(&db, &link, &store).await,
-            Misc::InviteResends => invite_resends(&db, &link).await,
-        }
-    }
-}
-
-/// Tells every store the hub knows to send its unacked uplinks again.
-async fn invite_resends(db: &Db, link: &Link) {
-    // Every store that has synced, and every store with a valid credential
-    // (one that reconnected first may have sent its very first batch into
-    // the void).
-    let stores: Vec<String> = match sqlx::query_scalar(
-        "SELECT store_id FROM store_sync UNION \
-         SELECT store_id FROM store_credentials WHERE revoked_ms IS NULL ORDER BY 1",
-    )
-    .fetch_all(&db.pool)
-    .await
-    {
-        Ok(s) => s,
-        Err(e) => return tracing::warn!(error = %e, "stores unreadable; they resend at their ack timeout"),
-    };
-    let message = Message::ResendUnacked(ResendUnacked {});
-    let mut invited = 0u64;
-    for s in stores {
-        if let Ok(store) = StoreId::parse(s) {
-            link.send(&WanTopic::Ack(store), &message).await;
-            invited += 1;
-        }
-    }
-    metrics::counter!("hub_resend_invitations_total").increment(invited);
-    tracing::info!(
-        stores = invited,
-        "broker session was lost; asked every store to resend what is unacked"
-    );
-}
-
-/// Sends the store's next pending downlink batch, if any.
-async fn send_pending(db: &Db, link: &Link, store: &StoreId) {
-    let (acked, _) = match downlink::cursor(db, store).await {
-        Ok(c) => c,
-        Err(e) => return tracing::warn!(error = %e, "downlink cursor unreadable"),
-    };
-    match downlink::pending_batch(db, store, acked).await {
-        Ok(Some(batch)) => {
-            metrics::counter!("hub_downlink_batches_total").increment(1);
-            link.send(&WanTopic::Down(store.clone()), &Message::DownBatch(batch))
-                .await;
-        }
-        Ok(None) => {}
-        Err(e) => tracing::warn!(error = %e, "downlink unreadable"),
-    }
-}
-
-async fn sweeper(db: Db, link: Link, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if !link.connected.load(Ordering::Acquire) {
-            continue;
-        }
-        match downlink::claim_stale(&db, 10_000).await {
-            Ok(stores) => {
-                for s in stores {
-                    send_pending(&db, &link, &s).await;
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "downlink sweep failed"),
         }
     }
 }
