@@ -271,17 +271,17 @@ impl Auth {
         let now = now_ms();
         let mut wait = None;
         for (key, max) in keys {
-            let row = sqlx::query("SELECT window_start_ms, failures FROM login_failures WHERE key = $1")
-                .bind(*key)
-                .fetch_optional(&db.pool)
-                .await?;
-            if let Some(r) = row {
-                let start: i64 = r.try_get(0)?;
-                let failures: i64 = r.try_get(1)?;
-                if failures >= *max && now < start + self.window_ms {
-                    let secs = (start + self.window_ms - now + 999) / 1000;
-                    wait = Some(wait.map_or(secs, |w: i64| w.max(secs)));
-                }
+            let row: Option<(i64, i64)> =
+                sqlx::query_as("SELECT window_start_ms, failures FROM login_failures WHERE key = $1")
+                    .bind(*key)
+                    .fetch_optional(&db.pool)
+                    .await?;
+            if let Some((start, failures)) = row
+                && failures >= *max
+                && now < start + self.window_ms
+            {
+                let secs = (start + self.window_ms - now + 999) / 1000;
+                wait = Some(wait.map_or(secs, |w: i64| w.max(secs)));
             }
         }
         Ok(wait)
@@ -369,53 +369,52 @@ pub struct UserRow {
     pub created_ms: i64,
 }
 
-fn user_row(r: &sqlx::any::AnyRow) -> Result<UserRow, sqlx::Error> {
-    let role: String = r.try_get(4)?;
-    Ok(UserRow {
-        id: r.try_get(0)?,
-        email: r.try_get(1)?,
-        name: r.try_get(2)?,
-        password_hash: r.try_get(3)?,
-        role: role.parse().map_err(|e: String| sqlx::Error::Decode(e.into()))?,
-        disabled: r.try_get::<i64, _>(5)? != 0,
-        created_ms: r.try_get(6)?,
-    })
+impl<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> for UserRow {
+    fn from_row(r: &'r sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
+        let role: String = r.try_get("role")?;
+        Ok(UserRow {
+            id: r.try_get("id")?,
+            email: r.try_get("email")?,
+            name: r.try_get("name")?,
+            password_hash: r.try_get("password_hash")?,
+            role: role.parse().map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+            disabled: r.try_get::<i64, _>("disabled")? != 0,
+            created_ms: r.try_get("created_ms")?,
+        })
+    }
 }
 
 const USER_COLUMNS: &str = "id, email, name, password_hash, role, disabled, created_ms";
 
 /// Finds a user by email (case-insensitive).
 pub async fn user_by_email(db: &Db, email: &str) -> Result<Option<UserRow>, sqlx::Error> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {USER_COLUMNS} FROM users WHERE email = $1"
     )))
     .bind(email.trim().to_lowercase())
     .fetch_optional(&db.pool)
-    .await?;
-    row.as_ref().map(user_row).transpose()
+    .await
 }
 
 /// Finds a user by id.
 pub async fn user_by_id(db: &Db, id: &str) -> Result<Option<UserRow>, sqlx::Error> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {USER_COLUMNS} FROM users WHERE id = $1"
     )))
     .bind(id)
     .fetch_optional(&db.pool)
-    .await?;
-    row.as_ref().map(user_row).transpose()
+    .await
 }
 
 /// Users after `after` (by id).
 pub async fn list_users(db: &Db, after: Option<&str>, limit: i64) -> Result<Vec<UserRow>, sqlx::Error> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {USER_COLUMNS} FROM users WHERE id > $1 ORDER BY id LIMIT $2"
     )))
     .bind(after.unwrap_or(""))
     .bind(limit)
     .fetch_all(&db.pool)
-    .await?;
-    rows.iter().map(user_row).collect()
+    .await
 }
 
 /// Why a user could not be created.
@@ -544,14 +543,14 @@ pub fn split_api_key(key: &str) -> Option<(&str, &str)> {
 
 /// Checks an API key id and secret; returns its role if valid and active.
 pub async fn check_api_key(db: &Db, id: &str, secret: &str) -> Result<Option<Role>, sqlx::Error> {
-    let row = sqlx::query("SELECT secret_hash, role, revoked_ms FROM api_keys WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&db.pool)
-        .await?;
-    let Some(row) = row else { return Ok(None) };
-    let stored: Vec<u8> = row.try_get(0)?;
-    let role: String = row.try_get(1)?;
-    let revoked: Option<i64> = row.try_get(2)?;
+    let row: Option<(Vec<u8>, String, Option<i64>)> =
+        sqlx::query_as("SELECT secret_hash, role, revoked_ms FROM api_keys WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&db.pool)
+            .await?;
+    let Some((stored, role, revoked)) = row else {
+        return Ok(None);
+    };
     let given = Sha256::digest(secret.as_bytes());
     // Constant-time comparison of the two digests.
     let same = stored.len() == given.len()
@@ -609,4 +608,109 @@ mod tests {
         assert_eq!(split_api_key("sgk__def"), None);
         assert_eq!(split_api_key("Bearer x"), None);
     }
+}
+
+/// Writes a user's name, role, disabled flag and password hash (audited
+/// as `user_updated` with `detail`).
+#[allow(clippy::too_many_arguments)]
+pub async fn update_user(
+    db: &Db,
+    actor: &str,
+    id: &str,
+    name: &str,
+    role: Role,
+    disabled: bool,
+    password_hash: &str,
+    detail: serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    let mut tx = db.begin().await?;
+    sqlx::query("UPDATE users SET name = $2, role = $3, disabled = $4, password_hash = $5 WHERE id = $1")
+        .bind(id)
+        .bind(crate::sql::text(name))
+        .bind(role.as_str())
+        .bind(i64::from(disabled))
+        .bind(password_hash)
+        .execute(&mut *tx)
+        .await?;
+    crate::audit::record(&mut tx, actor, "user_updated", "user", id, detail).await?;
+    tx.commit().await
+}
+
+/// Sets a user's password (checked by the caller against the rules),
+/// audited as `password_changed`.
+pub async fn set_password(db: &Db, actor: &str, id: &str, password: &str) -> Result<(), sqlx::Error> {
+    let mut tx = db.begin().await?;
+    sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
+        .bind(id)
+        .bind(hash_password(password))
+        .execute(&mut *tx)
+        .await?;
+    crate::audit::record(
+        &mut tx,
+        actor,
+        "password_changed",
+        "user",
+        id,
+        serde_json::json!({}),
+    )
+    .await?;
+    tx.commit().await
+}
+
+crate::sql::row! {
+    /// An API key, as listed (never the secret).
+    #[derive(Debug, Serialize, ToSchema)]
+    pub struct KeyView {
+        /// Key id.
+        pub id: String,
+        /// What it is for.
+        pub name: String,
+        /// Role.
+        pub role: String,
+        /// Who created it.
+        pub created_by: String,
+        /// Created, ms.
+        pub created_ms: i64,
+        /// Revoked, ms.
+        pub revoked_ms: Option<i64>,
+        /// Last used, ms.
+        pub last_used_ms: Option<i64>,
+    }
+}
+
+/// API keys by id, after `after`.
+pub async fn api_keys(db: &Db, after: &str, limit: i64) -> Result<Vec<KeyView>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, name, role, created_by, created_ms, revoked_ms, last_used_ms FROM api_keys \
+         WHERE id > $1 ORDER BY id LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await
+}
+
+/// Revokes an active API key (audited); returns whether there was one.
+pub async fn revoke_api_key(db: &Db, actor: &str, id: &str) -> Result<bool, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let done = sqlx::query("UPDATE api_keys SET revoked_ms = $2 WHERE id = $1 AND revoked_ms IS NULL")
+        .bind(id)
+        .bind(crate::db::now_ms())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+        == 1;
+    if done {
+        crate::audit::record(
+            &mut tx,
+            actor,
+            "api_key_revoked",
+            "api_key",
+            id,
+            serde_json::json!({}),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(done)
 }

@@ -189,8 +189,13 @@ impl Db {
         }
     }
 
-    /// ` FOR UPDATE` on PostgreSQL (row locks), nothing on SQLite (the
-    /// write transaction already holds the database lock).
+    /// Whether the database answers.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    /// ` FOR UPDATE` on PostgreSQL (row locks), nothing on SQLite (whose
+    /// write lock covers the transaction).
     pub fn for_update(&self) -> &'static str {
         match self.kind {
             DbKind::Sqlite => "",

@@ -9,7 +9,7 @@
 //! not all resend the same items; a duplicate send is harmless anyway (the
 //! edge applies by seq, idempotently).
 
-use sqlx::{Any, AssertSqlSafe, Row, Transaction};
+use sqlx::{Any, AssertSqlSafe, Transaction};
 use storegate_protocol::downlink::{DownBody, DownItem};
 use storegate_protocol::envelope::DownBatch;
 use storegate_protocol::{Seq, StoreId};
@@ -146,18 +146,17 @@ pub async fn acked(db: &Db, store: &StoreId, applied_up_to: Seq) -> Result<AckOu
 
 /// The `DownBatch` of items pending for `store` after `after`, if any.
 pub async fn pending_batch(db: &Db, store: &StoreId, after: Seq) -> Result<Option<DownBatch>, sqlx::Error> {
-    let rows =
-        sqlx::query("SELECT seq, body FROM downlink WHERE store_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
-            .bind(store.as_str())
-            .bind(after.0 as i64)
-            .bind(MAX_BATCH_ITEMS)
-            .fetch_all(&db.pool)
-            .await?;
+    let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT seq, body FROM downlink WHERE store_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+    )
+    .bind(store.as_str())
+    .bind(after.0 as i64)
+    .bind(MAX_BATCH_ITEMS)
+    .fetch_all(&db.pool)
+    .await?;
     let mut items = Vec::with_capacity(rows.len());
     let mut bytes = 0usize;
-    for r in rows {
-        let seq: i64 = r.try_get(0)?;
-        let body: Vec<u8> = r.try_get(1)?;
+    for (seq, body) in rows {
         if !items.is_empty() && bytes + body.len() > MAX_BATCH_BYTES {
             break;
         }
@@ -185,15 +184,13 @@ pub async fn pending_batch(db: &Db, store: &StoreId, after: Seq) -> Result<Optio
 
 /// The store's downlink cursor: (acked up to, next seq).
 pub async fn cursor(db: &Db, store: &StoreId) -> Result<(Seq, Seq), sqlx::Error> {
-    let row = sqlx::query("SELECT down_acked, down_next FROM store_sync WHERE store_id = $1")
-        .bind(store.as_str())
-        .fetch_optional(&db.pool)
-        .await?;
+    let row: Option<(i64, i64)> =
+        sqlx::query_as("SELECT down_acked, down_next FROM store_sync WHERE store_id = $1")
+            .bind(store.as_str())
+            .fetch_optional(&db.pool)
+            .await?;
     Ok(match row {
-        Some(r) => (
-            Seq(r.try_get::<i64, _>(0)? as u64),
-            Seq(r.try_get::<i64, _>(1)? as u64),
-        ),
+        Some((acked, next)) => (Seq(acked.max(0) as u64), Seq(next.max(0) as u64)),
         None => (Seq(0), Seq(1)),
     })
 }
@@ -202,7 +199,7 @@ pub async fn cursor(db: &Db, store: &StoreId) -> Result<(Seq, Seq), sqlx::Error>
 /// this replica for a resend (the claim is the `down_sent_ms` update).
 pub async fn claim_stale(db: &Db, older_than_ms: i64) -> Result<Vec<StoreId>, sqlx::Error> {
     let now = now_ms();
-    let rows = sqlx::query(
+    let rows: Vec<String> = sqlx::query_scalar(
         "SELECT store_id FROM store_sync WHERE down_acked + 1 < down_next \
          AND (down_sent_ms IS NULL OR down_sent_ms < $1) LIMIT 500",
     )
@@ -210,8 +207,7 @@ pub async fn claim_stale(db: &Db, older_than_ms: i64) -> Result<Vec<StoreId>, sq
     .fetch_all(&db.pool)
     .await?;
     let mut claimed = Vec::new();
-    for r in rows {
-        let store: String = r.try_get(0)?;
+    for store in rows {
         let done = sqlx::query(
             "UPDATE store_sync SET down_sent_ms = $2 WHERE store_id = $1 \
              AND (down_sent_ms IS NULL OR down_sent_ms < $3)",

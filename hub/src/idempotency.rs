@@ -10,7 +10,7 @@
 //! the retry gets the order), or taken over after [`STALE_MS`].
 
 use sha2::{Digest, Sha256};
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::AssertSqlSafe;
 
 use crate::db::{Db, now_ms};
 
@@ -60,6 +60,17 @@ pub fn valid_key(k: &str) -> bool {
     !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic())
 }
 
+crate::sql::row! {
+    /// A key as stored.
+    struct Stored {
+        request_hash: String,
+        status: Option<i64>,
+        body: Option<String>,
+        resource: Option<String>,
+        created_ms: i64,
+    }
+}
+
 /// Claims the key for this request, or says what to do instead.
 pub async fn begin(db: &Db, k: &KeyRef, hash: &str) -> Result<Begin, sqlx::Error> {
     let now = now_ms();
@@ -79,7 +90,7 @@ pub async fn begin(db: &Db, k: &KeyRef, hash: &str) -> Result<Begin, sqlx::Error
     if inserted {
         return Ok(Begin::Fresh);
     }
-    let row = sqlx::query(
+    let row: Option<Stored> = sqlx::query_as(
         "SELECT request_hash, status, body, resource, created_ms FROM idempotency \
          WHERE key = $1 AND principal = $2 AND route = $3",
     )
@@ -92,14 +103,16 @@ pub async fn begin(db: &Db, k: &KeyRef, hash: &str) -> Result<Begin, sqlx::Error
         // Deleted between the two statements (a failed first request): retry.
         return Box::pin(begin(db, k, hash)).await;
     };
-    let stored_hash: String = row.try_get(0)?;
-    if stored_hash != hash {
+    if row.request_hash != hash {
         return Ok(Begin::Mismatch);
     }
-    let status: Option<i64> = row.try_get(1)?;
-    let body: Option<String> = row.try_get(2)?;
-    let resource: Option<String> = row.try_get(3)?;
-    let created: i64 = row.try_get(4)?;
+    let Stored {
+        status,
+        body,
+        resource,
+        created_ms: created,
+        ..
+    } = row;
     if let Some(s) = status {
         return Ok(Begin::Replay {
             status: s as u16,

@@ -273,6 +273,63 @@ pub async fn resolve_discrepancy(db: &Db, actor: &str, id: i64) -> Result<bool, 
     Ok(done)
 }
 
+/// A synced event.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct EventView {
+    /// Per-store seq.
+    pub seq: i64,
+    /// Event id (ULID).
+    pub event_id: String,
+    /// Kind (`sale`, `stock_adjusted`...).
+    pub kind: String,
+    /// Edge clock when recorded, ms.
+    pub recorded_ms: i64,
+    /// Hub clock when ingested, ms.
+    pub ingested_ms: i64,
+    /// The event body as JSON (see storegate_protocol::event::EventBody).
+    #[schema(value_type = Object)]
+    pub body: serde_json::Value,
+}
+
+row! {
+    struct EventRow {
+        seq: i64,
+        event_id: Vec<u8>,
+        kind: String,
+        recorded_ms: i64,
+        ingested_ms: i64,
+        body: Vec<u8>,
+    }
+}
+
+/// A store's events in seq order, after `after_seq`.
+pub async fn events(db: &Db, store: &str, after_seq: i64, limit: i64) -> Result<Vec<EventView>, sqlx::Error> {
+    let rows: Vec<EventRow> = sqlx::query_as(
+        "SELECT seq, event_id, kind, recorded_ms, ingested_ms, body FROM events WHERE store_id = $1 AND seq > $2 \
+         ORDER BY seq LIMIT $3",
+    )
+    .bind(store)
+    .bind(after_seq)
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| EventView {
+            seq: r.seq,
+            event_id: storegate_protocol::EventId::from_slice(&r.event_id)
+                .map(|i| i.to_string())
+                .unwrap_or_default(),
+            kind: r.kind,
+            recorded_ms: r.recorded_ms,
+            ingested_ms: r.ingested_ms,
+            body: storegate_protocol::envelope::decode_event(&r.body)
+                .map(|e| serde_json::to_value(e.body).unwrap_or_default())
+                .unwrap_or_else(|e| serde_json::json!({"undecodable": e.to_string()})),
+        })
+        .collect())
+}
+
 row! {
     struct Region {
         store_id: String,

@@ -10,6 +10,7 @@ use crate::audit;
 use crate::db::{Db, now_ms};
 use crate::domain::machine::{Machine, Refused};
 use crate::domain::shipment::ShipmentStatus;
+use crate::domain::{Invalid, valid_id};
 use crate::sql::{self, row};
 
 row! {
@@ -56,29 +57,53 @@ row! {
     }
 }
 
-/// Saves a carrier.
-pub async fn save_carrier(
-    tx: &mut Transaction<'static, Any>,
-    actor: &str,
-    c: &CarrierView,
-) -> Result<(), sqlx::Error> {
+/// Why a shipping change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ShippingError {
+    /// Bad input.
+    #[error("{0}")]
+    Invalid(String),
+    /// The database failed.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+impl From<Invalid> for ShippingError {
+    fn from(e: Invalid) -> Self {
+        ShippingError::Invalid(e.0)
+    }
+}
+
+/// Creates or renames carrier `id`; returns it.
+pub async fn save_carrier(db: &Db, actor: &str, id: &str, name: &str) -> Result<CarrierView, ShippingError> {
+    valid_id("carrier id", id)?;
+    if name.trim().is_empty() {
+        return Err(ShippingError::Invalid("name must not be empty".into()));
+    }
+    let c = CarrierView {
+        id: id.to_owned(),
+        name: name.to_owned(),
+    };
+    let mut tx = db.begin().await?;
     sqlx::query(
         "INSERT INTO carriers (id, name, created_ms) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET name = excluded.name",
     )
     .bind(c.id.as_str())
     .bind(crate::sql::text(&c.name))
     .bind(now_ms())
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     audit::record(
-        tx,
+        &mut tx,
         actor,
         "carrier_saved",
         "carrier",
         &c.id,
         serde_json::json!({"name": c.name}),
     )
-    .await
+    .await?;
+    tx.commit().await?;
+    Ok(c)
 }
 
 /// Every carrier.
@@ -89,36 +114,52 @@ pub async fn carriers(db: &Db) -> Result<Vec<CarrierView>, sqlx::Error> {
 }
 
 /// Maps a region to a zone.
-pub async fn save_zone(
-    tx: &mut Transaction<'static, Any>,
-    actor: &str,
-    region: &str,
-    zone: &str,
-) -> Result<(), sqlx::Error> {
+pub async fn save_zone(db: &Db, actor: &str, region: &str, zone: &str) -> Result<(), ShippingError> {
+    valid_id("region", region)?;
+    valid_id("zone", zone)?;
+    let mut tx = db.begin().await?;
     sqlx::query(
         "INSERT INTO shipping_zones (region, zone) VALUES ($1, $2) ON CONFLICT (region) DO UPDATE SET zone = excluded.zone",
     )
     .bind(region)
     .bind(zone)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     audit::record(
-        tx,
+        &mut tx,
         actor,
         "shipping_zone_saved",
         "region",
         region,
         serde_json::json!({"zone": zone}),
     )
-    .await
+    .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
-/// Saves a rate (replacing the same carrier, zone and bracket).
-pub async fn save_rate(
-    tx: &mut Transaction<'static, Any>,
-    actor: &str,
-    r: &RateView,
-) -> Result<(), sqlx::Error> {
+/// Saves a rate (replacing the same carrier, zone and bracket) of a
+/// carrier that exists.
+pub async fn save_rate(db: &Db, actor: &str, r: &RateView) -> Result<(), ShippingError> {
+    valid_id("zone", &r.zone)?;
+    if r.max_grams <= 0 || r.price_minor < 0 {
+        return Err(ShippingError::Invalid(
+            "max_grams must be positive and price_minor not negative".into(),
+        ));
+    }
+    storegate_protocol::Currency::parse(&r.currency)
+        .map_err(|e| ShippingError::Invalid(format!("currency: {e}")))?;
+    let mut tx = db.begin().await?;
+    let known: Option<String> = sqlx::query_scalar("SELECT id FROM carriers WHERE id = $1")
+        .bind(r.carrier.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+    if known.is_none() {
+        return Err(ShippingError::Invalid(format!(
+            "carrier {} does not exist",
+            r.carrier
+        )));
+    }
     sqlx::query(
         "INSERT INTO shipping_rates (carrier, zone, max_grams, price_minor, currency) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (carrier, zone, max_grams) DO UPDATE SET price_minor = excluded.price_minor, currency = excluded.currency",
@@ -128,17 +169,19 @@ pub async fn save_rate(
     .bind(r.max_grams)
     .bind(r.price_minor)
     .bind(r.currency.as_str())
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     audit::record(
-        tx,
+        &mut tx,
         actor,
         "shipping_rate_saved",
         "carrier",
         &r.carrier,
         serde_json::to_value(r).unwrap_or_default(),
     )
-    .await
+    .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Every rate.

@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
-use sqlx::{Any, AnyConnection, AssertSqlSafe, Row, Transaction};
+use sqlx::{Any, AnyConnection, AssertSqlSafe, Transaction};
 use storegate_protocol::downlink::{DownBody, StockLevel};
 use storegate_protocol::{Seq, Sku, StoreId};
 use utoipa::ToSchema;
@@ -309,6 +309,33 @@ pub async fn held_by(conn: &mut AnyConnection, reference: &str) -> Result<Vec<He
     .await
 }
 
+crate::sql::row! {
+    /// Where a product is available.
+    #[derive(Debug, Serialize, ToSchema)]
+    pub struct Availability {
+        /// Location.
+        pub location: String,
+        /// store or warehouse.
+        pub kind: String,
+        /// Its region.
+        pub region: Option<String>,
+        /// Available units.
+        pub available: i64,
+    }
+}
+
+/// Where `sku` is available now, by location.
+pub async fn availability(db: &Db, sku: &str) -> Result<Vec<Availability>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT l.location AS location, s.kind AS kind, s.region AS region, l.on_hand - l.reserved AS available \
+         FROM stock_levels l JOIN stores s ON s.store_id = l.location \
+         WHERE l.sku = $1 AND l.on_hand - l.reserved > 0 ORDER BY l.location",
+    )
+    .bind(sku)
+    .fetch_all(&db.pool)
+    .await
+}
+
 /// Reserved goods leave: the reservation is released and on-hand drops.
 pub async fn fulfil(
     conn: &mut AnyConnection,
@@ -367,6 +394,21 @@ pub async fn on_hand(conn: &mut AnyConnection, location: &str, sku: &str) -> Res
     )
 }
 
+crate::sql::row! {
+    struct LevelRow {
+        sku: String,
+        on_hand: i64,
+        reserved: i64,
+    }
+}
+
+crate::sql::row! {
+    struct SyncMark {
+        hwm: i64,
+        snapshot_ms: Option<i64>,
+    }
+}
+
 /// Levels of one location as `StockLevel` items, with the edge seq they
 /// include. Call inside a transaction that holds the store's `store_sync`
 /// row (so the mark and the levels belong together).
@@ -380,7 +422,7 @@ pub async fn level_items(
         Some(skus) => {
             let mut rows = Vec::new();
             for chunk in skus.chunks(sql::CHUNK) {
-                let mut q = sqlx::query(AssertSqlSafe(format!(
+                let mut q = sqlx::query_as::<_, LevelRow>(AssertSqlSafe(format!(
                     "SELECT sku, on_hand, reserved FROM stock_levels WHERE location = $1 AND sku IN {}",
                     sql::list(2, chunk.len())
                 )))
@@ -393,20 +435,21 @@ pub async fn level_items(
             rows
         }
         None => {
-            sqlx::query("SELECT sku, on_hand, reserved FROM stock_levels WHERE location = $1 ORDER BY sku")
-                .bind(location)
-                .fetch_all(&mut **tx)
-                .await?
+            sqlx::query_as::<_, LevelRow>(
+                "SELECT sku, on_hand, reserved FROM stock_levels WHERE location = $1 ORDER BY sku",
+            )
+            .bind(location)
+            .fetch_all(&mut **tx)
+            .await?
         }
     };
     let mut items = Vec::with_capacity(rows.len());
     for r in rows {
-        let sku: String = r.try_get(0)?;
-        let Ok(sku) = Sku::parse(sku) else { continue };
+        let Ok(sku) = Sku::parse(r.sku) else { continue };
         items.push(DownBody::StockLevel(StockLevel {
             sku,
-            on_hand: r.try_get(1)?,
-            reserved: r.try_get(2)?,
+            on_hand: r.on_hand,
+            reserved: r.reserved,
             as_of_edge_seq: Seq(hwm.max(0) as u64),
         }));
     }
@@ -424,21 +467,22 @@ pub async fn push_dirty(db: &Db) -> Result<Vec<StoreId>, sqlx::Error> {
     let mut pushed = Vec::new();
     for location in locations {
         let mut tx = db.begin().await?;
-        let sync: Option<(i64, Option<i64>)> = sqlx::query(AssertSqlSafe(format!(
+        let sync: Option<SyncMark> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT hwm, snapshot_ms FROM store_sync WHERE store_id = $1{}",
             db.for_update()
         )))
         .bind(location.as_str())
         .fetch_optional(&mut *tx)
-        .await?
-        .map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?)))
-        .transpose()?;
+        .await?;
         let skus: Vec<String> =
             sqlx::query_scalar("DELETE FROM stock_dirty WHERE location = $1 RETURNING sku")
                 .bind(location.as_str())
                 .fetch_all(&mut *tx)
                 .await?;
-        if let Some((hwm, Some(_))) = sync
+        if let Some(SyncMark {
+            hwm,
+            snapshot_ms: Some(_),
+        }) = sync
             && !skus.is_empty()
         {
             let items = level_items(&mut tx, &location, Some(&skus), hwm).await?;
@@ -501,23 +545,35 @@ pub struct LevelView {
     pub updated_ms: i64,
 }
 
-fn level_view(r: &sqlx::any::AnyRow) -> Result<LevelView, sqlx::Error> {
-    let on_hand: i64 = r.try_get(2)?;
-    let reserved: i64 = r.try_get(3)?;
-    let min_level: Option<i64> = r.try_get(5)?;
-    Ok(LevelView {
-        location: r.try_get(0)?,
-        sku: r.try_get(1)?,
-        on_hand,
-        reserved,
-        available: on_hand - reserved,
-        min_level,
-        low: min_level.is_some_and(|m| on_hand - reserved < m),
-        updated_ms: r.try_get(4)?,
-    })
+crate::sql::row! {
+    struct LevelViewRow {
+        location: String,
+        sku: String,
+        on_hand: i64,
+        reserved: i64,
+        updated_ms: i64,
+        min_level: Option<i64>,
+    }
 }
 
-const LEVEL_SELECT: &str = "SELECT l.location, l.sku, l.on_hand, l.reserved, l.updated_ms, t.min_level \
+impl LevelViewRow {
+    fn view(self) -> LevelView {
+        let available = self.on_hand.saturating_sub(self.reserved);
+        LevelView {
+            location: self.location,
+            sku: self.sku,
+            on_hand: self.on_hand,
+            reserved: self.reserved,
+            available,
+            min_level: self.min_level,
+            low: self.min_level.is_some_and(|m| available < m),
+            updated_ms: self.updated_ms,
+        }
+    }
+}
+
+const LEVEL_SELECT: &str = "SELECT l.location AS location, l.sku AS sku, l.on_hand AS on_hand, l.reserved AS reserved, \
+     l.updated_ms AS updated_ms, t.min_level AS min_level \
      FROM stock_levels l LEFT JOIN stock_thresholds t ON t.location = l.location AND t.sku = l.sku";
 
 /// Levels, filtered, in (location, sku) order after `after` (`location/sku`).
@@ -538,7 +594,7 @@ pub async fn levels(
     } else {
         ""
     };
-    let rows = sqlx::query(AssertSqlSafe(format!(
+    let rows: Vec<LevelViewRow> = sqlx::query_as(AssertSqlSafe(format!(
         "{LEVEL_SELECT} WHERE ($1 = '' OR l.location = $1) AND ($2 = '' OR l.sku = $2) \
          AND (l.location > $3 OR (l.location = $3 AND l.sku > $4)){low} ORDER BY l.location, l.sku LIMIT $5"
     )))
@@ -549,9 +605,10 @@ pub async fn levels(
     .bind(limit)
     .fetch_all(&db.pool)
     .await?;
-    rows.iter().map(level_view).collect()
+    Ok(rows.into_iter().map(LevelViewRow::view).collect())
 }
 
+crate::sql::row! {
 /// One ledger row.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct MovementView {
@@ -576,6 +633,7 @@ pub struct MovementView {
     /// When booked, ms.
     pub created_ms: i64,
 }
+}
 
 /// Ledger rows of one location and SKU, oldest first, after id `after`.
 pub async fn movements(
@@ -585,7 +643,7 @@ pub async fn movements(
     after: i64,
     limit: i64,
 ) -> Result<Vec<MovementView>, sqlx::Error> {
-    let rows = sqlx::query(
+    sqlx::query_as(
         "SELECT id, location, sku, delta, kind, store_id, seq_from, seq_to, reference, created_ms \
          FROM stock_movements WHERE location = $1 AND sku = $2 AND id > $3 ORDER BY id LIMIT $4",
     )
@@ -594,23 +652,7 @@ pub async fn movements(
     .bind(after)
     .bind(limit)
     .fetch_all(&db.pool)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(MovementView {
-                id: r.try_get(0)?,
-                location: r.try_get(1)?,
-                sku: r.try_get(2)?,
-                delta: r.try_get(3)?,
-                kind: r.try_get(4)?,
-                store_id: r.try_get(5)?,
-                seq_from: r.try_get(6)?,
-                seq_to: r.try_get(7)?,
-                reference: r.try_get(8)?,
-                created_ms: r.try_get(9)?,
-            })
-        })
-        .collect()
+    .await
 }
 
 /// A level that disagrees with its ledger.
@@ -626,30 +668,36 @@ pub struct Mismatch {
     pub ledger: (i64, i64),
 }
 
+crate::sql::row! {
+    struct Sums {
+        location: String,
+        sku: String,
+        on_hand: i64,
+        reserved: i64,
+    }
+}
+
 /// Compares every level with the sum of its ledger rows; returns the ones
 /// that differ (there should be none).
 pub async fn verify(db: &Db) -> Result<Vec<Mismatch>, sqlx::Error> {
-    let mut sums: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
-    let rows = sqlx::query(
+    let sums: BTreeMap<(String, String), (i64, i64)> = sqlx::query_as::<_, Sums>(
         "SELECT location, sku, \
-         CAST(SUM(CASE WHEN kind IN ('reservation', 'release') THEN 0 ELSE delta END) AS BIGINT), \
-         CAST(SUM(CASE WHEN kind IN ('reservation', 'release') THEN delta ELSE 0 END) AS BIGINT) \
+         CAST(SUM(CASE WHEN kind IN ('reservation', 'release') THEN 0 ELSE delta END) AS BIGINT) AS on_hand, \
+         CAST(SUM(CASE WHEN kind IN ('reservation', 'release') THEN delta ELSE 0 END) AS BIGINT) AS reserved \
          FROM stock_movements GROUP BY location, sku",
     )
     .fetch_all(&db.pool)
-    .await?;
-    for r in rows {
-        let on_hand: i64 = r.try_get(2)?;
-        let reserved: i64 = r.try_get(3)?;
-        sums.insert((r.try_get(0)?, r.try_get(1)?), (on_hand, reserved));
-    }
-    let mut levels: HashMap<(String, String), (i64, i64)> = HashMap::new();
-    for r in sqlx::query("SELECT location, sku, on_hand, reserved FROM stock_levels")
-        .fetch_all(&db.pool)
-        .await?
-    {
-        levels.insert((r.try_get(0)?, r.try_get(1)?), (r.try_get(2)?, r.try_get(3)?));
-    }
+    .await?
+    .into_iter()
+    .map(|r| ((r.location, r.sku), (r.on_hand, r.reserved)))
+    .collect();
+    let levels: HashMap<(String, String), (i64, i64)> =
+        sqlx::query_as::<_, Sums>("SELECT location, sku, on_hand, reserved FROM stock_levels")
+            .fetch_all(&db.pool)
+            .await?
+            .into_iter()
+            .map(|r| ((r.location, r.sku), (r.on_hand, r.reserved)))
+            .collect();
     let keys: BTreeSet<(String, String)> = sums.keys().chain(levels.keys()).cloned().collect();
     Ok(keys
         .into_iter()

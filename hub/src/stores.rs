@@ -4,11 +4,12 @@
 //! hub knows then); an admin can name them, set their kind and region.
 
 use serde::{Deserialize, Serialize};
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::AssertSqlSafe;
 use storegate_protocol::envelope::Presence;
 use utoipa::ToSchema;
 
 use crate::db::{Db, now_ms};
+use crate::sql::row;
 
 /// A store or warehouse with its sync state.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -45,45 +46,68 @@ pub struct StoreView {
     pub downlink_pending: i64,
 }
 
-const SELECT: &str = "SELECT s.store_id, s.name, s.kind, s.region, s.online, s.last_seen_ms, s.agent_version, \
-     COALESCE(y.hwm, 0), COALESCE(y.backlog, 0), y.last_batch_ms, COALESCE(y.dropped_telemetry, 0), \
-     COALESCE(y.events_ingested, 0), COALESCE(y.duplicates, 0), COALESCE(y.resend_requests, 0), \
-     COALESCE(y.down_next - 1 - y.down_acked, 0) \
+const SELECT: &str = "SELECT s.store_id AS store_id, s.name AS name, s.kind AS kind, s.region AS region, \
+     s.online AS online, s.last_seen_ms AS last_seen_ms, s.agent_version AS agent_version, \
+     COALESCE(y.hwm, 0) AS hwm, COALESCE(y.backlog, 0) AS backlog, y.last_batch_ms AS last_batch_ms, \
+     COALESCE(y.dropped_telemetry, 0) AS dropped_telemetry, COALESCE(y.events_ingested, 0) AS events_ingested, \
+     COALESCE(y.duplicates, 0) AS duplicates, COALESCE(y.resend_requests, 0) AS resend_requests, \
+     COALESCE(y.down_next - 1 - y.down_acked, 0) AS downlink_pending \
      FROM stores s LEFT JOIN store_sync y ON y.store_id = s.store_id";
 
-fn view(r: &sqlx::any::AnyRow, now: i64) -> Result<StoreView, sqlx::Error> {
-    let last_batch: Option<i64> = r.try_get(9)?;
-    Ok(StoreView {
-        store_id: r.try_get(0)?,
-        name: r.try_get(1)?,
-        kind: r.try_get(2)?,
-        region: r.try_get(3)?,
-        online: r.try_get::<i64, _>(4)? != 0,
-        last_seen_ms: r.try_get(5)?,
-        agent_version: r.try_get(6)?,
-        hwm: r.try_get(7)?,
-        backlog: r.try_get(8)?,
-        lag_ms: last_batch.map(|t| (now - t).max(0)),
-        dropped_telemetry: r.try_get(10)?,
-        events_ingested: r.try_get(11)?,
-        duplicates: r.try_get(12)?,
-        resend_requests: r.try_get(13)?,
-        downlink_pending: r.try_get(14)?,
-    })
+row! {
+    struct StoreRow {
+        store_id: String,
+        name: String,
+        kind: String,
+        region: Option<String>,
+        online: i64,
+        last_seen_ms: Option<i64>,
+        agent_version: Option<String>,
+        hwm: i64,
+        backlog: i64,
+        last_batch_ms: Option<i64>,
+        dropped_telemetry: i64,
+        events_ingested: i64,
+        duplicates: i64,
+        resend_requests: i64,
+        downlink_pending: i64,
+    }
+}
+
+impl StoreRow {
+    fn view(self, now: i64) -> StoreView {
+        StoreView {
+            store_id: self.store_id,
+            name: self.name,
+            kind: self.kind,
+            region: self.region,
+            online: self.online != 0,
+            last_seen_ms: self.last_seen_ms,
+            agent_version: self.agent_version,
+            hwm: self.hwm,
+            backlog: self.backlog,
+            lag_ms: self.last_batch_ms.map(|t| now.saturating_sub(t).max(0)),
+            dropped_telemetry: self.dropped_telemetry,
+            events_ingested: self.events_ingested,
+            duplicates: self.duplicates,
+            resend_requests: self.resend_requests,
+            downlink_pending: self.downlink_pending,
+        }
+    }
 }
 
 /// One store.
 pub async fn get(db: &Db, store_id: &str) -> Result<Option<StoreView>, sqlx::Error> {
-    let row = sqlx::query(AssertSqlSafe(format!("{SELECT} WHERE s.store_id = $1")))
+    let row: Option<StoreRow> = sqlx::query_as(AssertSqlSafe(format!("{SELECT} WHERE s.store_id = $1")))
         .bind(store_id)
         .fetch_optional(&db.pool)
         .await?;
-    row.map(|r| view(&r, now_ms())).transpose()
+    Ok(row.map(|r| r.view(now_ms())))
 }
 
 /// Stores after `after` (by id), at most `limit`.
 pub async fn list(db: &Db, after: Option<&str>, limit: i64) -> Result<Vec<StoreView>, sqlx::Error> {
-    let rows = sqlx::query(AssertSqlSafe(format!(
+    let rows: Vec<StoreRow> = sqlx::query_as(AssertSqlSafe(format!(
         "{SELECT} WHERE s.store_id > $1 ORDER BY s.store_id LIMIT $2"
     )))
     .bind(after.unwrap_or(""))
@@ -91,7 +115,7 @@ pub async fn list(db: &Db, after: Option<&str>, limit: i64) -> Result<Vec<StoreV
     .fetch_all(&db.pool)
     .await?;
     let now = now_ms();
-    rows.iter().map(|r| view(r, now)).collect()
+    Ok(rows.into_iter().map(|r| r.view(now)).collect())
 }
 
 /// Registers or updates a store's descriptive fields.
@@ -172,6 +196,7 @@ pub async fn presence(db: &Db, p: &Presence) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+row! {
 /// A device seen at a store.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DeviceView {
@@ -188,25 +213,55 @@ pub struct DeviceView {
     /// Last report, ms since the epoch (edge clock).
     pub last_seen_ms: i64,
 }
+}
 
 /// A store's devices.
 pub async fn devices(db: &Db, store_id: &str) -> Result<Vec<DeviceView>, sqlx::Error> {
-    let rows = sqlx::query(
+    sqlx::query_as(
         "SELECT device_id, kind, status, detail, error_count, last_seen_ms FROM devices WHERE store_id = $1 ORDER BY device_id",
     )
     .bind(store_id)
     .fetch_all(&db.pool)
+    .await
+}
+
+/// A region.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct RegionView {
+    /// Name.
+    pub region: String,
+    /// Its shipping zone, if set.
+    pub zone: Option<String>,
+    /// Stores and warehouses in it.
+    pub locations: Vec<String>,
+}
+
+row! {
+    struct RegionRow {
+        region: String,
+        zone: Option<String>,
+        store_id: String,
+    }
+}
+
+/// Regions with their locations and shipping zone.
+pub async fn regions(db: &Db) -> Result<Vec<RegionView>, sqlx::Error> {
+    let rows: Vec<RegionRow> = sqlx::query_as(
+        "SELECT s.region AS region, z.zone AS zone, s.store_id AS store_id FROM stores s \
+         LEFT JOIN shipping_zones z ON z.region = s.region WHERE s.region IS NOT NULL ORDER BY s.region, s.store_id",
+    )
+    .fetch_all(&db.pool)
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(DeviceView {
-                device_id: r.try_get(0)?,
-                kind: r.try_get(1)?,
-                status: r.try_get(2)?,
-                detail: r.try_get(3)?,
-                error_count: r.try_get(4)?,
-                last_seen_ms: r.try_get(5)?,
-            })
-        })
-        .collect()
+    let mut out: Vec<RegionView> = Vec::new();
+    for r in rows {
+        match out.last_mut() {
+            Some(last) if last.region == r.region => last.locations.push(r.store_id),
+            _ => out.push(RegionView {
+                region: r.region,
+                zone: r.zone,
+                locations: vec![r.store_id],
+            }),
+        }
+    }
+    Ok(out)
 }

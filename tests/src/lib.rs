@@ -365,6 +365,15 @@ pub struct MqttPeer {
     pub client: rumqttc::AsyncClient,
     /// Messages received: (topic, payload).
     rx: tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    /// The task polling the connection; aborted on drop, so a dropped peer
+    /// does not reconnect and take its client id back from a newer one.
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MqttPeer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl MqttPeer {
@@ -394,7 +403,7 @@ impl MqttPeer {
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let filters = filters.to_vec();
         let c = client.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut ready = Some(ready_tx);
             let mut pending = 0usize;
             loop {
@@ -430,7 +439,7 @@ impl MqttPeer {
             .await
             .expect("peer subscribed in time")
             .expect("peer task alive");
-        MqttPeer { client, rx }
+        MqttPeer { client, rx, task }
     }
 
     /// Publishes QoS 1.

@@ -321,11 +321,6 @@ pub async fn change_password(
         return Err(ApiError::invalid("the current password is wrong"));
     }
     auth::check_password_rules(&req.new).map_err(ApiError::invalid)?;
-    sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
-        .bind(user.id.as_str())
-        .bind(auth::hash_password(&req.new))
-        .execute(&s.db.pool)
-        .await?;
-    super::audit(&s.db, &p, "password_changed", "user", &user.id, json!({})).await;
+    auth::set_password(&s.db, &super::catalog::actor(&p), &user.id, &req.new).await?;
     Ok(StatusCode::NO_CONTENT)
 }

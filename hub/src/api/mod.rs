@@ -616,7 +616,7 @@ pub async fn healthz() -> &'static str {
 #[utoipa::path(get, path = "/readyz", tag = "health", responses(
     (status = 200, description = "Ready"), (status = 503, description = "Not ready")))]
 pub async fn readyz(State(s): State<AppState>) -> Response {
-    let db = sqlx::query("SELECT 1").execute(&s.db.pool).await.is_ok();
+    let db = s.db.ping().await;
     let broker = s.link.subscribed.load(std::sync::atomic::Ordering::Acquire);
     let status = if db && broker {
         StatusCode::OK

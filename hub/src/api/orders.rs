@@ -6,8 +6,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
-use sqlx::Row;
+use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::catalog::actor;
@@ -16,6 +15,7 @@ use super::{
     json_response,
 };
 use crate::auth::{Principal, Role};
+use crate::catalog::favourites::{self, Favourite};
 use crate::domain::allocation::Rule;
 use crate::idempotency::{self, Begin, KeyRef};
 use crate::orders::{self, Created, OrderError, OrderInput, OrderSummary, OrderView};
@@ -42,6 +42,15 @@ pub(super) fn routes() -> Router<AppState> {
             "/api/v1/me/favourites/{sku}",
             put(add_favourite).delete(remove_favourite),
         )
+}
+
+impl From<shipping::ShippingError> for ApiError {
+    fn from(e: shipping::ShippingError) -> Self {
+        match e {
+            shipping::ShippingError::Invalid(m) => ApiError::invalid(m),
+            shipping::ShippingError::Db(e) => ApiError::internal(e),
+        }
+    }
 }
 
 impl From<OrderError> for ApiError {
@@ -327,20 +336,6 @@ pub async fn list_carriers(
     Ok(Json(shipping::carriers(&s.db).await?))
 }
 
-fn check_id(what: &str, id: &str) -> ApiResult<()> {
-    if id.is_empty()
-        || id.len() > 64
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-    {
-        return Err(ApiError::invalid(format!(
-            "{what}: 1 to 64 characters of A-Z, a-z, 0-9, '-', '_', '.'"
-        )));
-    }
-    Ok(())
-}
-
 /// Creates or renames a carrier.
 #[utoipa::path(put, path = "/api/v1/carriers/{id}", tag = "shipping", security(("bearer" = ["operator"])), request_body = CarrierView,
     params(("id" = String, Path, description = "Carrier id")),
@@ -349,17 +344,11 @@ pub async fn put_carrier(
     Authed(p, ..): Authed<Operator>,
     State(s): State<AppState>,
     Path(id): Path<String>,
-    Body(mut c): Body<CarrierView>,
+    Body(c): Body<CarrierView>,
 ) -> ApiResult<Json<CarrierView>> {
-    check_id("carrier id", &id)?;
-    if c.name.trim().is_empty() {
-        return Err(ApiError::invalid("name must not be empty"));
-    }
-    c.id = id;
-    let mut tx = s.db.begin().await?;
-    shipping::save_carrier(&mut tx, &actor(&p), &c).await?;
-    tx.commit().await?;
-    Ok(Json(c))
+    Ok(Json(
+        shipping::save_carrier(&s.db, &actor(&p), &id, &c.name).await?,
+    ))
 }
 
 /// A zone for a region.
@@ -379,11 +368,7 @@ pub async fn put_zone(
     Path(region): Path<String>,
     Body(z): Body<ZoneInput>,
 ) -> ApiResult<StatusCode> {
-    check_id("region", &region)?;
-    check_id("zone", &z.zone)?;
-    let mut tx = s.db.begin().await?;
-    shipping::save_zone(&mut tx, &actor(&p), &region, &z.zone).await?;
-    tx.commit().await?;
+    shipping::save_zone(&s.db, &actor(&p), &region, &z.zone).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -402,24 +387,7 @@ pub async fn put_rate(
     State(s): State<AppState>,
     Body(r): Body<RateView>,
 ) -> ApiResult<StatusCode> {
-    check_id("zone", &r.zone)?;
-    if r.max_grams <= 0 || r.price_minor < 0 {
-        return Err(ApiError::invalid(
-            "max_grams must be positive and price_minor not negative",
-        ));
-    }
-    storegate_protocol::Currency::parse(&r.currency)
-        .map_err(|e| ApiError::invalid(format!("currency: {e}")))?;
-    let mut tx = s.db.begin().await?;
-    let known: Option<String> = sqlx::query_scalar("SELECT id FROM carriers WHERE id = $1")
-        .bind(r.carrier.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-    if known.is_none() {
-        return Err(ApiError::invalid(format!("carrier {} does not exist", r.carrier)));
-    }
-    shipping::save_rate(&mut tx, &actor(&p), &r).await?;
-    tx.commit().await?;
+    shipping::save_rate(&s.db, &actor(&p), &r).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -591,15 +559,6 @@ pub async fn create_task(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
-/// A favourite product.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Favourite {
-    /// Product.
-    pub sku: String,
-    /// Added, ms.
-    pub created_ms: i64,
-}
-
 /// The caller's favourite products.
 #[utoipa::path(get, path = "/api/v1/me/favourites", tag = "orders", security(("bearer" = ["client"])),
     responses((status = 200, body = Vec<Favourite>), (status = 401, body = ErrorBody)))]
@@ -607,21 +566,7 @@ pub async fn list_favourites(
     Authed(p, ..): Authed<Client>,
     State(s): State<AppState>,
 ) -> ApiResult<Json<Vec<Favourite>>> {
-    let rows =
-        sqlx::query("SELECT sku, created_ms FROM favourites WHERE customer_id = $1 ORDER BY created_ms, sku")
-            .bind(p.subject.as_str())
-            .fetch_all(&s.db.pool)
-            .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Favourite {
-                sku: r.try_get(0)?,
-                created_ms: r.try_get(1)?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()
-        .map(Json)
-        .map_err(ApiError::from)
+    Ok(Json(favourites::list(&s.db, &p.subject).await?))
 }
 
 /// Adds a favourite.
@@ -633,17 +578,9 @@ pub async fn add_favourite(
     State(s): State<AppState>,
     Path(sku): Path<String>,
 ) -> ApiResult<StatusCode> {
-    if crate::catalog::get_product(&s.db, &sku).await?.is_none() {
+    if !favourites::add(&s.db, &p.subject, &sku).await? {
         return Err(ApiError::not_found(format!("product {sku}")));
     }
-    sqlx::query(
-        "INSERT INTO favourites (customer_id, sku, created_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-    )
-    .bind(p.subject.as_str())
-    .bind(sku.as_str())
-    .bind(crate::db::now_ms())
-    .execute(&s.db.pool)
-    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -656,10 +593,6 @@ pub async fn remove_favourite(
     State(s): State<AppState>,
     Path(sku): Path<String>,
 ) -> ApiResult<StatusCode> {
-    sqlx::query("DELETE FROM favourites WHERE customer_id = $1 AND sku = $2")
-        .bind(p.subject.as_str())
-        .bind(sku.as_str())
-        .execute(&s.db.pool)
-        .await?;
+    favourites::remove(&s.db, &p.subject, &sku).await?;
     Ok(StatusCode::NO_CONTENT)
 }

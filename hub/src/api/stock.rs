@@ -6,12 +6,12 @@ use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 use utoipa::{IntoParams, ToSchema};
 
 use super::catalog::actor;
 use super::{ApiError, ApiResult, AppState, Authed, Body, Client, ErrorBody, Operator, Page, Path, Query};
-use crate::stock::{self, LevelView, Mismatch, MovementView};
+use crate::stock::{self, Availability, LevelView, Mismatch, MovementView};
+use crate::stores::{self, RegionView};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -307,19 +307,6 @@ pub async fn put_threshold(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Where a product is available.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Availability {
-    /// Location.
-    pub location: String,
-    /// store or warehouse.
-    pub kind: String,
-    /// Its region.
-    pub region: Option<String>,
-    /// Available units.
-    pub available: i64,
-}
-
 /// Where a product can be bought or collected now.
 #[utoipa::path(get, path = "/api/v1/products/{sku}/availability", tag = "stock", security(("bearer" = ["client"])),
     params(("sku" = String, Path, description = "SKU")),
@@ -329,60 +316,12 @@ pub async fn availability(
     State(s): State<AppState>,
     Path(sku): Path<String>,
 ) -> ApiResult<Json<Vec<Availability>>> {
-    let rows = sqlx::query(
-        "SELECT l.location, s.kind, s.region, l.on_hand - l.reserved FROM stock_levels l \
-         JOIN stores s ON s.store_id = l.location WHERE l.sku = $1 AND l.on_hand - l.reserved > 0 ORDER BY l.location",
-    )
-    .bind(sku.as_str())
-    .fetch_all(&s.db.pool)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Availability {
-                location: r.try_get(0)?,
-                kind: r.try_get(1)?,
-                region: r.try_get(2)?,
-                available: r.try_get(3)?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()
-        .map(Json)
-        .map_err(ApiError::from)
-}
-
-/// A region.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RegionView {
-    /// Name.
-    pub region: String,
-    /// Its shipping zone, if set.
-    pub zone: Option<String>,
-    /// Stores and warehouses in it.
-    pub locations: Vec<String>,
+    Ok(Json(stock::availability(&s.db, &sku).await?))
 }
 
 /// Regions with their locations and shipping zone.
 #[utoipa::path(get, path = "/api/v1/regions", tag = "stock", security(("bearer" = ["operator"])),
     responses((status = 200, body = Vec<RegionView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn regions(_: Authed<Operator>, State(s): State<AppState>) -> ApiResult<Json<Vec<RegionView>>> {
-    let rows = sqlx::query(
-        "SELECT s.region, z.zone, s.store_id FROM stores s LEFT JOIN shipping_zones z ON z.region = s.region \
-         WHERE s.region IS NOT NULL ORDER BY s.region, s.store_id",
-    )
-    .fetch_all(&s.db.pool)
-    .await?;
-    let mut out: Vec<RegionView> = Vec::new();
-    for r in rows {
-        let region: String = r.try_get(0)?;
-        let loc: String = r.try_get(2)?;
-        match out.last_mut() {
-            Some(last) if last.region == region => last.locations.push(loc),
-            _ => out.push(RegionView {
-                region,
-                zone: r.try_get(1)?,
-                locations: vec![loc],
-            }),
-        }
-    }
-    Ok(Json(out))
+    Ok(Json(stores::regions(&s.db).await?))
 }

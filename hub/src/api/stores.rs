@@ -3,15 +3,15 @@
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
-use sqlx::Row;
 use storegate_protocol::StoreId;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
     Admin, ApiError, ApiResult, AppState, Authed, ErrorBody, Operator, Page, PageParams, Path, Query,
 };
+use crate::ingest::{self, EventView};
 use crate::stores::{self, DeviceView, StoreView};
 
 pub(super) fn routes() -> Router<AppState> {
@@ -115,24 +115,6 @@ pub struct EventParams {
     pub limit: Option<i64>,
 }
 
-/// A synced event.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EventView {
-    /// Per-store seq.
-    pub seq: i64,
-    /// Event id (ULID).
-    pub event_id: String,
-    /// Kind (`sale`, `stock_adjusted`...).
-    pub kind: String,
-    /// Edge clock when recorded, ms.
-    pub recorded_ms: i64,
-    /// Hub clock when ingested, ms.
-    pub ingested_ms: i64,
-    /// The event body as JSON (see storegate_protocol::event::EventBody).
-    #[schema(value_type = Object)]
-    pub body: serde_json::Value,
-}
-
 /// A store's events in seq order.
 #[utoipa::path(get, path = "/api/v1/stores/{id}/events", tag = "stores", security(("bearer" = ["operator"])),
     params(("id" = String, Path, description = "Store id"), EventParams),
@@ -143,34 +125,8 @@ pub async fn list_events(
     Path(id): Path<String>,
     Query(q): Query<EventParams>,
 ) -> ApiResult<Json<Vec<EventView>>> {
-    let rows = sqlx::query(
-        "SELECT seq, event_id, kind, recorded_ms, ingested_ms, body FROM events WHERE store_id = $1 AND seq > $2 \
-         ORDER BY seq LIMIT $3",
-    )
-    .bind(id.as_str())
-    .bind(q.after_seq.unwrap_or(0))
-    .bind(q.limit.unwrap_or(100).clamp(1, 500))
-    .fetch_all(&s.db.pool)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            let id: Vec<u8> = r.try_get(1)?;
-            let body: Vec<u8> = r.try_get(5)?;
-            let json = storegate_protocol::envelope::decode_event(&body)
-                .map(|e| serde_json::to_value(e.body).unwrap_or_default())
-                .unwrap_or_else(|e| json!({"undecodable": e.to_string()}));
-            Ok(EventView {
-                seq: r.try_get(0)?,
-                event_id: storegate_protocol::EventId::from_slice(&id)
-                    .map(|i| i.to_string())
-                    .unwrap_or_default(),
-                kind: r.try_get(2)?,
-                recorded_ms: r.try_get(3)?,
-                ingested_ms: r.try_get(4)?,
-                body: json,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()
-        .map(Json)
-        .map_err(ApiError::from)
+    let limit = q.limit.unwrap_or(100).clamp(1, 500);
+    Ok(Json(
+        ingest::events(&s.db, &id, q.after_seq.unwrap_or(0), limit).await?,
+    ))
 }

@@ -6,11 +6,10 @@ use axum::routing::{delete, get};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sqlx::Row;
 use utoipa::ToSchema;
 
 use super::{Admin, ApiError, ApiResult, AppState, Authed, ErrorBody, Page, PageParams, Path, Query};
-use crate::auth::{self, CreateUserError, NewApiKey, Role, UserRow};
+use crate::auth::{self, CreateUserError, KeyView, NewApiKey, Role, UserRow};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -158,23 +157,17 @@ pub async fn update_user(
         }
         None => user.password_hash.clone(),
     };
-    sqlx::query("UPDATE users SET name = $2, role = $3, disabled = $4, password_hash = $5 WHERE id = $1")
-        .bind(id.as_str())
-        .bind(crate::sql::text(req.name.as_deref().unwrap_or(&user.name)))
-        .bind(req.role.unwrap_or(user.role).as_str())
-        .bind(i64::from(req.disabled.unwrap_or(user.disabled)))
-        .bind(hash)
-        .execute(&s.db.pool)
-        .await?;
-    super::audit(
+    auth::update_user(
         &s.db,
-        &p,
-        "user_updated",
-        "user",
+        &super::catalog::actor(&p),
         &id,
+        req.name.as_deref().unwrap_or(&user.name),
+        req.role.unwrap_or(user.role),
+        req.disabled.unwrap_or(user.disabled),
+        &hash,
         json!({"name": req.name, "role": req.role, "disabled": req.disabled, "password_changed": req.password.is_some()}),
     )
-    .await;
+    .await?;
     get_user(Authed(p, std::marker::PhantomData), State(s), Path(id)).await
 }
 
@@ -211,25 +204,6 @@ pub async fn create_key(
     Ok((StatusCode::CREATED, Json(key)))
 }
 
-/// An API key, as listed (never the secret).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct KeyView {
-    /// Key id.
-    pub id: String,
-    /// What it is for.
-    pub name: String,
-    /// Role.
-    pub role: String,
-    /// Who created it.
-    pub created_by: String,
-    /// Created, ms.
-    pub created_ms: i64,
-    /// Revoked, ms.
-    pub revoked_ms: Option<i64>,
-    /// Last used, ms.
-    pub last_used_ms: Option<i64>,
-}
-
 /// Lists API keys.
 #[utoipa::path(get, path = "/api/v1/api-keys", tag = "admin", security(("bearer" = ["admin"])), params(PageParams),
     responses((status = 200, body = Page<KeyView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
@@ -239,28 +213,7 @@ pub async fn list_keys(
     Query(page): Query<PageParams>,
 ) -> ApiResult<Json<Page<KeyView>>> {
     let after = page.after()?;
-    let rows = sqlx::query(
-        "SELECT id, name, role, created_by, created_ms, revoked_ms, last_used_ms FROM api_keys \
-         WHERE id > $1 ORDER BY id LIMIT $2",
-    )
-    .bind(after.unwrap_or_default())
-    .bind(page.limit() + 1)
-    .fetch_all(&s.db.pool)
-    .await?;
-    let items = rows
-        .iter()
-        .map(|r| {
-            Ok(KeyView {
-                id: r.try_get(0)?,
-                name: r.try_get(1)?,
-                role: r.try_get(2)?,
-                created_by: r.try_get(3)?,
-                created_ms: r.try_get(4)?,
-                revoked_ms: r.try_get(5)?,
-                last_used_ms: r.try_get(6)?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let items = auth::api_keys(&s.db, &after.unwrap_or_default(), page.limit() + 1).await?;
     Ok(Json(Page::from(items, page.limit(), |k| k.id.clone())))
 }
 
@@ -273,14 +226,8 @@ pub async fn revoke_key(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let done = sqlx::query("UPDATE api_keys SET revoked_ms = $2 WHERE id = $1 AND revoked_ms IS NULL")
-        .bind(id.as_str())
-        .bind(crate::db::now_ms())
-        .execute(&s.db.pool)
-        .await?;
-    if done.rows_affected() == 0 {
+    if !auth::revoke_api_key(&s.db, &super::catalog::actor(&p), &id).await? {
         return Err(ApiError::not_found(format!("active API key {id}")));
     }
-    super::audit(&s.db, &p, "api_key_revoked", "api_key", &id, json!({})).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -9,6 +9,7 @@
 //!   [`crate::domain::product`] and [`crate::domain::price`].
 //! - `replicate`: what stores get (snapshots and deltas).
 //! - `csv`: the import and export format.
+//! - [`favourites`]: customers' favourite products.
 //!
 //! # Replication
 //!
@@ -26,6 +27,7 @@
 //! ([`crate::domain::price::price_schedule`]).
 
 mod csv;
+pub mod favourites;
 mod named;
 mod prices;
 mod products;

@@ -24,6 +24,23 @@
 #[error("{0}")]
 pub struct Invalid(pub String);
 
+/// Checks a key people choose (suppliers, categories, carriers, zones,
+/// regions): 1 to 64 characters of A-Z, a-z, 0-9, '-', '_', '.', so it is
+/// safe in a URL path.
+pub fn valid_id(what: &str, id: &str) -> Result<(), Invalid> {
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(Invalid(format!(
+            "{what}: 1 to 64 characters of A-Z, a-z, 0-9, '-', '_', '.'"
+        )));
+    }
+    Ok(())
+}
+
 pub mod allocation;
 pub mod ingest;
 pub mod lines;
