@@ -6,38 +6,20 @@
 //!
 //! # Modules
 //!
-//! - [`settings`]: TOML + `SG_HUB_*` environment settings.
-//! - [`domain`]: the rules, pure and typed (no sqlx, axum or rumqttc).
-//! - [`db`]: SQLite (default) or PostgreSQL through sqlx `Any`; migrations.
-//! - [`mqtt`]: the hub's MQTT link: shared-subscription uplink, ordered
-//!   manual acks after commit, presence, downlink sending.
-//! - [`ingest`]: applies batches idempotently in one transaction each
-//!   group; high-water marks, gaps, discrepancies, stock, order, payment
-//!   and task effects.
-//! - [`catalog`]: products, barcodes, suppliers, categories, prices,
-//!   promotions, CSV; replication to edges (snapshot, then deltas).
-//! - [`stock`]: levels and the movement ledger, reservations, pushes of
-//!   levels to edges.
-//! - [`orders`]: store sales and online orders; the durable order saga.
-//! - [`allocation`]: rules that pick the fulfilling location.
-//! - [`payments`]: provider interface and simulated provider, gift cards,
-//!   lane RPC authorisations, capture/void/refund worker, exceptions.
-//! - [`shipping`]: carriers, zones, rates, shipments, tracking.
-//! - [`tasks`]: tasks for stores' devices.
-//! - [`idempotency`]: `Idempotency-Key` handling.
-//! - [`audit`]: the append-only audit log.
-//! - [`downlink`]: the per-store downlink outbox.
-//! - [`quarantine`]: messages that could not be used, with raw bytes.
-//! - [`stores`]: store registry, presence, sync state, devices.
-//! - [`auth`]: users, argon2 passwords, JWTs, API keys, login throttle.
-//! - [`pki`]: the chain CA and the hub's key files; issuing store and hub
-//!   certificates, store bundles, CRLs.
-//! - [`credentials`]: store credentials in the database and every
-//!   replica's refreshed view of them (revocation without a restart).
-//! - [`trust`]: signing what the hub sends, checking what arrives; who may
-//!   connect to the embedded broker's TLS listener.
-//! - [`api`]: the REST API (axum, OpenAPI via utoipa).
-//! - [`sql`]: `$N` SQL text helpers for both databases.
+//! Four rooms; imports run adapters -> services -> [`domain`]
+//! (ARCHITECTURE.md's code map has each module).
+//!
+//! - The rules, pure: [`domain`] (typed statuses and their moves, orders
+//!   and the saga, payments, allocation, prices, products, stock lines,
+//!   the plan of an ingest batch).
+//! - Services, each with its SQL and one transaction per change:
+//!   [`ingest`], [`catalog`], [`stock`], [`orders`], [`payments`],
+//!   [`shipping`], [`tasks`], [`stores`], [`downlink`], [`quarantine`],
+//!   [`audit`], [`idempotency`], [`auth`], [`credentials`].
+//! - Adapters: [`api`] (REST, OpenAPI) and [`mqtt`] (the broker link,
+//!   WAN trust).
+//! - Plumbing: [`settings`], [`db`], [`pki`] and
+//!   [`sql`] (typed rows, `$N` text for both databases).
 //!
 //! # Entry point
 //!
