@@ -9,8 +9,10 @@
 //! | `POST /api/v1/events` | record an event (JSON `EventBody`); `Idempotency-Key` header honoured; 201 after the durable commit |
 //! | `GET /api/v1/stock/{sku}` | the stock this store shows for a SKU |
 //!
-//! Listens on loopback by default. With `http.api_token` set, `POST`
-//! routes need `Authorization: Bearer <token>`.
+//! Listens on loopback by default. With `http.api_token` set, every route
+//! but `/healthz` needs `Authorization: Bearer <token>` (compared in
+//! constant time); off loopback the token is required (settings refuse to
+//! start without one).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -94,6 +96,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/api/v1/events", post(record_event))
         .route("/api/v1/stock/{sku}", get(stock))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }
 
@@ -167,24 +170,33 @@ async fn metrics_text(State(s): State<HttpState>) -> Response {
 }
 
 fn authorized(s: &HttpState, headers: &HeaderMap) -> bool {
-    match &s.api_token {
+    match s.api_token.as_deref().filter(|t| !t.is_empty()) {
         None => true,
         Some(token) => headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| t == token),
+            .is_some_and(|t| storegate_protocol::secret::same(t.as_bytes(), token.as_bytes())),
     }
 }
 
-async fn record_event(State(s): State<HttpState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if !authorized(&s, &headers) {
+/// Refuses every route but `/healthz` without the token, when one is set.
+async fn require_token(
+    State(s): State<HttpState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if req.uri().path() != "/healthz" && !authorized(&s, req.headers()) {
         return error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing or wrong bearer token",
         );
     }
+    next.run(req).await
+}
+
+async fn record_event(State(s): State<HttpState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let event: EventBody = match serde_json::from_slice(&body) {
         Ok(e) => e,
         Err(e) => {

@@ -410,7 +410,13 @@ impl Dispatcher {
         }
     }
 
-    async fn scan(&mut self, dev: DeviceId, code: String, symbology: Option<String>, lane: Option<LaneId>) {
+    async fn scan(
+        &mut self,
+        dev: DeviceId,
+        mut code: String,
+        symbology: Option<String>,
+        lane: Option<LaneId>,
+    ) {
         report(
             &self.ctx.journal,
             &dev,
@@ -418,6 +424,15 @@ impl Dispatcher {
         );
         let lane = lane.or_else(|| self.cfg.scanner_lanes.get(&dev).cloned());
         let outcome = match barcode::decode(&code, &self.ctx.cfg.layouts) {
+            // A card swiped or keyed where a barcode goes: the code is not
+            // kept anywhere (journal, hub, replies).
+            Err(_) if storegate_protocol::pan::find(&code).is_some() => {
+                metrics::counter!("edge_card_data_refused_total", "entry" => "scanner").increment(1);
+                storegate_protocol::pan::REDACTED.clone_into(&mut code);
+                ScanOutcome::Invalid {
+                    reason: "card data scanned; not kept".into(),
+                }
+            }
             Err(e) => ScanOutcome::Invalid {
                 reason: e.to_string(),
             },

@@ -223,7 +223,9 @@ pub struct JournalSettings {
 pub struct HttpSettings {
     /// Listen address; loopback by default. Port 0 picks a free port.
     pub listen: String,
-    /// If set, `POST` routes need `Authorization: Bearer <token>`.
+    /// If set (16 characters or more), every route but `/healthz` needs
+    /// `Authorization: Bearer <token>`. Required when `listen` is off
+    /// loopback: the agent refuses to start without it.
     pub api_token: Option<String>,
 }
 
@@ -399,6 +401,23 @@ impl Settings {
             .listen
             .parse()
             .map_err(|e| invalid("http.listen", format!("{:?}: {e}", self.http.listen)))?;
+        let http_listen: SocketAddr = http_listen;
+        let token = self.http.api_token.as_deref().unwrap_or("");
+        if !token.is_empty() && token.len() < 16 {
+            return Err(invalid(
+                "http.api_token",
+                "must be at least 16 characters (a random string: openssl rand -hex 16)".into(),
+            ));
+        }
+        if token.is_empty() && !http_listen.ip().is_loopback() {
+            return Err(invalid(
+                "http.api_token",
+                format!(
+                    "required when http.listen ({http_listen}) is off loopback: anyone on the store network could \
+                     record events; set SG_EDGE_HTTP__API_TOKEN or listen on 127.0.0.1"
+                ),
+            ));
+        }
         if self.sync.batch_max_events == 0 || self.sync.window == 0 {
             return Err(invalid(
                 "sync.batch_max_events / sync.window",
@@ -513,5 +532,23 @@ mod tests {
         s.upstream.url = "mqtts://hub.example:8883".into();
         let e = s.validate().unwrap_err().to_string();
         assert!(e.contains("upstream.bundle"), "{e}");
+    }
+
+    #[test]
+    fn the_local_api_off_loopback_needs_a_long_token() {
+        let mut s = Settings::default();
+        s.upstream.insecure_unsigned = true;
+        s.upstream.url = "mqtt://127.0.0.1:1883".into();
+        s.http.listen = "0.0.0.0:8080".into();
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("http.api_token") && e.contains("off loopback"), "{e}");
+        s.http.api_token = Some("short".into());
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("at least 16"), "{e}");
+        s.http.api_token = Some("0123456789abcdef0123".into());
+        s.validate().unwrap();
+        s.http.listen = "127.0.0.1:0".into();
+        s.http.api_token = None;
+        s.validate().unwrap();
     }
 }

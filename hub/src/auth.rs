@@ -2,16 +2,25 @@
 //!
 //! - Passwords are hashed with argon2id (PHC strings).
 //! - Access tokens are HS256 JWTs (`sub`, `role`, `kind`, `jti`, `iat`,
-//!   `exp`). The HMAC secret comes from `auth.jwt_secret` or is generated
-//!   once and kept in the database, so every replica verifies every token.
+//!   `exp`, `ep`) with a key id (`kid`) in the header. The keys are kept
+//!   in the database (`hub token-keys rotate` adds one, `retire` removes
+//!   one), so every replica verifies every token; `auth.jwt_secret` instead
+//!   pins one static secret.
+//! - Every request reads the caller's role and state from the database: a
+//!   demoted admin is an operator at once; a disabled user, a password
+//!   change or reset, or a role change (the user's `token_epoch` moves)
+//!   refuses every token issued before.
 //! - Logout revokes a token's `jti` until it would have expired.
+//! - argon2 runs on blocking threads, never on the async workers.
 //! - API keys (`sgk_<id>_<secret>`) are for integrations: sent as
 //!   `X-API-Key` or as a bearer token, or exchanged for an access token with
 //!   the OAuth2 `client_credentials` grant. Only a SHA-256 of the secret is
 //!   stored (the secret has 160 random bits, so a fast hash is enough).
-//! - Failed logins are counted per account and per client address in the
-//!   database (every replica sees them); past `auth.max_failed_logins` in
-//!   `auth.failed_login_window_secs`, the token endpoint answers 429.
+//! - Login attempts are counted per account and per client address in the
+//!   database (every replica sees them) before the password is checked, in
+//!   one statement, so concurrent guesses get no more than the limit; past
+//!   `auth.max_failed_logins` in `auth.failed_login_window_secs`, the token
+//!   endpoint answers 429. A success gives its attempt back.
 //!
 //! Roles are ordered: `admin` > `operator` > `client`.
 
@@ -92,11 +101,15 @@ pub struct Principal {
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     sub: String,
+    /// The role when issued; requests use the role the database holds now.
     role: Role,
     kind: String,
     jti: String,
     iat: i64,
     exp: i64,
+    /// The user's token epoch when issued (see `users.token_epoch`).
+    #[serde(default)]
+    ep: i64,
 }
 
 /// Why authentication failed (all map to 401 except `Db`).
@@ -122,16 +135,104 @@ pub enum AuthError {
 /// Keys and settings for issuing and checking credentials.
 #[derive(Clone)]
 pub struct Auth {
-    /// Signs tokens.
-    encoding: Arc<EncodingKey>,
-    /// Verifies tokens.
-    decoding: Arc<DecodingKey>,
+    /// The signing keys, by key id (`kid`).
+    keys: Arc<std::sync::RwLock<Keys>>,
+    /// Where the keys live (`None`: the one static `auth.jwt_secret`).
+    keys_db: Option<Db>,
     /// Token lifetime, seconds.
     pub ttl_secs: i64,
     /// Login throttle.
     pub max_failed: i64,
     /// Login throttle window, ms.
     pub window_ms: i64,
+}
+
+/// Token keys: the newest signs, every one still in the database verifies.
+struct Keys {
+    /// The key id that signs.
+    signing_kid: String,
+    /// Its key.
+    signing: EncodingKey,
+    /// Every usable key by id.
+    verifying: std::collections::HashMap<String, DecodingKey>,
+    /// When they were read.
+    loaded: std::time::Instant,
+    /// When they were last read for a key id they did not have.
+    missed: Option<std::time::Instant>,
+}
+
+/// How long a replica trusts its copy of the keys (a retired key stops
+/// working everywhere within this).
+const KEYS_FRESH: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The key id of the first, generated key (kept under its old name).
+const FIRST_KID: &str = "jwt";
+
+/// The key id of `auth.jwt_secret`.
+const STATIC_KID: &str = "static";
+
+impl Keys {
+    fn from_rows(rows: Vec<(String, Vec<u8>)>) -> Option<Keys> {
+        let (kid, secret) = rows.iter().max_by(|a, b| a.0.cmp(&b.0))?;
+        Some(Keys {
+            signing_kid: kid.clone(),
+            signing: EncodingKey::from_secret(secret),
+            verifying: rows
+                .iter()
+                .map(|(k, s)| (k.clone(), DecodingKey::from_secret(s)))
+                .collect(),
+            loaded: std::time::Instant::now(),
+            missed: None,
+        })
+    }
+}
+
+/// The token keys in the database (`hub_secrets` rows named `jwt` and
+/// `jwt-<ms>`): (kid, secret).
+async fn load_keys(db: &Db) -> Result<Vec<(String, Vec<u8>)>, sqlx::Error> {
+    sqlx::query_as("SELECT name, value FROM hub_secrets WHERE name = 'jwt' OR name LIKE 'jwt-%'")
+        .fetch_all(&db.pool)
+        .await
+}
+
+/// Adds a new token signing key; every replica signs with it once it has
+/// read it (within 30 s, or at once when it sees a token signed with it).
+/// Tokens signed with older keys stay valid until those are retired.
+/// Returns the new key id.
+pub async fn rotate_key(db: &Db) -> Result<String, sqlx::Error> {
+    let kid = format!("jwt-{:015}", now_ms());
+    sqlx::query("INSERT INTO hub_secrets (name, value) VALUES ($1, $2)")
+        .bind(kid.as_str())
+        .bind(random_bytes::<32>().to_vec())
+        .execute(&db.pool)
+        .await?;
+    Ok(kid)
+}
+
+/// Retires a token key: tokens signed with it stop working on every
+/// replica within 30 s. Refused for the newest key (rotate first).
+/// Returns whether it was retired.
+pub async fn retire_key(db: &Db, kid: &str) -> Result<Result<(), String>, sqlx::Error> {
+    let keys = load_keys(db).await?;
+    let newest = keys.iter().map(|(k, _)| k.as_str()).max();
+    if newest == Some(kid) {
+        return Ok(Err(format!("{kid} is the key that signs: rotate first")));
+    }
+    if !keys.iter().any(|(k, _)| k == kid) {
+        return Ok(Err(format!("no token key {kid}")));
+    }
+    sqlx::query("DELETE FROM hub_secrets WHERE name = $1")
+        .bind(kid)
+        .execute(&db.pool)
+        .await?;
+    Ok(Ok(()))
+}
+
+/// The token keys' ids, oldest first (the last one signs).
+pub async fn key_ids(db: &Db) -> Result<Vec<String>, sqlx::Error> {
+    let mut ids: Vec<String> = load_keys(db).await?.into_iter().map(|(k, _)| k).collect();
+    ids.sort();
+    Ok(ids)
 }
 
 impl fmt::Debug for Auth {
@@ -158,37 +259,81 @@ pub fn new_id() -> String {
 }
 
 impl Auth {
-    /// Loads (or creates) the token secret and builds the keys.
+    /// Loads (or creates) the token keys.
     pub async fn init(db: &Db, settings: &AuthSettings) -> Result<Auth, sqlx::Error> {
-        let secret = if settings.jwt_secret.is_empty() {
-            let fresh = random_bytes::<32>().to_vec();
-            sqlx::query("INSERT INTO hub_secrets (name, value) VALUES ('jwt', $1) ON CONFLICT DO NOTHING")
-                .bind(fresh)
-                .execute(&db.pool)
-                .await?;
-            sqlx::query_scalar::<_, Vec<u8>>("SELECT value FROM hub_secrets WHERE name = 'jwt'")
-                .fetch_one(&db.pool)
-                .await?
+        let (keys, keys_db) = if settings.jwt_secret.is_empty() {
+            let mut rows = load_keys(db).await?;
+            if rows.is_empty() {
+                // The first start (a retired first key is not made again).
+                sqlx::query("INSERT INTO hub_secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                    .bind(FIRST_KID)
+                    .bind(random_bytes::<32>().to_vec())
+                    .execute(&db.pool)
+                    .await?;
+                rows = load_keys(db).await?;
+            }
+            let keys = Keys::from_rows(rows).ok_or(sqlx::Error::RowNotFound)?;
+            (keys, Some(db.clone()))
         } else {
-            settings.jwt_secret.as_bytes().to_vec()
+            let rows = vec![(STATIC_KID.to_owned(), settings.jwt_secret.as_bytes().to_vec())];
+            (Keys::from_rows(rows).ok_or(sqlx::Error::RowNotFound)?, None)
         };
         Ok(Auth {
-            encoding: Arc::new(EncodingKey::from_secret(&secret)),
-            decoding: Arc::new(DecodingKey::from_secret(&secret)),
+            keys: Arc::new(std::sync::RwLock::new(keys)),
+            keys_db,
             ttl_secs: settings.token_ttl_secs as i64,
             max_failed: i64::from(settings.max_failed_logins.max(1)),
             window_ms: settings.failed_login_window_secs as i64 * 1000,
         })
     }
 
+    /// Rereads the keys if they are stale or `kid` is unknown.
+    async fn refresh_keys(&self, kid: &str) -> Result<(), sqlx::Error> {
+        let Some(db) = &self.keys_db else {
+            return Ok(());
+        };
+        // Stale keys are reread; an unknown key id at most once a second
+        // (anyone can send a token naming any key id).
+        let (stale, unknown) = self
+            .keys
+            .read()
+            .map(|k| {
+                let unknown = !k.verifying.contains_key(kid)
+                    && k.missed
+                        .is_none_or(|m| m.elapsed() > std::time::Duration::from_secs(1));
+                (k.loaded.elapsed() > KEYS_FRESH, unknown)
+            })
+            .unwrap_or((true, false));
+        if (stale || unknown)
+            && let Some(mut fresh) = Keys::from_rows(load_keys(db).await?)
+            && let Ok(mut k) = self.keys.write()
+        {
+            fresh.missed = if unknown {
+                Some(std::time::Instant::now())
+            } else {
+                k.missed
+            };
+            *k = fresh;
+        }
+        Ok(())
+    }
+
     /// Issues an access token; returns it with its lifetime in seconds.
-    pub fn issue(&self, subject: &str, role: Role, kind: &str) -> (String, i64) {
-        self.issue_with_ttl(subject, role, kind, self.ttl_secs)
+    /// `epoch` is the user's token epoch (0 for API keys).
+    pub fn issue(&self, subject: &str, role: Role, kind: &str, epoch: i64) -> (String, i64) {
+        self.issue_with_ttl(subject, role, kind, epoch, self.ttl_secs)
     }
 
     /// Issues a token with an explicit lifetime (negative: already expired,
     /// for tests of expiry).
-    pub fn issue_with_ttl(&self, subject: &str, role: Role, kind: &str, ttl_secs: i64) -> (String, i64) {
+    pub fn issue_with_ttl(
+        &self,
+        subject: &str,
+        role: Role,
+        kind: &str,
+        epoch: i64,
+        ttl_secs: i64,
+    ) -> (String, i64) {
         let now = now_ms() / 1000;
         let claims = Claims {
             sub: subject.to_owned(),
@@ -197,24 +342,50 @@ impl Auth {
             jti: new_id(),
             iat: now,
             exp: now + ttl_secs,
+            ep: epoch,
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        let keys = self
+            .keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(keys.signing_kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &keys.signing)
             .expect("HS256 signing with an in-memory key cannot fail");
         (token, ttl_secs)
     }
 
-    /// Checks a bearer token or API key and returns who it is.
+    /// Checks a bearer token or API key and returns who it is, with the
+    /// role the database holds now (not the one in the token).
     pub async fn authenticate(&self, db: &Db, credential: &str) -> Result<Principal, AuthError> {
         if credential.starts_with("sgk_") {
             return api_key_principal(db, credential).await;
         }
+        let header = jsonwebtoken::decode_header(credential).map_err(|_| AuthError::Invalid)?;
+        // Tokens from before key ids were signed with the first key (or
+        // the static secret).
+        let kid = header.kid.unwrap_or_else(|| {
+            if self.keys_db.is_some() {
+                FIRST_KID
+            } else {
+                STATIC_KID
+            }
+            .to_owned()
+        });
+        self.refresh_keys(&kid).await?;
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
-        let data = jsonwebtoken::decode::<Claims>(credential, &self.decoding, &validation).map_err(|e| {
-            match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-                _ => AuthError::Invalid,
-            }
+        let decoded = {
+            let keys = self
+                .keys
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let key = keys.verifying.get(&kid).ok_or(AuthError::Invalid)?;
+            jsonwebtoken::decode::<Claims>(credential, key, &validation)
+        };
+        let data = decoded.map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+            _ => AuthError::Invalid,
         })?;
         let c = data.claims;
         let revoked: Option<i64> = sqlx::query_scalar("SELECT expires_ms FROM revoked_tokens WHERE jti = $1")
@@ -224,27 +395,32 @@ impl Auth {
         if revoked.is_some() {
             return Err(AuthError::Revoked);
         }
-        let active = match c.kind.as_str() {
-            "user" => sqlx::query_scalar::<_, i64>("SELECT disabled FROM users WHERE id = $1")
-                .bind(c.sub.as_str())
-                .fetch_optional(&db.pool)
-                .await?
-                .is_some_and(|d| d == 0),
-            "api_key" => {
-                sqlx::query_scalar::<_, Option<i64>>("SELECT revoked_ms FROM api_keys WHERE id = $1")
-                    .bind(c.sub.as_str())
-                    .fetch_optional(&db.pool)
-                    .await?
-                    .is_some_and(|r| r.is_none())
-            }
-            _ => false,
+        let role: Option<String> = match c.kind.as_str() {
+            "user" => sqlx::query_as::<_, (i64, String, i64)>(
+                "SELECT disabled, role, token_epoch FROM users WHERE id = $1",
+            )
+            .bind(c.sub.as_str())
+            .fetch_optional(&db.pool)
+            .await?
+            .filter(|(disabled, _, epoch)| *disabled == 0 && *epoch == c.ep)
+            .map(|(_, role, _)| role),
+            "api_key" => sqlx::query_as::<_, (Option<i64>, String)>(
+                "SELECT revoked_ms, role FROM api_keys WHERE id = $1",
+            )
+            .bind(c.sub.as_str())
+            .fetch_optional(&db.pool)
+            .await?
+            .filter(|(revoked, _)| revoked.is_none())
+            .map(|(_, role)| role),
+            _ => None,
         };
-        if !active {
-            return Err(AuthError::Revoked);
-        }
+        let role: Role = role
+            .ok_or(AuthError::Revoked)?
+            .parse()
+            .map_err(|_| AuthError::Invalid)?;
         Ok(Principal {
             subject: c.sub,
-            role: c.role,
+            role,
             kind: c.kind,
             jti: Some(c.jti),
             expires_ms: Some(c.exp * 1000),
@@ -266,44 +442,61 @@ impl Auth {
         Ok(())
     }
 
-    /// Seconds until `keys` may try again, if any of them is throttled.
-    pub async fn throttled(&self, db: &Db, keys: &[(&str, i64)]) -> Result<Option<i64>, sqlx::Error> {
+    /// Counts an attempt against each of `keys` (key, most tries per
+    /// window) before the credential is checked, in one statement per key,
+    /// so concurrent guesses cannot all pass a check made before any was
+    /// counted. Returns the seconds to wait if any key is past its limit:
+    /// the attempt must then not be made. A success gives its count back
+    /// ([`Auth::attempt_succeeded`]).
+    pub async fn begin_attempt(&self, db: &Db, keys: &[(&str, i64)]) -> Result<Option<i64>, sqlx::Error> {
         let now = now_ms();
         let mut wait = None;
         for (key, max) in keys {
-            let row: Option<(i64, i64)> =
-                sqlx::query_as("SELECT window_start_ms, failures FROM login_failures WHERE key = $1")
-                    .bind(*key)
-                    .fetch_optional(&db.pool)
-                    .await?;
-            if let Some((start, failures)) = row
-                && failures >= *max
-                && now < start + self.window_ms
-            {
-                let secs = (start + self.window_ms - now + 999) / 1000;
+            let (start, tries): (i64, i64) = sqlx::query_as(
+                "INSERT INTO login_failures (key, window_start_ms, failures) VALUES ($1, $2, 1) \
+                 ON CONFLICT (key) DO UPDATE SET \
+                 failures = CASE WHEN login_failures.window_start_ms < $3 THEN 1 ELSE login_failures.failures + 1 END, \
+                 window_start_ms = CASE WHEN login_failures.window_start_ms < $3 THEN $2 ELSE login_failures.window_start_ms END \
+                 RETURNING window_start_ms, failures",
+            )
+            .bind(*key)
+            .bind(now)
+            .bind(now - self.window_ms)
+            .fetch_one(&db.pool)
+            .await?;
+            if tries > *max {
+                let secs = ((start + self.window_ms - now + 999) / 1000).max(1);
                 wait = Some(wait.map_or(secs, |w: i64| w.max(secs)));
             }
         }
         Ok(wait)
     }
 
-    /// Counts a failed attempt against each key.
-    pub async fn record_failure(&self, db: &Db, keys: &[(&str, i64)]) -> Result<(), sqlx::Error> {
+    /// Seconds until `key` (a client address) may try again, if it has
+    /// failed `max` times in the window. Addresses count failures only
+    /// ([`Auth::failed`]), so an office behind one address is not
+    /// throttled by its own successful logins; the exact bound on guesses
+    /// is the account's ([`Auth::begin_attempt`]).
+    pub async fn address_throttled(&self, db: &Db, key: &str, max: i64) -> Result<Option<i64>, sqlx::Error> {
         let now = now_ms();
-        for (key, _) in keys {
-            sqlx::query(
-                "INSERT INTO login_failures (key, window_start_ms, failures) VALUES ($1, $2, 1) \
-                 ON CONFLICT (key) DO UPDATE SET \
-                 failures = CASE WHEN login_failures.window_start_ms < $3 THEN 1 ELSE login_failures.failures + 1 END, \
-                 window_start_ms = CASE WHEN login_failures.window_start_ms < $3 THEN $2 ELSE login_failures.window_start_ms END",
-            )
-            .bind(*key)
-            .bind(now)
-            .bind(now - self.window_ms)
-            .execute(&db.pool)
-            .await?;
-        }
-        Ok(())
+        let row: Option<(i64, i64)> =
+            sqlx::query_as("SELECT window_start_ms, failures FROM login_failures WHERE key = $1")
+                .bind(key)
+                .fetch_optional(&db.pool)
+                .await?;
+        Ok(row
+            .filter(|(start, failures)| *failures >= max && now < start + self.window_ms)
+            .map(|(start, _)| ((start + self.window_ms - now + 999) / 1000).max(1)))
+    }
+
+    /// Counts a failed attempt against `key` (a client address).
+    pub async fn failed(&self, db: &Db, key: &str) -> Result<(), sqlx::Error> {
+        self.begin_attempt(db, &[(key, i64::MAX)]).await.map(|_| ())
+    }
+
+    /// After a successful attempt: the account's count is forgotten.
+    pub async fn attempt_succeeded(&self, db: &Db, account: &str) -> Result<(), sqlx::Error> {
+        self.clear_failures(db, account).await
     }
 
     /// Forgets failures after a success.
@@ -314,6 +507,28 @@ impl Auth {
             .await?;
         Ok(())
     }
+}
+
+/// Hashes a password on a blocking thread (argon2 takes tens of
+/// milliseconds of CPU: never on the async workers).
+pub async fn hash_password_blocking(password: &str) -> String {
+    let password = password.to_owned();
+    tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .expect("argon2 hashing does not panic")
+}
+
+/// Checks a password on a blocking thread (see [`hash_password_blocking`])
+/// against `hash`, or against a hash no password matches when there is no
+/// account (the answer takes as long either way).
+pub async fn verify_password_blocking(password: &str, hash: Option<&str>) -> bool {
+    let (password, hash) = (password.to_owned(), hash.map(str::to_owned));
+    tokio::task::spawn_blocking(move || match &hash {
+        Some(h) => verify_password(&password, h),
+        None => verify_password(&password, dummy_hash()),
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// Hashes a password (argon2id, random salt).
@@ -367,6 +582,8 @@ pub struct UserRow {
     pub disabled: bool,
     /// Created, ms.
     pub created_ms: i64,
+    /// Tokens carry it; bumped to revoke them all.
+    pub token_epoch: i64,
 }
 
 impl<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> for UserRow {
@@ -380,11 +597,12 @@ impl<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> for UserRow {
             role: role.parse().map_err(|e: String| sqlx::Error::Decode(e.into()))?,
             disabled: r.try_get::<i64, _>("disabled")? != 0,
             created_ms: r.try_get("created_ms")?,
+            token_epoch: r.try_get("token_epoch")?,
         })
     }
 }
 
-const USER_COLUMNS: &str = "id, email, name, password_hash, role, disabled, created_ms";
+const USER_COLUMNS: &str = "id, email, name, password_hash, role, disabled, created_ms, token_epoch";
 
 /// Finds a user by email (case-insensitive).
 pub async fn user_by_email(db: &Db, email: &str) -> Result<Option<UserRow>, sqlx::Error> {
@@ -453,10 +671,11 @@ pub async fn create_user(
         id: new_id(),
         email,
         name: crate::sql::text(name),
-        password_hash: hash_password(password),
+        password_hash: hash_password_blocking(password).await,
         role,
         disabled: false,
         created_ms: now_ms(),
+        token_epoch: 0,
     };
     let done = sqlx::query(
         "INSERT INTO users (id, email, name, password_hash, role, created_ms, disabled) VALUES ($1, $2, $3, $4, $5, $6, 0) \
@@ -611,7 +830,8 @@ mod tests {
 }
 
 /// Writes a user's name, role, disabled flag and password hash (audited
-/// as `user_updated` with `detail`).
+/// as `user_updated` with `detail`); with `revoke_tokens` (a new password,
+/// role or disabled state), every token issued before is refused.
 #[allow(clippy::too_many_arguments)]
 pub async fn update_user(
     db: &Db,
@@ -621,15 +841,20 @@ pub async fn update_user(
     role: Role,
     disabled: bool,
     password_hash: &str,
+    revoke_tokens: bool,
     detail: serde_json::Value,
 ) -> Result<(), sqlx::Error> {
     let mut tx = db.begin().await?;
-    sqlx::query("UPDATE users SET name = $2, role = $3, disabled = $4, password_hash = $5 WHERE id = $1")
-        .bind(id)
-        .bind(crate::sql::text(name))
-        .bind(role.as_str())
-        .bind(i64::from(disabled))
-        .bind(password_hash)
+    sqlx::query(
+        "UPDATE users SET name = $2, role = $3, disabled = $4, password_hash = $5, token_epoch = token_epoch + $6 \
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(crate::sql::text(name))
+    .bind(role.as_str())
+    .bind(i64::from(disabled))
+    .bind(password_hash)
+    .bind(i64::from(revoke_tokens))
         .execute(&mut *tx)
         .await?;
     crate::audit::record(&mut tx, actor, "user_updated", "user", id, detail).await?;
@@ -640,9 +865,10 @@ pub async fn update_user(
 /// audited as `password_changed`.
 pub async fn set_password(db: &Db, actor: &str, id: &str, password: &str) -> Result<(), sqlx::Error> {
     let mut tx = db.begin().await?;
-    sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
+    // A new epoch: every token issued before is refused from now on.
+    sqlx::query("UPDATE users SET password_hash = $2, token_epoch = token_epoch + 1 WHERE id = $1")
         .bind(id)
-        .bind(hash_password(password))
+        .bind(hash_password_blocking(password).await)
         .execute(&mut *tx)
         .await?;
     crate::audit::record(

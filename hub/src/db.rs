@@ -98,6 +98,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/sqlite/0004_store_credentials.sql"),
         include_str!("../migrations/postgres/0004_store_credentials.sql"),
     ),
+    (
+        5,
+        "token epochs",
+        include_str!("../migrations/sqlite/0005_token_epochs.sql"),
+        include_str!("../migrations/postgres/0005_token_epochs.sql"),
+    ),
 ];
 
 fn migrations(kind: DbKind) -> Migrator {

@@ -302,7 +302,26 @@ row! {
     }
 }
 
-/// A store's events in seq order, after `after_seq`.
+/// Card and gift-card tokens in an event shown to people: the last four
+/// characters only.
+fn mask_tokens(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(o) => {
+            for (k, x) in o.iter_mut() {
+                match x {
+                    serde_json::Value::String(t) if k == "token" => {
+                        *t = storegate_protocol::pan::last4(t);
+                    }
+                    _ => mask_tokens(x),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(mask_tokens),
+        _ => {}
+    }
+}
+
+/// A store's events in seq order, after `after_seq` (card tokens masked).
 pub async fn events(db: &Db, store: &str, after_seq: i64, limit: i64) -> Result<Vec<EventView>, sqlx::Error> {
     let rows: Vec<EventRow> = sqlx::query_as(
         "SELECT seq, event_id, kind, recorded_ms, ingested_ms, body FROM events WHERE store_id = $1 AND seq > $2 \
@@ -324,7 +343,11 @@ pub async fn events(db: &Db, store: &str, after_seq: i64, limit: i64) -> Result<
             recorded_ms: r.recorded_ms,
             ingested_ms: r.ingested_ms,
             body: storegate_protocol::envelope::decode_event(&r.body)
-                .map(|e| serde_json::to_value(e.body).unwrap_or_default())
+                .map(|e| {
+                    let mut v = serde_json::to_value(e.body).unwrap_or_default();
+                    mask_tokens(&mut v);
+                    v
+                })
                 .unwrap_or_else(|e| serde_json::json!({"undecodable": e.to_string()})),
         })
         .collect())
@@ -375,6 +398,16 @@ async fn facts(conn: &mut AnyConnection, fresh: &[(&StoreId, &Event)]) -> Result
     for (store, sale) in rules::earlier_sales(fresh) {
         let lines = sale_lines_from_db(conn, store, &sale).await?;
         facts.earlier_sales.insert(sale, lines);
+    }
+    // Refunds go back to what their sale was paid with; online tenders
+    // must match what the hub issued.
+    for (store, sale) in rules::refunded_sales(fresh) {
+        let paid = payments::sale_tenders(conn, store.as_str(), &sale).await?;
+        facts.paid.insert((store.to_string(), sale), paid);
+    }
+    let keys = rules::online_keys(fresh);
+    if !keys.is_empty() {
+        facts.issued = payments::issued(conn, &keys).await?.into_iter().collect();
     }
     Ok(facts)
 }
@@ -461,9 +494,14 @@ async fn commerce_effects(
         q.execute(&mut **tx).await?;
     }
     payments::upsert_rows(tx, &fx.payments).await?;
+    for (id, amount) in &fx.refunded {
+        payments::add_refunded(tx, id, *amount).await?;
+    }
     orders::void_store_sales(tx, &fx.voided_sales).await?;
     for (store, key) in &fx.payment_voids {
-        if !payments::transition(tx, key, PaymentStatus::VoidPending).await? {
+        // Only the store's own payment: a key of another store's is
+        // refused (and a tombstone of this store's key stays harmless).
+        if !payments::transition_at_store(tx, key, store.as_str(), PaymentStatus::VoidPending).await? {
             // Unknown yet (or already settled): a tombstone stops a late
             // authorisation from being kept; settled ones stay as they are.
             payments::tombstone(tx, key, store.as_str(), "voided at the lane").await?;

@@ -140,6 +140,13 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Hu
     let metrics = metrics_handle();
     let db = db::Db::connect(&v.database_url, settings.database.max_connections).await?;
     db.migrate().await?;
+    let rehashed = payments::hash_stored_gift_card_tokens(&db).await?;
+    if rehashed > 0 {
+        tracing::info!(
+            rehashed,
+            "gift-card tokens stored in clear by an earlier version replaced by their hashes"
+        );
+    }
     let auth = auth::Auth::init(&db, &settings.auth).await?;
     if let (Some(email), Some(password)) = (
         settings.auth.bootstrap_admin_email.as_deref(),

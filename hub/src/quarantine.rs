@@ -54,14 +54,20 @@ pub async fn put(db: &Db, topic: &str, store: Option<&str>, reason: Reason, deta
         size = payload.len(),
         "message quarantined"
     );
-    let kept = &payload[..payload.len().min(KEEP_BYTES)];
+    let mut kept = &payload[..payload.len().min(KEEP_BYTES)];
+    // What held card data is not kept, not even quarantined.
+    let mut detail = crate::sql::text(detail);
+    if storegate_protocol::pan::find(&String::from_utf8_lossy(payload)).is_some() {
+        kept = &[];
+        detail.push_str(" (payload not kept: it held card data)");
+    }
     let result = sqlx::query(
         "INSERT INTO quarantine (received_ms, topic, store_id, reason, size, payload) VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(now_ms())
     .bind(crate::sql::text(topic))
     .bind(store.map(crate::sql::text))
-    .bind(format!("{}: {}", reason.as_str(), crate::sql::text(detail)))
+    .bind(format!("{}: {detail}", reason.as_str()))
     .bind(payload.len() as i64)
     .bind(kept.to_vec())
     .execute(&db.pool)

@@ -516,9 +516,23 @@ impl PosReply {
 
 /// Parses a device bus payload, turning any failure into a
 /// [`ErrorCode::MalformedRequest`] error that says what was wrong.
+///
+/// Every string in the message is searched for card data first
+/// ([`crate::pan::find_in_json`]; barcodes and SKUs excepted): a message
+/// holding some is refused with [`ErrorCode::BadRequest`] naming the field,
+/// never the digits.
 pub fn parse_json<T: DeserializeOwned>(payload: &[u8]) -> Result<T, BusError> {
-    serde_json::from_slice(payload)
-        .map_err(|e| BusError::new(ErrorCode::MalformedRequest, format!("invalid JSON message: {e}")))
+    let malformed = |e: serde_json::Error| {
+        BusError::new(ErrorCode::MalformedRequest, format!("invalid JSON message: {e}"))
+    };
+    let doc: serde_json::Value = serde_json::from_slice(payload).map_err(malformed)?;
+    if let Some((path, found)) = crate::pan::find_in_json(&doc) {
+        return Err(BusError::new(
+            ErrorCode::BadRequest,
+            format!("{path} holds {found}: card data may not be sent on the store bus"),
+        ));
+    }
+    serde_json::from_value(doc).map_err(malformed)
 }
 
 /// Best effort to read the `id` of a request that failed to parse, so the
@@ -580,6 +594,20 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.message.contains("card number"), "{}", e.message);
+        assert!(
+            !e.message.contains("4242424242"),
+            "never the digits: {}",
+            e.message
+        );
+        // Track data or a PAN in any text field, whatever the message.
+        for payload in [
+            br#"{"id":"1","op":"tender_card","token":";4242424242424242=2512?","last4":"4242","amount":1}"#
+                .as_slice(),
+            br#"{"id":"1","op":"open","cashier":"4242 4242 4242 4242"}"#.as_slice(),
+        ] {
+            let e = parse_json::<serde_json::Value>(payload).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest, "{}", e.message);
+        }
     }
 
     #[test]

@@ -166,6 +166,150 @@ impl fmt::Display for EventKind {
 }
 
 impl EventBody {
+    /// Every free-text field of the event (name, text): what people type
+    /// or devices report in words. [`crate::pan::find`] is run over these at
+    /// every entry; codes, ids and money are typed and checked elsewhere.
+    pub fn free_text(&self) -> Vec<(&'static str, &str)> {
+        fn some<'a>(out: &mut Vec<(&'static str, &'a str)>, name: &'static str, v: Option<&'a String>) {
+            if let Some(v) = v {
+                out.push((name, v.as_str()));
+            }
+        }
+        fn tenders<'a>(out: &mut Vec<(&'static str, &'a str)>, ts: &'a [Tender]) {
+            for t in ts {
+                if let TenderMethod::Card(c) | TenderMethod::GiftCard(c) = &t.method {
+                    some(out, "brand", c.card.brand.as_ref());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        match self {
+            EventBody::Sale(s) => {
+                some(&mut out, "cashier", s.cashier.as_ref());
+                some(&mut out, "customer", s.customer.as_ref());
+                for l in &s.lines {
+                    for d in &l.discounts {
+                        out.push(("discount.label", d.label.as_str()));
+                        some(&mut out, "discount.promotion_id", d.promotion_id.as_ref());
+                    }
+                }
+                for d in &s.basket_discounts {
+                    out.push(("discount.label", d.label.as_str()));
+                    some(&mut out, "discount.promotion_id", d.promotion_id.as_ref());
+                }
+                tenders(&mut out, &s.tenders);
+            }
+            EventBody::SaleVoided(v) => {
+                out.push(("reason", v.reason.as_str()));
+                tenders(&mut out, &v.refunds);
+            }
+            EventBody::Return(r) => {
+                out.push(("reason", r.reason.as_str()));
+                tenders(&mut out, &r.refunds);
+            }
+            EventBody::PaymentVoided(v) => out.push(("reason", v.reason.as_str())),
+            EventBody::StockCounted(c) => some(&mut out, "counted_by", c.counted_by.as_ref()),
+            EventBody::StockAdjusted(a) => some(&mut out, "note", a.note.as_ref()),
+            EventBody::GoodsReceived(g) => {
+                out.push(("reference", g.reference.as_str()));
+                some(&mut out, "supplier", g.supplier.as_ref());
+            }
+            EventBody::TransferOut(t) | EventBody::TransferIn(t) => {
+                out.push(("transfer_id", t.transfer_id.as_str()))
+            }
+            // A code that is not a barcode is text someone typed or swiped.
+            EventBody::Scan(s) => {
+                if let ScanOutcome::Invalid { reason } = &s.outcome {
+                    out.push(("code", s.code.as_str()));
+                    out.push(("reason", reason.as_str()));
+                }
+            }
+            EventBody::DeviceHealth(h) => out.push(("detail", h.detail.as_str())),
+            EventBody::TaskUpdated(u) => some(&mut out, "note", u.note.as_ref()),
+            EventBody::Weight(_) | EventBody::TelemetryDropped(_) => {}
+        }
+        out
+    }
+
+    /// Calls `f` with every free-text field, mutably, in the order of
+    /// [`EventBody::free_text`].
+    pub fn for_each_free_text_mut(&mut self, f: &mut dyn FnMut(&'static str, &mut String)) {
+        fn tenders(f: &mut dyn FnMut(&'static str, &mut String), ts: &mut [Tender]) {
+            for t in ts {
+                if let TenderMethod::Card(c) | TenderMethod::GiftCard(c) = &mut t.method
+                    && let Some(b) = c.card.brand.as_mut()
+                {
+                    f("brand", b);
+                }
+            }
+        }
+        let some = |name, v: Option<&mut String>, f: &mut dyn FnMut(&'static str, &mut String)| {
+            if let Some(v) = v {
+                f(name, v);
+            }
+        };
+        match self {
+            EventBody::Sale(s) => {
+                some("cashier", s.cashier.as_mut(), f);
+                some("customer", s.customer.as_mut(), f);
+                let discounts = s.lines.iter_mut().flat_map(|l| l.discounts.iter_mut());
+                for d in discounts.chain(s.basket_discounts.iter_mut()) {
+                    f("discount.label", &mut d.label);
+                    some("discount.promotion_id", d.promotion_id.as_mut(), f);
+                }
+                tenders(f, &mut s.tenders);
+            }
+            EventBody::SaleVoided(v) => {
+                f("reason", &mut v.reason);
+                tenders(f, &mut v.refunds);
+            }
+            EventBody::Return(r) => {
+                f("reason", &mut r.reason);
+                tenders(f, &mut r.refunds);
+            }
+            EventBody::PaymentVoided(v) => f("reason", &mut v.reason),
+            EventBody::StockCounted(c) => some("counted_by", c.counted_by.as_mut(), f),
+            EventBody::StockAdjusted(a) => some("note", a.note.as_mut(), f),
+            EventBody::GoodsReceived(g) => {
+                f("reference", &mut g.reference);
+                some("supplier", g.supplier.as_mut(), f);
+            }
+            EventBody::TransferOut(t) | EventBody::TransferIn(t) => f("transfer_id", &mut t.transfer_id),
+            EventBody::Scan(s) => {
+                if let ScanOutcome::Invalid { reason } = &mut s.outcome {
+                    f("code", &mut s.code);
+                    f("reason", reason);
+                }
+            }
+            EventBody::DeviceHealth(h) => f("detail", &mut h.detail),
+            EventBody::TaskUpdated(u) => some("note", u.note.as_mut(), f),
+            EventBody::Weight(_) | EventBody::TelemetryDropped(_) => {}
+        }
+    }
+
+    /// Replaces every free-text field that holds card data with
+    /// [`crate::pan::REDACTED`]; returns the fields it replaced. For a
+    /// receiver that must keep the event (its seq is part of a stream) but
+    /// may not keep the card data.
+    pub fn redact_card_data(&mut self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        self.for_each_free_text_mut(&mut |name, v| {
+            if crate::pan::find(v).is_some() {
+                crate::pan::REDACTED.clone_into(v);
+                out.push(name);
+            }
+        });
+        out
+    }
+
+    /// The first free-text field holding card data, if any
+    /// ([`EventBody::free_text`], [`crate::pan::check`]).
+    pub fn card_data(&self) -> Result<(), crate::pan::HoldsCardData> {
+        self.free_text()
+            .into_iter()
+            .try_for_each(|(field, text)| crate::pan::check(field, text))
+    }
+
     /// The variant without its data.
     pub fn kind(&self) -> EventKind {
         match self {
@@ -211,7 +355,11 @@ impl EventBody {
                 .collect(),
             EventBody::StockAdjusted(a) => a.lines.iter().map(|l| (l.sku.clone(), l.delta)).collect(),
             EventBody::GoodsReceived(g) => g.lines.iter().map(|l| (l.sku.clone(), l.delta)).collect(),
-            EventBody::TransferOut(t) => t.lines.iter().map(|l| (l.sku.clone(), -l.delta)).collect(),
+            EventBody::TransferOut(t) => t
+                .lines
+                .iter()
+                .map(|l| (l.sku.clone(), l.delta.saturating_neg()))
+                .collect(),
             EventBody::TransferIn(t) => t.lines.iter().map(|l| (l.sku.clone(), l.delta)).collect(),
             _ => Vec::new(),
         }
@@ -347,29 +495,13 @@ impl<'de> Deserialize<'de> for Last4 {
 
 /// An opaque token from the payment terminal standing for a card.
 ///
-/// Refuses anything that looks like a card number (12 to 19 digits passing
-/// the Luhn check), so a misconfigured terminal cannot leak PANs into the
-/// journal, the outbox or the hub.
+/// Printable ASCII with no spaces, at most 128 bytes, and nothing
+/// [`crate::pan::find`] takes for card data (a card number anywhere in it,
+/// `tok_4111111111111111` included, or track data), so a misconfigured
+/// terminal cannot leak PANs into the journal, the outbox or the hub.
+/// `Debug` shows the last four characters only.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct CardToken(String);
-
-fn luhn_ok(digits: &[u8]) -> bool {
-    let sum: u32 = digits
-        .iter()
-        .rev()
-        .enumerate()
-        .map(|(i, &d)| {
-            let v = u32::from(d - b'0');
-            if i % 2 == 1 {
-                let w = v * 2;
-                if w > 9 { w - 9 } else { w }
-            } else {
-                v
-            }
-        })
-        .sum();
-    sum.is_multiple_of(10)
-}
 
 impl CardToken {
     /// Validates a terminal token.
@@ -381,11 +513,14 @@ impl CardToken {
         if s.len() > 128 {
             return Err(CardDataError::Token("longer than 128 bytes"));
         }
-        let digits: Vec<u8> = s.bytes().filter(u8::is_ascii_digit).collect();
-        let only_digits_and_separators = s.bytes().all(|b| b.is_ascii_digit() || b == b' ' || b == b'-');
-        if only_digits_and_separators && (12..=19).contains(&digits.len()) && luhn_ok(&digits) {
+        if !s.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(CardDataError::Token(
-                "looks like a card number; only terminal tokens are accepted",
+                "only printable ASCII without spaces is accepted",
+            ));
+        }
+        if crate::pan::find(&s).is_some() {
+            return Err(CardDataError::Token(
+                "looks like card data (a card number or track data); only terminal tokens are accepted",
             ));
         }
         Ok(CardToken(s))
@@ -395,11 +530,16 @@ impl CardToken {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The last four characters, for showing and logging.
+    pub fn masked(&self) -> String {
+        crate::pan::last4(&self.0)
+    }
 }
 
 impl fmt::Debug for CardToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CardToken({:?})", self.0)
+        write!(f, "CardToken({})", self.masked())
     }
 }
 

@@ -27,6 +27,9 @@
 //!   credentials, the chain CA, the hub's keys, the broker address).
 //! - [`endpoint`]: `mqtt://host:port` broker addresses.
 //! - [`device`]: JSON messages on the store LAN device bus, with their schema.
+//! - [`pan`]: the card-number detector (Luhn runs, track data) every
+//!   free-text field passes through; `last4` for showing tokens.
+//! - [`secret`]: comparing secrets in constant time.
 //! - [`samples`]: one realistic value of every message, for tests, golden
 //!   bytes, simulators and size reports.
 //!
@@ -77,10 +80,12 @@ pub mod event;
 pub mod gtin;
 pub mod ids;
 pub mod money;
+pub mod pan;
 pub mod pricing;
 pub mod rpc;
 pub mod samples;
 pub mod seal;
+pub mod secret;
 pub mod topic;
 
 pub use envelope::{DecodeError, Message, PROTOCOL_VERSION};

@@ -147,6 +147,22 @@ pub fn sale(lines: usize) -> Sale {
     }
 }
 
+/// [`sale`] paid in cash alone (key `id(2)`): what simulators and tests
+/// use when they are not about card payments, since a hub accepts an
+/// online card tender only for an authorisation it issued.
+pub fn cash_sale(lines: usize) -> Sale {
+    let mut s = sale(lines);
+    let total = s.totals.total;
+    s.tenders = vec![Tender {
+        payment_key: id(2),
+        amount: total,
+        method: TenderMethod::Cash {
+            received: eur(total.minor + 50),
+        },
+    }];
+    s
+}
+
 /// One body of every [`EventKind`], in [`EventKind::ALL`] order.
 pub fn event_bodies() -> Vec<EventBody> {
     let stock_lines = vec![

@@ -58,7 +58,7 @@ fn gtin() -> impl Strategy<Value = Gtin> {
 }
 fn card() -> impl Strategy<Value = CardRef> {
     (
-        "tok_[a-z0-9]{1,20}",
+        "tok_[a-z]{1,8}[0-9]{0,12}",
         "[0-9]{4}",
         proptest::option::of("[A-Z]{2,8}"),
     )

@@ -384,7 +384,7 @@ pub struct TillHistory {
 /// A sale numbered `n` (its sale id and payment keys derive from `n`):
 /// `samples::sale(3)`, which sells 1, 2 and 3 of `SKU-00000..2`.
 pub fn till_sale(n: u128) -> EventBody {
-    let mut sale = samples::sale(3);
+    let mut sale = samples::cash_sale(3);
     sale.sale_id = EventId::from_parts(samples::T0_MS as u64, n);
     for (i, t) in sale.tenders.iter_mut().enumerate() {
         t.payment_key = EventId::from_parts(samples::T0_MS as u64 + 1, n * 8 + i as u128);

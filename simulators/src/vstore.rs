@@ -69,7 +69,7 @@ pub struct VStoreConfig {
 }
 
 fn sale_event(store_no: u64, seq: u64, lines: usize) -> Event {
-    let mut s = samples::sale(lines);
+    let mut s = samples::cash_sale(lines);
     let n = (u128::from(store_no) << 40) | u128::from(seq);
     let now = storegate_edge::journal::now_ms();
     s.sale_id = EventId::from_parts(now as u64, n << 4);

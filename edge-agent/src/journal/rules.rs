@@ -38,6 +38,10 @@ pub(crate) fn validate(body: &EventBody, currency: Currency) -> Result<(), Journ
             Ok(())
         }
     };
+    // No card data in any free-text field, whoever records the event (a
+    // lane, a device, the local HTTP API).
+    body.card_data()
+        .map_err(|e| JournalError::Invalid(e.to_string()))?;
     match body {
         EventBody::TelemetryDropped(_) => {
             return bad("TelemetryDropped is written by the journal itself, never recorded".into());

@@ -113,8 +113,16 @@ pub async fn token(
                 );
             };
             let user_key = format!("user:{}", email.trim().to_lowercase());
-            let keys = [(user_key.as_str(), s.auth.max_failed), (ip_key.as_str(), ip_max)];
-            match s.auth.throttled(&s.db, &keys).await {
+            match s.auth.address_throttled(&s.db, &ip_key, ip_max).await {
+                Ok(Some(wait)) => return throttled(wait),
+                Ok(None) => {}
+                Err(e) => return ApiError::internal(e).into_response(),
+            }
+            match s
+                .auth
+                .begin_attempt(&s.db, &[(user_key.as_str(), s.auth.max_failed)])
+                .await
+            {
                 Ok(Some(wait)) => return throttled(wait),
                 Ok(None) => {}
                 Err(e) => return ApiError::internal(e).into_response(),
@@ -123,19 +131,18 @@ pub async fn token(
                 Ok(u) => u,
                 Err(e) => return ApiError::internal(e).into_response(),
             };
-            let hash = user
-                .as_ref()
-                .map_or(auth::dummy_hash(), |u| u.password_hash.as_str());
-            let ok = auth::verify_password(password, hash);
+            let ok =
+                auth::verify_password_blocking(password, user.as_ref().map(|u| u.password_hash.as_str()))
+                    .await;
             match user {
                 Some(u) if ok && !u.disabled => {
-                    let _ = s.auth.clear_failures(&s.db, &user_key).await;
-                    let (token, ttl) = s.auth.issue(&u.id, u.role, "user");
+                    let _ = s.auth.attempt_succeeded(&s.db, &user_key).await;
+                    let (token, ttl) = s.auth.issue(&u.id, u.role, "user", u.token_epoch);
                     metrics::counter!("hub_logins_total", "result" => "ok").increment(1);
                     grant(token, ttl, u.role)
                 }
                 _ => {
-                    let _ = s.auth.record_failure(&s.db, &keys).await;
+                    let _ = s.auth.failed(&s.db, &ip_key).await;
                     metrics::counter!("hub_logins_total", "result" => "failed").increment(1);
                     oauth_error(
                         StatusCode::BAD_REQUEST,
@@ -154,23 +161,28 @@ pub async fn token(
                 );
             };
             let client_key = format!("client:{id}");
-            let keys = [
-                (client_key.as_str(), s.auth.max_failed),
-                (ip_key.as_str(), ip_max),
-            ];
-            match s.auth.throttled(&s.db, &keys).await {
+            match s.auth.address_throttled(&s.db, &ip_key, ip_max).await {
+                Ok(Some(wait)) => return throttled(wait),
+                Ok(None) => {}
+                Err(e) => return ApiError::internal(e).into_response(),
+            }
+            match s
+                .auth
+                .begin_attempt(&s.db, &[(client_key.as_str(), s.auth.max_failed)])
+                .await
+            {
                 Ok(Some(wait)) => return throttled(wait),
                 Ok(None) => {}
                 Err(e) => return ApiError::internal(e).into_response(),
             }
             match auth::check_api_key(&s.db, id, secret).await {
                 Ok(Some(role)) => {
-                    let _ = s.auth.clear_failures(&s.db, &client_key).await;
-                    let (token, ttl) = s.auth.issue(id, role, "api_key");
+                    let _ = s.auth.attempt_succeeded(&s.db, &client_key).await;
+                    let (token, ttl) = s.auth.issue(id, role, "api_key", 0);
                     grant(token, ttl, role)
                 }
                 Ok(None) => {
-                    let _ = s.auth.record_failure(&s.db, &keys).await;
+                    let _ = s.auth.failed(&s.db, &ip_key).await;
                     oauth_error(
                         StatusCode::UNAUTHORIZED,
                         "invalid_client",
@@ -317,7 +329,7 @@ pub async fn change_password(
     let user = auth::user_by_id(&s.db, &p.subject)
         .await?
         .ok_or_else(|| ApiError::unauthorized("user no longer exists"))?;
-    if !auth::verify_password(&req.current, &user.password_hash) {
+    if !auth::verify_password_blocking(&req.current, Some(&user.password_hash)).await {
         return Err(ApiError::invalid("the current password is wrong"));
     }
     auth::check_password_rules(&req.new).map_err(ApiError::invalid)?;

@@ -259,10 +259,20 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> 
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(Body(v)),
-            Err(e) => Err(ApiError::new(e.status(), "invalid_body", e.body_text())),
-        }
+        // As a document first: every string in it is searched for card
+        // data (one check for every free-text field of every route).
+        let doc = match Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(Json(v)) => v,
+            Err(e) => return Err(ApiError::new(e.status(), "invalid_body", e.body_text())),
+        };
+        refuse_card_data(&doc)?;
+        serde_json::from_value(doc).map(Body).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                format!("Failed to deserialize the JSON body into the target type: {e}"),
+            )
+        })
     }
 }
 
@@ -340,13 +350,32 @@ impl<S: Send + Sync> FromRequest<S> for TextBody {
 
 /// Parses a JSON body already read as bytes (routes that also hash it).
 pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
-    serde_json::from_slice(bytes).map_err(|e| {
+    let invalid = |e: serde_json::Error| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_body",
             format!("request body: {e}"),
         )
-    })
+    };
+    let doc: serde_json::Value = serde_json::from_slice(bytes).map_err(invalid)?;
+    refuse_card_data(&doc)?;
+    serde_json::from_value(doc).map_err(invalid)
+}
+
+/// Refuses a JSON document with card data in any string (barcodes and
+/// SKUs excepted): 422 `card_data`, naming the field, never the digits.
+fn refuse_card_data(doc: &serde_json::Value) -> ApiResult<()> {
+    match storegate_protocol::pan::find_in_json(doc) {
+        None => Ok(()),
+        Some((path, found)) => {
+            metrics::counter!("hub_card_data_refused_total", "entry" => "rest").increment(1);
+            Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "card_data",
+                format!("{path} holds {found}: card data may not be stored; write it another way"),
+            ))
+        }
+    }
 }
 
 impl ApiError {
@@ -436,9 +465,12 @@ fn decode_cursor(c: &str) -> ApiResult<String> {
     if !c.len().is_multiple_of(2) || c.len() > 512 {
         return Err(bad());
     }
-    let bytes = (0..c.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&c[i..i + 2], 16).map_err(|_| bad()))
+    // By bytes: slicing the text could split a multi-byte character.
+    let digit = |b: u8| char::from(b).to_digit(16).ok_or_else(bad);
+    let bytes = c
+        .as_bytes()
+        .chunks_exact(2)
+        .map(|p| u8::try_from(digit(p[0])? * 16 + digit(p[1])?).map_err(|_| bad()))
         .collect::<ApiResult<Vec<u8>>>()?;
     String::from_utf8(bytes).map_err(|_| bad())
 }
@@ -497,7 +529,7 @@ async fn request_context(req: Request, next: Next) -> Response {
         orders::put_rate, orders::quote, orders::get_shipment, orders::shipment_event, orders::list_tasks,
         orders::get_task, orders::create_task, orders::list_favourites, orders::add_favourite, orders::remove_favourite,
         payments::list_payments, payments::get_payment, payments::capture, payments::void, payments::refund,
-        payments::list_exceptions, payments::resolve_exception, payments::issue_gift_card, payments::get_gift_card,
+        payments::list_exceptions, payments::resolve_exception, payments::issue_gift_card, payments::gift_card_balance,
     ),
     components(schemas(ErrorBody, ErrorDetail, Role, Principal)),
     modifiers(&SecurityAddon, &ErrorResponses),
@@ -732,6 +764,10 @@ mod tests {
         assert_eq!(decode_cursor(&c).unwrap(), "store-0042");
         assert!(decode_cursor("zz").is_err());
         assert!(decode_cursor("abc").is_err());
+        // Multi-byte characters are refused, not sliced through (a panic).
+        assert!(decode_cursor("aéb").is_err());
+        assert!(decode_cursor("éé").is_err());
+        assert!(decode_cursor("+1").is_err());
     }
 
     #[test]

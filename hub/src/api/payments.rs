@@ -13,7 +13,9 @@ use super::catalog::actor;
 use super::orders::idempotent;
 use super::{Admin, ApiError, ApiResult, AppState, Authed, Body, ErrorBody, Operator, Page, Path, Query};
 use crate::idempotency::{self, KeyRef};
-use crate::payments::{self, ActionError, ExceptionView, GiftCardView, PaymentView};
+use crate::payments::{
+    self, ActionError, ExceptionView, GiftCardQuery, GiftCardView, NewGiftCard, PaymentView,
+};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -25,7 +27,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/api/v1/payment-exceptions", get(list_exceptions))
         .route("/api/v1/payment-exceptions/{id}/resolve", post(resolve_exception))
         .route("/api/v1/gift-cards", post(issue_gift_card))
-        .route("/api/v1/gift-cards/{token}", get(get_gift_card))
+        .route("/api/v1/gift-cards/balance", post(gift_card_balance))
 }
 
 impl From<ActionError> for ApiError {
@@ -235,27 +237,29 @@ pub async fn resolve_exception(
 }
 
 /// Issues (or tops up) a gift card.
-#[utoipa::path(post, path = "/api/v1/gift-cards", tag = "payments", security(("bearer" = ["admin"])), request_body = GiftCardView,
+#[utoipa::path(post, path = "/api/v1/gift-cards", tag = "payments", security(("bearer" = ["admin"])), request_body = NewGiftCard,
     responses((status = 201, body = GiftCardView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn issue_gift_card(
     Authed(p, ..): Authed<Admin>,
     State(s): State<AppState>,
-    Body(g): Body<GiftCardView>,
+    Body(g): Body<NewGiftCard>,
 ) -> ApiResult<(StatusCode, Json<GiftCardView>)> {
     let card = payments::issue_gift_card(&s.db, &actor(&p), &g).await?;
     Ok((StatusCode::CREATED, Json(card)))
 }
 
-/// A gift card's balance.
-#[utoipa::path(get, path = "/api/v1/gift-cards/{token}", tag = "payments", security(("bearer" = ["operator"])),
-    params(("token" = String, Path, description = "Card token")),
-    responses((status = 200, body = GiftCardView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn get_gift_card(
+/// A gift card's balance. The token goes in the body: a URL path is
+/// logged by proxies and servers.
+#[utoipa::path(post, path = "/api/v1/gift-cards/balance", tag = "payments", security(("bearer" = ["operator"])),
+    request_body = GiftCardQuery,
+    responses((status = 200, body = GiftCardView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn gift_card_balance(
     _: Authed<Operator>,
     State(s): State<AppState>,
-    Path(token): Path<String>,
+    Body(q): Body<GiftCardQuery>,
 ) -> ApiResult<Json<GiftCardView>> {
-    payments::gift_card(&s.db, &token)
+    payments::gift_card(&s.db, &q.token)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found("gift card"))

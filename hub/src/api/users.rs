@@ -153,10 +153,15 @@ pub async fn update_user(
     let hash = match &req.password {
         Some(pw) => {
             auth::check_password_rules(pw).map_err(ApiError::invalid)?;
-            auth::hash_password(pw)
+            auth::hash_password_blocking(pw).await
         }
         None => user.password_hash.clone(),
     };
+    // A new password, role or disabled state: the user's tokens so far
+    // are refused from now on (the role is read on each request anyway).
+    let revoke = req.password.is_some()
+        || req.role.is_some_and(|r| r != user.role)
+        || req.disabled.is_some_and(|d| d != user.disabled);
     auth::update_user(
         &s.db,
         &super::catalog::actor(&p),
@@ -165,6 +170,7 @@ pub async fn update_user(
         req.role.unwrap_or(user.role),
         req.disabled.unwrap_or(user.disabled),
         &hash,
+        revoke,
         json!({"name": req.name, "role": req.role, "disabled": req.disabled, "password_changed": req.password.is_some()}),
     )
     .await?;

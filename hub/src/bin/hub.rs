@@ -74,6 +74,26 @@ enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// The keys that sign access tokens: list, rotate, retire.
+    TokenKeys {
+        #[command(subcommand)]
+        command: TokenKeyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenKeyCommand {
+    /// Lists the key ids, oldest first (the last one signs).
+    List,
+    /// Adds a new signing key; tokens signed with older keys stay valid
+    /// until those are retired.
+    Rotate,
+    /// Retires a key: tokens signed with it are refused on every hub
+    /// within 30 s.
+    Retire {
+        /// The key id (`hub token-keys list`).
+        kid: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -225,6 +245,7 @@ fn main() -> anyhow::Result<()> {
             }
             Some(Command::Ca { command }) => return ca_command(&settings, command).await,
             Some(Command::Store { command }) => return store_command(&settings, command).await,
+            Some(Command::TokenKeys { command }) => return token_key_command(&settings, command).await,
             None => {}
         }
         let shutdown = CancellationToken::new();
@@ -242,6 +263,35 @@ fn main() -> anyhow::Result<()> {
         hub.stopped().await;
         anyhow::Ok(())
     })
+}
+
+async fn token_key_command(settings: &Settings, command: TokenKeyCommand) -> anyhow::Result<()> {
+    if !settings.auth.jwt_secret.is_empty() {
+        anyhow::bail!(
+            "auth.jwt_secret is set: tokens are signed with that one static secret, which has no rotation"
+        );
+    }
+    let db = admin_db(settings).await?;
+    // The first key is created by the first start; make sure there is one.
+    storegate_hub::auth::Auth::init(&db, &settings.auth).await?;
+    match command {
+        TokenKeyCommand::List => {
+            for kid in auth::key_ids(&db).await? {
+                println!("{kid}");
+            }
+        }
+        TokenKeyCommand::Rotate => {
+            let kid = auth::rotate_key(&db).await?;
+            println!(
+                "added {kid}; every hub signs with it within 30 s; retire the old key once its tokens expired"
+            );
+        }
+        TokenKeyCommand::Retire { kid } => match auth::retire_key(&db, &kid).await? {
+            Ok(()) => println!("retired {kid}; its tokens are refused on every hub within 30 s"),
+            Err(why) => anyhow::bail!(why),
+        },
+    }
+    Ok(())
 }
 
 async fn admin_db(settings: &Settings) -> anyhow::Result<storegate_hub::db::Db> {

@@ -100,6 +100,17 @@ fn parse<T>(
     for (i, rec) in reader.records().enumerate() {
         let line = i as u64 + 2;
         let result = rec.map_err(|e| Invalid(e.to_string())).and_then(|r| {
+            // Card data in any cell but codes refuses the row (naming the
+            // column, never the digits).
+            for (column, cell) in header.iter().zip(r.iter()) {
+                if !storegate_protocol::pan::CODE_KEYS.contains(&column.as_str())
+                    && let Some(found) = storegate_protocol::pan::find(cell)
+                {
+                    return Err(Invalid(format!(
+                        "{column} holds {found}: card data may not be stored"
+                    )));
+                }
+            }
             each(&Record(
                 header.iter().cloned().zip(r.iter().map(str::to_owned)).collect(),
             ))
@@ -250,6 +261,11 @@ mod tests {
         assert!(errors[2].message.contains("measure"));
         assert!(errors[3].message.contains("twice"));
         assert!(parse_products_csv("name\nx\n").is_err());
+        let e = parse_products_csv("sku,name,tax_rate_bp\nA,pay 4111 1111 1111 1111,550\n").unwrap_err();
+        assert!(
+            e[0].message.contains("name holds") && !e[0].message.contains("4111"),
+            "{e:?}"
+        );
         let prices =
             parse_prices_csv("sku,scope,scope_id,price_minor,currency\nA,region,north,199,EUR\n").unwrap();
         assert_eq!(

@@ -198,6 +198,143 @@ pub struct Facts {
     /// Lines (SKU, base units) of earlier sales voided with a restock in
     /// this group (see [`earlier_sales`]), by sale id.
     pub earlier_sales: HashMap<Vec<u8>, Vec<(String, i64)>>,
+    /// What was paid for the sales refunds in this group name (see
+    /// [`refunded_sales`]), by (store, sale id); sales earlier in the group
+    /// are added as they are planned.
+    pub paid: HashMap<(String, Vec<u8>), Vec<Paid>>,
+    /// The payments the hub took for lanes (card authorisations, gift-card
+    /// debits) that online tenders in this group name (see
+    /// [`online_keys`]), by payment key.
+    pub issued: HashMap<String, Issued>,
+}
+
+/// A tender of a sale, as refunds are checked against it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paid {
+    /// The payment's id.
+    pub id: String,
+    /// How it was paid.
+    pub method: PaymentMethod,
+    /// The card or gift-card token.
+    pub token: Option<String>,
+    /// ISO currency.
+    pub currency: String,
+    /// The amount paid.
+    pub amount: i64,
+    /// Refunded so far.
+    pub refunded: i64,
+}
+
+/// A payment the hub took for a lane, as an online tender must match it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    /// The store whose lane asked.
+    pub store: Option<String>,
+    /// Card or gift card.
+    pub method: PaymentMethod,
+    /// Where it is (authorised, or captured for a gift card).
+    pub status: PaymentStatus,
+    /// The authorisation id the lane was given.
+    pub provider_ref: Option<String>,
+    /// Amount, minor units.
+    pub amount: i64,
+    /// ISO currency.
+    pub currency: String,
+    /// Already attached to a sale.
+    pub attached: bool,
+}
+
+/// Whether an online tender of `store` matches what the hub issued; the
+/// reason if not.
+fn check_online(
+    store: &str,
+    t: &Tender,
+    auth_id: &str,
+    gift: bool,
+    issued: Option<&Issued>,
+) -> Result<(), String> {
+    let key = &t.payment_key;
+    let Some(i) = issued else {
+        return Err(format!(
+            "online tender {key} names no authorisation the hub issued"
+        ));
+    };
+    let method = if gift {
+        PaymentMethod::GiftCard
+    } else {
+        PaymentMethod::Card
+    };
+    let live = if gift {
+        i.status == PaymentStatus::Captured
+    } else {
+        i.status == PaymentStatus::Authorized
+    };
+    if i.store.as_deref() != Some(store) {
+        Err(format!(
+            "online tender {key} names an authorisation of another store"
+        ))
+    } else if i.method != method || i.provider_ref.as_deref() != Some(auth_id) {
+        Err(format!(
+            "online tender {key} does not match the authorisation the hub issued"
+        ))
+    } else if i.amount != t.amount.minor || i.currency != t.amount.currency.as_str() {
+        Err(format!(
+            "online tender {key} is {} but the hub authorised {} {}",
+            t.amount, i.amount, i.currency
+        ))
+    } else if !live || i.attached {
+        Err(format!(
+            "online tender {key} names an authorisation that is {} or already used",
+            i.status
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Finds the tender of the sale a card or gift-card refund goes back to,
+/// and checks the refund fits in what is left of it; returns the payment's
+/// index in `paid`, or why the refund is refused.
+fn check_refund(paid: Option<&Vec<Paid>>, t: &Tender) -> Result<usize, String> {
+    let (method, token) = match &t.method {
+        TenderMethod::Card(c) => (PaymentMethod::Card, c.card.token.as_str()),
+        TenderMethod::GiftCard(c) => (PaymentMethod::GiftCard, c.card.token.as_str()),
+        TenderMethod::Cash { .. } => return Err("cash is not refunded through the hub".into()),
+    };
+    let Some(paid) = paid else {
+        return Err(format!("refund {} names no sale of this store", t.payment_key));
+    };
+    if t.amount.minor <= 0 {
+        return Err(format!(
+            "refund {} of {} is not positive",
+            t.payment_key, t.amount
+        ));
+    }
+    let candidates = paid
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.method == method && p.token.as_deref() == Some(token));
+    let mut seen = false;
+    for (i, p) in candidates {
+        seen = true;
+        if p.currency != t.amount.currency.as_str() {
+            continue;
+        }
+        if t.amount.minor <= p.amount.saturating_sub(p.refunded) {
+            return Ok(i);
+        }
+    }
+    Err(if seen {
+        format!(
+            "refund {} of {} is more than is left of that tender of the sale",
+            t.payment_key, t.amount
+        )
+    } else {
+        format!(
+            "refund {} goes to a card the sale was not paid with",
+            t.payment_key
+        )
+    })
 }
 
 /// Everything a group does, to be written in its transaction.
@@ -213,6 +350,8 @@ pub struct Effects<'a> {
     pub sales: Vec<StoreSale<'a>>,
     /// Payment rows from tenders and refunds.
     pub payments: Vec<NewPayment>,
+    /// Amounts refunded from earlier payments (payment id, amount).
+    pub refunded: Vec<(String, i64)>,
     /// Sales voided at the till (order ids).
     pub voided_sales: Vec<String>,
     /// Lane voids of card payments (store, payment key).
@@ -271,6 +410,52 @@ pub fn earlier_sales<'a>(fresh: &[(&'a StoreId, &Event)]) -> Vec<(&'a StoreId, V
             }
             _ => None,
         })
+        .collect()
+}
+
+/// The sales (store, sale id) that card or gift-card refunds in a group go
+/// back to, not themselves in the group: their payments come from the
+/// database.
+pub fn refunded_sales<'a>(fresh: &[(&'a StoreId, &Event)]) -> Vec<(&'a StoreId, Vec<u8>)> {
+    let in_group: HashSet<Vec<u8>> = fresh
+        .iter()
+        .filter_map(|(_, e)| match &e.body {
+            EventBody::Sale(s) => Some(s.sale_id.to_bytes().to_vec()),
+            _ => None,
+        })
+        .collect();
+    let by_card = |ts: &[Tender]| ts.iter().any(|t| !matches!(t.method, TenderMethod::Cash { .. }));
+    let mut out: Vec<(&'a StoreId, Vec<u8>)> = Vec::new();
+    for (store, e) in fresh {
+        let sale = match &e.body {
+            EventBody::SaleVoided(v) if by_card(&v.refunds) => Some(v.sale_id),
+            EventBody::Return(r) if by_card(&r.refunds) => r.original_sale,
+            _ => None,
+        };
+        if let Some(id) = sale.map(|i| i.to_bytes().to_vec())
+            && !in_group.contains(&id)
+            && !out.iter().any(|(s, i)| s == store && *i == id)
+        {
+            out.push((*store, id));
+        }
+    }
+    out
+}
+
+/// The payment keys of a group's online card and gift-card tenders.
+pub fn online_keys(fresh: &[(&StoreId, &Event)]) -> Vec<String> {
+    fresh
+        .iter()
+        .filter_map(|(_, e)| match &e.body {
+            EventBody::Sale(s) => Some(s.tenders.iter()),
+            _ => None,
+        })
+        .flatten()
+        .filter(|t| match &t.method {
+            TenderMethod::Card(c) | TenderMethod::GiftCard(c) => matches!(c.auth, CardAuth::Online { .. }),
+            TenderMethod::Cash { .. } => false,
+        })
+        .map(|t| t.payment_key.to_string())
         .collect()
 }
 
@@ -355,6 +540,23 @@ pub fn plan<'a>(fresh: &[(&'a StoreId, &'a Event)], facts: &mut Facts) -> Effect
                 );
             }
         }
+        let removed: Vec<&str> = e
+            .body
+            .free_text()
+            .into_iter()
+            .filter(|(_, t)| *t == storegate_protocol::pan::REDACTED)
+            .map(|(field, _)| field)
+            .collect();
+        if !removed.is_empty() {
+            flag(
+                "card_data_removed",
+                format!(
+                    "{} arrived with card data in {}; removed before it was stored",
+                    e.body.kind(),
+                    removed.join(", ")
+                ),
+            );
+        }
         match &e.body {
             EventBody::Sale(s) => {
                 let region = facts.regions.get(loc).map(String::as_str);
@@ -415,8 +617,33 @@ pub fn plan<'a>(fresh: &[(&'a StoreId, &'a Event)], facts: &mut Facts) -> Effect
                 let id = s.sale_id.to_string();
                 let sale = s.sale_id.to_bytes();
                 for t in &s.tenders {
-                    fx.payments
-                        .push(tender_row(store, Some(&id), Some(&sale), t, false));
+                    if let Err(why) = check_tender(loc, t, &s.totals.total, &facts.issued) {
+                        flag(
+                            "payment_refused",
+                            format!("sale {}: {why}; no payment recorded", s.sale_id),
+                        );
+                        continue;
+                    }
+                    // An authorisation pays for one tender.
+                    if let Some(i) = facts.issued.get_mut(&t.payment_key.to_string()) {
+                        i.attached = true;
+                    }
+                    let row = tender_row(store, Some(&id), Some(&sale), t, false);
+                    if row.method != PaymentMethod::Cash {
+                        facts
+                            .paid
+                            .entry((loc.to_owned(), sale.to_vec()))
+                            .or_default()
+                            .push(Paid {
+                                id: row.id.clone(),
+                                method: row.method,
+                                token: row.card_token.clone(),
+                                currency: row.amount.currency.as_str().to_owned(),
+                                amount: row.amount.minor,
+                                refunded: 0,
+                            });
+                    }
+                    fx.payments.push(row);
                 }
                 fx.sales.push(StoreSale { store, seq, sale: s });
             }
@@ -440,8 +667,15 @@ pub fn plan<'a>(fresh: &[(&'a StoreId, &'a Event)], facts: &mut Facts) -> Effect
                     }
                 }
                 let id = v.sale_id.to_string();
+                let sale = Some(v.sale_id.to_bytes().to_vec());
                 for t in &v.refunds {
-                    fx.payments.push(tender_row(store, Some(&id), None, t, true));
+                    match refund_row(store, Some(&id), sale.as_deref(), t, facts, &mut fx.refunded) {
+                        Ok(row) => fx.payments.push(row),
+                        Err(why) => flag(
+                            "refund_refused",
+                            format!("void of sale {}: {why}; no money moved", v.sale_id),
+                        ),
+                    }
                 }
                 fx.voided_sales.push(id);
             }
@@ -483,8 +717,15 @@ pub fn plan<'a>(fresh: &[(&'a StoreId, &'a Event)], facts: &mut Facts) -> Effect
             }
             EventBody::Return(r) => {
                 let id = r.original_sale.map(|s| s.to_string());
+                let sale = r.original_sale.map(|s| s.to_bytes().to_vec());
                 for t in &r.refunds {
-                    fx.payments.push(tender_row(store, id.as_deref(), None, t, true));
+                    match refund_row(store, id.as_deref(), sale.as_deref(), t, facts, &mut fx.refunded) {
+                        Ok(row) => fx.payments.push(row),
+                        Err(why) => flag(
+                            "refund_refused",
+                            format!("return {}: {why}; no money moved", r.return_id),
+                        ),
+                    }
                 }
                 for (sku, delta) in e.body.stock_deltas() {
                     moves.push(
@@ -528,6 +769,79 @@ pub fn unapplied(fresh: &[(&StoreId, &Event)]) -> Vec<Discrepancy> {
             ),
         })
         .collect()
+}
+
+/// Checks a sale's tender: a positive amount (cash may be zero) in the
+/// sale's currency; an online card or gift-card tender must match what the
+/// hub issued to this store's lane.
+fn check_tender(
+    store: &str,
+    t: &Tender,
+    total: &storegate_protocol::Money,
+    issued: &HashMap<String, Issued>,
+) -> Result<(), String> {
+    if t.amount.currency != total.currency {
+        return Err(format!(
+            "tender {} is in {} but the sale in {}",
+            t.payment_key, t.amount.currency, total.currency
+        ));
+    }
+    match &t.method {
+        TenderMethod::Cash { .. } if t.amount.minor >= 0 => Ok(()),
+        _ if t.amount.minor <= 0 => Err(format!(
+            "tender {} of {} is not positive",
+            t.payment_key, t.amount
+        )),
+        TenderMethod::Cash { .. } => Ok(()),
+        // Gift cards are debited online only: a store-and-forward gift card
+        // would be money the hub never took, refundable to any card.
+        TenderMethod::GiftCard(c) if matches!(c.auth, CardAuth::StoreAndForward { .. }) => Err(format!(
+            "gift card tender {} was not debited online",
+            t.payment_key
+        )),
+        TenderMethod::Card(c) | TenderMethod::GiftCard(c) => match &c.auth {
+            CardAuth::StoreAndForward { .. } => Ok(()),
+            CardAuth::Online { authorization_id, .. } => check_online(
+                store,
+                t,
+                authorization_id,
+                matches!(t.method, TenderMethod::GiftCard(_)),
+                issued.get(&t.payment_key.to_string()),
+            ),
+        },
+    }
+}
+
+/// The payment row of a refund in a void or return, checked: cash as it
+/// is (the store paid it out); a card or gift-card refund only back to a
+/// tender of the sale it names, of this store, in its currency, and at most
+/// what is left of it (which it then takes).
+fn refund_row(
+    store: &StoreId,
+    order_id: Option<&str>,
+    sale: Option<&[u8]>,
+    t: &Tender,
+    facts: &mut Facts,
+    refunded: &mut Vec<(String, i64)>,
+) -> Result<NewPayment, String> {
+    let mut row = tender_row(store, order_id, None, t, true);
+    if let TenderMethod::Cash { .. } = t.method {
+        if t.amount.minor < 0 {
+            return Err(format!(
+                "cash refund {} of {} is negative",
+                t.payment_key, t.amount
+            ));
+        }
+        return Ok(row);
+    }
+    let key = sale.map(|s| (store.to_string(), s.to_vec()));
+    let paid = key.as_ref().and_then(|k| facts.paid.get_mut(k));
+    let i = check_refund(paid.as_deref(), t)?;
+    let p = &mut paid.expect("check_refund found the sale")[i];
+    p.refunded = p.refunded.saturating_add(t.amount.minor);
+    row.parent_id = Some(p.id.clone());
+    refunded.push((p.id.clone(), t.amount.minor));
+    Ok(row)
 }
 
 /// The payment row a tender (or a refund) makes.
@@ -669,10 +983,16 @@ mod tests {
         let mut facts = Facts::default();
         let fx = plan(&fresh, &mut facts);
         assert_eq!(fx.sales.len(), 3);
-        assert!(fx.payments.len() >= 3, "each sale's tenders become payments");
+        assert_eq!(
+            fx.payments.len(),
+            3,
+            "each sale's cash tender becomes a payment, not its unissued card"
+        );
         assert!(
-            fx.discrepancies.iter().all(|d| d.kind == "unknown_sku"),
-            "an empty catalog knows no SKU: {:?}",
+            fx.discrepancies
+                .iter()
+                .all(|d| d.kind == "unknown_sku" || d.kind == "payment_refused"),
+            "an empty catalog knows no SKU, and the hub issued no authorisation: {:?}",
             fx.discrepancies
         );
         // One movement per (location, SKU, kind), the deltas summed over
@@ -702,5 +1022,151 @@ mod tests {
         }
         assert!(unapplied(&fresh).iter().all(|d| d.kind == "effects_not_applied"));
         assert_eq!(unapplied(&fresh).len(), 3);
+    }
+
+    /// Money from stores: an online tender needs the hub's authorisation
+    /// for that store; a refund goes back only to a tender of the sale it
+    /// names, in its currency, up to what is left; violations move nothing
+    /// and are flagged.
+    #[test]
+    fn money_from_stores_is_checked_against_what_the_hub_issued_and_what_was_paid() {
+        use storegate_protocol::event::{
+            CardPayment, CardRef, CardToken, Last4, Return, ReturnLine, SaleVoid,
+        };
+        use storegate_protocol::{Currency, EventId, Money, Qty};
+        let a = StoreId::parse("store-a").unwrap();
+        let card = |token: &str, auth: CardAuth| {
+            TenderMethod::Card(CardPayment {
+                card: CardRef {
+                    token: CardToken::parse(token).unwrap(),
+                    last4: Last4::parse("1111").unwrap(),
+                    brand: None,
+                },
+                auth,
+            })
+        };
+        let online = || CardAuth::Online {
+            authorization_id: "auth-1".into(),
+            auth_code: "OK".into(),
+        };
+        let eur = |m| Money::new(m, Currency::EUR);
+        let key = |n| EventId::from_parts(1, n);
+        let mut sale = samples::sale(1);
+        let total = sale.totals.total.minor;
+        sale.sale_id = key(100);
+        sale.tenders = vec![Tender {
+            payment_key: key(1),
+            amount: eur(total),
+            method: card("tok_alice", online()),
+        }];
+        let issued = |store: &str, amount: i64| Issued {
+            store: Some(store.into()),
+            method: PaymentMethod::Card,
+            status: PaymentStatus::Authorized,
+            provider_ref: Some("auth-1".into()),
+            amount,
+            currency: "EUR".into(),
+            attached: false,
+        };
+        let refund = |n, amount, token: &str| Tender {
+            payment_key: key(n),
+            amount: eur(amount),
+            method: card(token, CardAuth::StoreAndForward { taken_at_ms: 0 }),
+        };
+        let ret = |n: u128, refunds: Vec<Tender>, original: Option<EventId>| {
+            EventBody::Return(Return {
+                return_id: key(200 + n),
+                original_sale: original,
+                lane: sale.lane.clone(),
+                lines: vec![ReturnLine {
+                    sku: sale.lines[0].sku.clone(),
+                    qty: Qty::Each(1),
+                    amount: eur(1),
+                    tax: eur(0),
+                    restock: true,
+                }],
+                refunds,
+                reason: "changed mind".into(),
+            })
+        };
+        let run = |issued_to: Issued, bodies: Vec<EventBody>| {
+            let events: Vec<Event> = bodies
+                .into_iter()
+                .enumerate()
+                .map(|(i, b)| samples::event(i as u64 + 1, b))
+                .collect();
+            let fresh: Vec<(&StoreId, &Event)> = events.iter().map(|e| (&a, e)).collect();
+            let mut facts = Facts::default();
+            facts.issued.insert(key(1).to_string(), issued_to);
+            let fx = plan(&fresh, &mut facts);
+            let kinds: Vec<&str> = fx
+                .discrepancies
+                .iter()
+                .map(|d| d.kind)
+                .filter(|k| *k != "unknown_sku")
+                .collect();
+            let moved: Vec<(i64, Option<String>)> = fx
+                .payments
+                .iter()
+                .map(|p| (p.amount.minor, p.parent_id.clone()))
+                .collect();
+            (kinds, moved, fx.refunded)
+        };
+
+        // The sale with the hub's authorisation, then a refund of part of it.
+        let (kinds, moved, refunded) = run(
+            issued("store-a", total),
+            vec![
+                EventBody::Sale(sale.clone()),
+                ret(1, vec![refund(2, 100, "tok_alice")], Some(sale.sale_id)),
+            ],
+        );
+        assert!(kinds.is_empty(), "{kinds:?}");
+        assert_eq!(moved, vec![(total, None), (100, Some(key(1).to_string()))]);
+        assert_eq!(refunded, vec![(key(1).to_string(), 100)]);
+
+        // Another store's authorisation, or another amount: no payment.
+        for bad in [issued("store-b", total), issued("store-a", total + 1)] {
+            let (kinds, moved, _) = run(bad, vec![EventBody::Sale(sale.clone())]);
+            assert_eq!(kinds, vec!["payment_refused"]);
+            assert!(moved.is_empty());
+        }
+
+        // Refunds: more than was paid, to another card, without a sale,
+        // negative, twice past the total: refused, nothing moves.
+        let cases = vec![
+            ret(1, vec![refund(2, total + 1, "tok_alice")], Some(sale.sale_id)),
+            ret(1, vec![refund(2, 100, "tok_mallory")], Some(sale.sale_id)),
+            ret(1, vec![refund(2, 100, "tok_alice")], None),
+            ret(1, vec![refund(2, -100, "tok_alice")], Some(sale.sale_id)),
+            EventBody::SaleVoided(SaleVoid {
+                sale_id: key(999),
+                lane: sale.lane.clone(),
+                reason: "x".into(),
+                refunds: vec![refund(2, 100, "tok_alice")],
+                restock: false,
+            }),
+        ];
+        for bad in cases {
+            let (kinds, moved, refunded) =
+                run(issued("store-a", total), vec![EventBody::Sale(sale.clone()), bad]);
+            assert_eq!(kinds, vec!["refund_refused"]);
+            assert_eq!(moved.len(), 1, "only the sale's own payment");
+            assert!(refunded.is_empty());
+        }
+        let (kinds, moved, _) = run(
+            issued("store-a", total),
+            vec![
+                EventBody::Sale(sale.clone()),
+                ret(1, vec![refund(2, total - 10, "tok_alice")], Some(sale.sale_id)),
+                ret(2, vec![refund(3, 11, "tok_alice")], Some(sale.sale_id)),
+            ],
+        );
+        assert_eq!(
+            kinds,
+            vec!["refund_refused"],
+            "the second refund passes what is left"
+        );
+        assert_eq!(moved.len(), 2);
     }
 }

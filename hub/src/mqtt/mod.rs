@@ -358,8 +358,15 @@ pub fn spawn(mut cfg: LinkConfig, db: Db, tracker: &TaskTracker, shutdown: Cance
                         (WanTopic::filter_all(WanKind::Status), "presence"),
                     ];
                     if rpc.is_some() {
+                        // A group of its own: rumqttd keeps one read cursor
+                        // per shared group, whatever its filters, so an
+                        // RPC request read through the uplink's group moved
+                        // the uplink's cursor and stalled it.
                         filters.push((
-                            WanTopic::shared_filter(&share_group, WanKind::Rpc(RpcSide::Edge, RpcLeg::Req)),
+                            WanTopic::shared_filter(
+                                &rpc_group(&share_group),
+                                WanKind::Rpc(RpcSide::Edge, RpcLeg::Req),
+                            ),
                             "rpc",
                         ));
                     }
@@ -508,6 +515,12 @@ fn dispatch(
             done(job.receipt);
         }
     }
+}
+
+/// The shared-subscription group of lanes' RPC requests: the hubs' group
+/// with `-rpc` appended (one group per filter; see where it is used).
+pub fn rpc_group(share_group: &str) -> String {
+    format!("{share_group}-rpc")
 }
 
 fn shard_of(store: &StoreId, shards: usize) -> usize {

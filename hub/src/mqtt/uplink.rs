@@ -73,11 +73,21 @@ pub(super) async fn worker(w: Worker, mut rx: mpsc::UnboundedReceiver<Job>, shut
                 Ok(Message::DownAck(a)) => {
                     let _ = misc.send(Misc::DownAck(job.store, a.applied_up_to, job.receipt));
                 }
-                Ok(Message::UpBatch(b)) => {
+                Ok(Message::UpBatch(mut b)) => {
                     if let Err(why) = ingest::validate(&b) {
                         job.received().put(&db, Reason::InvalidBatch, &why).await;
                         let _ = acks.send(AckMsg::Done(job.receipt));
                         continue;
+                    }
+                    // Card data never reaches the database: the fields that
+                    // hold some are replaced, and ingestion lands a
+                    // discrepancy naming them (the event keeps its seq).
+                    for e in &mut b.events {
+                        let removed = e.body.redact_card_data();
+                        if !removed.is_empty() {
+                            metrics::counter!("hub_card_data_refused_total", "entry" => "wan").increment(1);
+                            tracing::warn!(store = %job.store, seq = e.seq.0, fields = ?removed, "card data removed from an event");
+                        }
                     }
                     if let Some(mark) = marks.get(&job.store)
                         && b.last <= *mark
@@ -156,9 +166,12 @@ pub(super) async fn worker(w: Worker, mut rx: mpsc::UnboundedReceiver<Job>, shut
 /// Applies a group; on failure each batch alone; on failure again, alone
 /// without effects (stored and flagged, so the store is never stuck). `None`
 /// means the database itself is failing: no ack, the edge will resend.
+/// Each attempt runs in its own task, so a panic (a bug meeting some
+/// input) fails that attempt like an error and this worker carries on for
+/// every other store.
 async fn apply_with_fallbacks(db: &Db, worker: usize, batches: &[(Batch, Receipt)]) -> Vec<Option<Verdict>> {
-    let group: Vec<Batch> = batches.iter().map(|(b, _)| b.clone()).collect();
-    match ingest::apply(db, &group, true).await {
+    let group: std::sync::Arc<[Batch]> = batches.iter().map(|(b, _)| b.clone()).collect();
+    match apply_caught(db, group.clone(), true).await {
         Ok(v) => return v.into_iter().map(Some).collect(),
         Err(e) if group.len() > 1 => {
             tracing::warn!(worker, error = %e, batches = group.len(), "group failed; applying batches one by one");
@@ -166,13 +179,13 @@ async fn apply_with_fallbacks(db: &Db, worker: usize, batches: &[(Batch, Receipt
         Err(e) => tracing::warn!(worker, error = %e, "batch failed"),
     }
     let mut out = Vec::with_capacity(group.len());
-    for b in group {
-        let one = std::slice::from_ref(&b);
-        let verdict = match ingest::apply(db, one, true).await {
+    for b in group.iter() {
+        let one: std::sync::Arc<[Batch]> = std::sync::Arc::from([b.clone()]);
+        let verdict = match apply_caught(db, one.clone(), true).await {
             Ok(mut v) => v.pop(),
             Err(e) => {
                 tracing::error!(store = %b.store, first = b.batch.first.0, error = %e, "effects failed; storing the events flagged");
-                match ingest::apply(db, one, false).await {
+                match apply_caught(db, one, false).await {
                     Ok(mut v) => v.pop(),
                     Err(e) => {
                         tracing::error!(store = %b.store, error = %e, "cannot store the batch; the edge will resend");
@@ -185,4 +198,22 @@ async fn apply_with_fallbacks(db: &Db, worker: usize, batches: &[(Batch, Receipt
         out.push(verdict);
     }
     out
+}
+
+/// [`ingest::apply`] in a task of its own: an error or a panic comes back
+/// as the reason it failed.
+async fn apply_caught(
+    db: &Db,
+    group: std::sync::Arc<[Batch]>,
+    effects: bool,
+) -> Result<Vec<Verdict>, String> {
+    let db = db.clone();
+    match tokio::spawn(async move { ingest::apply(&db, &group, effects).await }).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) if e.is_panic() => {
+            metrics::counter!("hub_ingest_panics_total").increment(1);
+            Err(format!("ingestion panicked: {e}"))
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }

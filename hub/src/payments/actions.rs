@@ -6,7 +6,7 @@
 use storegate_protocol::event::{CardToken, Last4};
 use storegate_protocol::{Currency, Money};
 
-use super::{GiftCardView, NewPayment, PaymentView, repo};
+use super::{GiftCardView, NewGiftCard, NewPayment, PaymentView, repo};
 use crate::audit;
 use crate::db::Db;
 use crate::domain::payment::{Action, ExceptionStatus, RefundRefused, check_refund};
@@ -87,7 +87,9 @@ pub async fn refund(
     let p = repo::by_id(&mut tx, Some(db), payment_id)
         .await?
         .ok_or_else(|| ActionError::NotFound(payment_id.into()))?;
-    let refund_key = format!("refund-{key}");
+    // Keys are the caller's per payment: the same key on another payment
+    // is another refund, never this one's answer.
+    let refund_key = format!("refund-{}-{key}", p.id);
     if let Some(existing) = repo::by_key(&mut tx, &refund_key).await? {
         return Ok(existing.view());
     }
@@ -168,8 +170,8 @@ pub async fn resolve_exception(
     Ok(closed)
 }
 
-/// Issues a gift card (or tops one up when it exists); returns it.
-pub async fn issue_gift_card(db: &Db, actor: &str, g: &GiftCardView) -> Result<GiftCardView, ActionError> {
+/// Issues a gift card (or tops one up in its currency); returns it.
+pub async fn issue_gift_card(db: &Db, actor: &str, g: &NewGiftCard) -> Result<GiftCardView, ActionError> {
     CardToken::parse(g.token.as_str()).map_err(|e| ActionError::Invalid(format!("token: {e}")))?;
     Last4::parse(&g.last4).map_err(|e| ActionError::Invalid(format!("last4: {e}")))?;
     Currency::parse(&g.currency).map_err(|e| ActionError::Invalid(format!("currency: {e}")))?;
@@ -177,7 +179,12 @@ pub async fn issue_gift_card(db: &Db, actor: &str, g: &GiftCardView) -> Result<G
         return Err(ActionError::Invalid("balance_minor must be positive".into()));
     }
     let mut tx = db.begin().await?;
-    repo::upsert_gift_card(&mut tx, g).await?;
+    if !repo::upsert_gift_card(&mut tx, g).await? {
+        return Err(ActionError::Invalid(format!(
+            "gift card …{} holds another currency than {}",
+            g.last4, g.currency
+        )));
+    }
     audit::record(
         &mut tx,
         actor,

@@ -271,12 +271,21 @@ impl Payments {
     async fn lane_void(&self, store: &StoreId, payment_key: EventId) -> Result<(), sqlx::Error> {
         let key = payment_key.to_string();
         let mut tx = self.db.begin().await?;
-        if !repo::transition(&mut tx, &key, PaymentStatus::VoidPending).await? {
+        if !repo::transition_at_store(&mut tx, &key, store.as_str(), PaymentStatus::VoidPending).await? {
             match repo::by_key(&mut tx, &key).await? {
-                // A gift card the lane took: the balance goes back.
-                Some(p) if p.method == PaymentMethod::GiftCard && p.status == PaymentStatus::Captured => {
+                // Another store's payment: not this lane's to void.
+                Some(p) if p.store_id.as_deref() != Some(store.as_str()) => {
+                    tracing::warn!(store = %store, payment = %key, "a lane asked to void another store's payment; refused");
+                }
+                // A gift card the lane took, before its sale completed:
+                // the balance goes back. After, it is a refund's to give.
+                Some(p)
+                    if p.method == PaymentMethod::GiftCard
+                        && p.status == PaymentStatus::Captured
+                        && p.sale_id.is_none() =>
+                {
                     repo::gift_card_credit(&mut tx, p.token(), p.amount_minor).await?;
-                    repo::transition(&mut tx, &key, PaymentStatus::Voided).await?;
+                    repo::transition_at_store(&mut tx, &key, store.as_str(), PaymentStatus::Voided).await?;
                 }
                 Some(_) => {}
                 // Not seen yet: leave a tombstone so a late authorisation
@@ -327,35 +336,87 @@ pub struct RpcReply {
     pub response: storegate_protocol::rpc::RpcResponse,
 }
 
-/// Answers stores' RPC requests until `shutdown`, each in its own task
-/// (at most 256 at once; more wait).
+/// Most RPC requests one store may have waiting; past it, the store is
+/// told it is busy (its lanes fall back as when the hub cannot answer).
+pub const RPC_PER_STORE: usize = 32;
+
+/// Most RPC requests answered at once, across stores.
+const RPC_IN_FLIGHT: usize = 256;
+
+/// Answers lanes' RPC requests: each store's requests wait in a queue of
+/// their own (at most [`RPC_PER_STORE`]), and the stores take turns, so one
+/// store's flood cannot starve another's card authorisations.
 pub async fn rpc_loop(
     payments: Payments,
     mut rx: tokio::sync::mpsc::Receiver<RpcJob>,
     replies: tokio::sync::mpsc::Sender<RpcReply>,
     shutdown: CancellationToken,
 ) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(256));
+    use std::collections::{HashMap, VecDeque};
+    let permits = Arc::new(tokio::sync::Semaphore::new(RPC_IN_FLIGHT));
+    let mut queues: HashMap<StoreId, VecDeque<RpcJob>> = HashMap::new();
+    // Stores with requests waiting, in turn order.
+    let mut turns: VecDeque<StoreId> = VecDeque::new();
     loop {
-        let job = tokio::select! {
-            () = shutdown.cancelled() => return,
-            j = rx.recv() => match j { Some(j) => j, None => return },
-        };
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let payments = payments.clone();
-        let replies = replies.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Some(response) = payments.answer_rpc(&job.store, job.request, job.received).await {
-                let _ = replies
-                    .send(RpcReply {
-                        store: job.store,
-                        response,
-                    })
-                    .await;
+        while let Some(store) = turns.front().cloned() {
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                break;
+            };
+            turns.pop_front();
+            let Some(queue) = queues.get_mut(&store) else {
+                continue;
+            };
+            let Some(job) = queue.pop_front() else {
+                queues.remove(&store);
+                continue;
+            };
+            if queue.is_empty() {
+                queues.remove(&store);
+            } else {
+                turns.push_back(store);
             }
-        });
+            let payments = payments.clone();
+            let replies = replies.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Some(response) = payments.answer_rpc(&job.store, job.request, job.received).await {
+                    let _ = replies
+                        .send(RpcReply {
+                            store: job.store,
+                            response,
+                        })
+                        .await;
+                }
+            });
+        }
+        let waiting = !turns.is_empty();
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            j = rx.recv() => {
+                let Some(job) = j else { return };
+                let queue = queues.entry(job.store.clone()).or_default();
+                if queue.len() >= RPC_PER_STORE {
+                    metrics::counter!("hub_rpc_refused_total", "reason" => "store_queue_full").increment(1);
+                    let busy = RpcReply {
+                        store: job.store,
+                        response: RpcResponse {
+                            correlation_id: job.request.correlation_id,
+                            result: RpcResult::Error {
+                                code: RpcErrorCode::Unavailable,
+                                message: format!("this store has {RPC_PER_STORE} requests waiting; try again"),
+                            },
+                        },
+                    };
+                    let _ = replies.try_send(busy);
+                    continue;
+                }
+                if queue.is_empty() {
+                    turns.push_back(job.store.clone());
+                }
+                queue.push_back(job);
+            }
+            // A request finished: the next in turn may go.
+            p = permits.clone().acquire_owned(), if waiting => drop(p),
+        }
     }
 }

@@ -40,8 +40,9 @@ pub use self::provider::{
     AuthOutcome, CaptureOutcome, PaymentProvider, ProviderError, ProviderFuture, SimProvider,
 };
 pub use self::repo::{
-    exceptions, get, gift_card, gift_card_credit, gift_card_debit, key_exists, list, record_declined_order,
-    tombstone, transition, upsert_rows,
+    add_refunded, exceptions, get, gift_card, gift_card_credit, gift_card_debit,
+    hash_stored_gift_card_tokens, issued, key_exists, list, record_declined_order, sale_tenders, tombstone,
+    transition, transition_at_store, upsert_rows,
 };
 pub use self::settle::{process_pending, worker};
 use crate::db::Db;
@@ -123,12 +124,31 @@ pub struct PaymentView {
     pub updated_ms: i64,
 }
 
+/// A gift card to issue or top up.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct NewGiftCard {
+    /// The card's token (what the terminal reads). Stored only as a hash,
+    /// never shown again.
+    pub token: String,
+    /// Last four digits printed on it.
+    pub last4: String,
+    /// Amount to put on it, minor units.
+    pub balance_minor: i64,
+    /// ISO currency.
+    pub currency: String,
+}
+
+/// Which gift card (its token goes in a body, never in a URL).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct GiftCardQuery {
+    /// The card's token.
+    pub token: String,
+}
+
 row! {
-    /// A gift card.
-    #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+    /// A gift card, as shown: the last four digits, never the token.
+    #[derive(Debug, Clone, Serialize, ToSchema)]
     pub struct GiftCardView {
-        /// The card's token (what the terminal reads).
-        pub token: String,
         /// Last four digits printed on it.
         pub last4: String,
         /// Balance, minor units.

@@ -5,7 +5,7 @@
 use sqlx::{AnyConnection, AssertSqlSafe};
 use storegate_protocol::Money;
 
-use super::{ExceptionView, GiftCardView, NewPayment, PaymentView};
+use super::{ExceptionView, GiftCardView, NewGiftCard, NewPayment, PaymentView};
 use crate::db::{Db, now_ms};
 use crate::domain::machine::Machine;
 use crate::domain::payment::{ExceptionStatus, PaymentMethod, PaymentStatus};
@@ -151,7 +151,8 @@ pub async fn upsert_rows(conn: &mut AnyConnection, rows: &[NewPayment]) -> Resul
                 "ON CONFLICT (payment_key) DO UPDATE SET order_id = COALESCE(payments.order_id, excluded.order_id), \
                  store_id = COALESCE(payments.store_id, excluded.store_id), sale_id = COALESCE(payments.sale_id, excluded.sale_id), \
                  status = CASE WHEN payments.status = '{a}' AND excluded.status = '{p}' \
-                 THEN '{p}' ELSE payments.status END, updated_ms = excluded.created_ms",
+                 THEN '{p}' ELSE payments.status END, updated_ms = excluded.created_ms \
+                 WHERE COALESCE(payments.store_id, excluded.store_id, '') = COALESCE(excluded.store_id, payments.store_id, '')",
                 a = PaymentStatus::Authorized.as_str(),
                 p = PaymentStatus::PendingCapture.as_str(),
             ),
@@ -199,6 +200,111 @@ pub async fn transition(conn: &mut AnyConnection, id: &str, to: PaymentStatus) -
         q = q.bind(f);
     }
     Ok(q.execute(conn).await?.rows_affected() == 1)
+}
+
+/// Like [`transition`], for a payment of `store` only: what a store asks
+/// moves its own payments, never another store's.
+pub async fn transition_at_store(
+    conn: &mut AnyConnection,
+    id: &str,
+    store: &str,
+    to: PaymentStatus,
+) -> Result<bool, sqlx::Error> {
+    let from = PaymentStatus::sources(to);
+    let mut q = sqlx::query(AssertSqlSafe(format!(
+        "UPDATE payments SET status = $1, updated_ms = $2, lease_until_ms = 0 WHERE id = $3 AND store_id = $4 \
+         AND status IN {}",
+        sql::list(5, from.len())
+    )))
+    .bind(to)
+    .bind(now_ms())
+    .bind(id)
+    .bind(store);
+    for f in from {
+        q = q.bind(f);
+    }
+    Ok(q.execute(conn).await?.rows_affected() == 1)
+}
+
+/// The tenders of a store's sale that refunds may go back to (not
+/// refunds, declined or voided ones).
+pub async fn sale_tenders(
+    conn: &mut AnyConnection,
+    store: &str,
+    sale_id: &[u8],
+) -> Result<Vec<crate::domain::ingest::Paid>, sqlx::Error> {
+    let rows: Vec<(String, PaymentMethod, Option<String>, String, i64, i64)> = sqlx::query_as(
+        "SELECT id, method, card_token, currency, amount_minor, refunded_minor FROM payments \
+         WHERE store_id = $1 AND sale_id = $2 AND parent_id IS NULL AND status IN ($3, $4, $5)",
+    )
+    .bind(store)
+    .bind(sale_id.to_vec())
+    .bind(PaymentStatus::Authorized)
+    .bind(PaymentStatus::PendingCapture)
+    .bind(PaymentStatus::Captured)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(id, method, token, currency, amount, refunded)| crate::domain::ingest::Paid {
+                id,
+                method,
+                token,
+                currency,
+                amount,
+                refunded,
+            },
+        )
+        .collect())
+}
+
+/// The payments the hub took for lanes under `keys` (see
+/// [`crate::domain::ingest::Issued`]).
+pub async fn issued(
+    conn: &mut AnyConnection,
+    keys: &[String],
+) -> Result<Vec<(String, crate::domain::ingest::Issued)>, sqlx::Error> {
+    let mut out = Vec::new();
+    for chunk in keys.chunks(sql::CHUNK) {
+        let mut q = sqlx::query_as::<
+            _,
+            (
+                String,
+                Option<String>,
+                PaymentMethod,
+                PaymentStatus,
+                Option<String>,
+                i64,
+                String,
+                Option<Vec<u8>>,
+            ),
+        >(AssertSqlSafe(format!(
+            "SELECT payment_key, store_id, method, status, provider_ref, amount_minor, currency, sale_id \
+                 FROM payments WHERE payment_key IN {}",
+            sql::list(1, chunk.len())
+        )));
+        for k in chunk {
+            q = q.bind(k.as_str());
+        }
+        for (key, store, method, status, provider_ref, amount, currency, sale) in
+            q.fetch_all(&mut *conn).await?
+        {
+            out.push((
+                key,
+                crate::domain::ingest::Issued {
+                    store,
+                    method,
+                    status,
+                    provider_ref,
+                    amount,
+                    currency,
+                    attached: sale.is_some(),
+                },
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// Records the worker's result for a payment it settled: `to` (if the
@@ -287,7 +393,7 @@ pub async fn record_declined_order(
 }
 
 /// Adds `amount` to what was refunded of a payment.
-pub(super) async fn add_refunded(conn: &mut AnyConnection, id: &str, amount: i64) -> Result<(), sqlx::Error> {
+pub async fn add_refunded(conn: &mut AnyConnection, id: &str, amount: i64) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE payments SET refunded_minor = refunded_minor + $2, updated_ms = $3 WHERE id = $1")
         .bind(id)
         .bind(amount)
@@ -338,6 +444,36 @@ pub(super) async fn retry_at(db: &Db, id: &str, until: i64) -> Result<(), sqlx::
     Ok(())
 }
 
+/// What `gift_cards.token` holds for a card: the SHA-256 of its token, so
+/// the database holds no usable card token (a lane's request is hashed
+/// to find its card). Rows written before this are rehashed at start
+/// ([`hash_stored_gift_card_tokens`]).
+fn gift_key(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(token.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// Replaces gift-card tokens stored in clear (by an earlier version) with
+/// their hashes; returns how many. Idempotent.
+pub async fn hash_stored_gift_card_tokens(db: &Db) -> Result<u64, sqlx::Error> {
+    let clear: Vec<String> =
+        sqlx::query_scalar("SELECT token FROM gift_cards WHERE token NOT LIKE 'sha256:%'")
+            .fetch_all(&db.pool)
+            .await?;
+    let mut tx = db.begin().await?;
+    for t in &clear {
+        sqlx::query("UPDATE gift_cards SET token = $2 WHERE token = $1")
+            .bind(t.as_str())
+            .bind(gift_key(t))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(clear.len() as u64)
+}
+
 /// Takes `amount` off a gift card; `Err(reason)` if it cannot.
 pub async fn gift_card_debit(
     conn: &mut AnyConnection,
@@ -347,7 +483,7 @@ pub async fn gift_card_debit(
     let n = sqlx::query(
         "UPDATE gift_cards SET balance_minor = balance_minor - $2 WHERE token = $1 AND currency = $3 AND balance_minor >= $2",
     )
-    .bind(token)
+    .bind(gift_key(token))
     .bind(amount.minor)
     .bind(amount.currency.as_str())
     .execute(&mut *conn)
@@ -357,7 +493,7 @@ pub async fn gift_card_debit(
         return Ok(Ok(()));
     }
     let known: Option<i64> = sqlx::query_scalar("SELECT balance_minor FROM gift_cards WHERE token = $1")
-        .bind(token)
+        .bind(gift_key(token))
         .fetch_optional(conn)
         .await?;
     Ok(Err(match known {
@@ -369,32 +505,35 @@ pub async fn gift_card_debit(
 /// Puts `amount` back on a gift card.
 pub async fn gift_card_credit(conn: &mut AnyConnection, token: &str, amount: i64) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE gift_cards SET balance_minor = balance_minor + $2 WHERE token = $1")
-        .bind(token)
+        .bind(gift_key(token))
         .bind(amount)
         .execute(conn)
         .await?;
     Ok(())
 }
 
-/// Issues a gift card (or tops one up when it exists).
-pub(super) async fn upsert_gift_card(conn: &mut AnyConnection, g: &GiftCardView) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// Issues a gift card, or tops one up in its currency; returns whether it
+/// was done (`false`: the card exists in another currency).
+pub(super) async fn upsert_gift_card(conn: &mut AnyConnection, g: &NewGiftCard) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query(
         "INSERT INTO gift_cards (token, last4, balance_minor, currency) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (token) DO UPDATE SET balance_minor = gift_cards.balance_minor + excluded.balance_minor",
+         ON CONFLICT (token) DO UPDATE SET balance_minor = gift_cards.balance_minor + excluded.balance_minor \
+         WHERE gift_cards.currency = excluded.currency",
     )
-    .bind(g.token.as_str())
+    .bind(gift_key(&g.token))
     .bind(g.last4.as_str())
     .bind(g.balance_minor)
     .bind(g.currency.as_str())
     .execute(conn)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected();
+    Ok(n == 1)
 }
 
 /// A gift card by token.
 pub async fn gift_card(db: &Db, token: &str) -> Result<Option<GiftCardView>, sqlx::Error> {
-    sqlx::query_as("SELECT token, last4, balance_minor, currency FROM gift_cards WHERE token = $1")
-        .bind(token)
+    sqlx::query_as("SELECT last4, balance_minor, currency FROM gift_cards WHERE token = $1")
+        .bind(gift_key(token))
         .fetch_optional(&db.pool)
         .await
 }

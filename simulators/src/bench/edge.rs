@@ -52,7 +52,7 @@ pub struct EdgeBenchArgs {
 /// A sale with ids minted the way a lane mints them: time-ordered ULIDs.
 pub fn sale(lines: usize) -> EventBody {
     let now = storegate_edge::journal::now_ms() as u64;
-    let mut s = samples::sale(lines);
+    let mut s = samples::cash_sale(lines);
     s.sale_id = EventId::from_parts(now, rand::random());
     for t in &mut s.tenders {
         t.payment_key = EventId::from_parts(now, rand::random());

@@ -47,7 +47,7 @@ pub struct HubBenchArgs {
 }
 
 fn event(store: usize, seq: u64, lines: usize) -> Event {
-    let mut s = samples::sale(lines);
+    let mut s = samples::cash_sale(lines);
     let n = ((store as u128) << 40) | u128::from(seq);
     s.sale_id = EventId::from_parts(samples::T0_MS as u64, n << 4);
     for (i, t) in s.tenders.iter_mut().enumerate() {

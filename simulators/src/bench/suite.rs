@@ -232,9 +232,11 @@ async fn machine() -> String {
 }
 
 async fn edge_commit(dir: &Path, lines: usize) -> anyhow::Result<Vec<Row>> {
-    let row_bytes =
-        storegate_protocol::envelope::encode_event(&samples::event(1, EventBody::Sale(samples::sale(lines))))
-            .len();
+    let row_bytes = storegate_protocol::envelope::encode_event(&samples::event(
+        1,
+        EventBody::Sale(samples::cash_sale(lines)),
+    ))
+    .len();
     let (raw_rate, raw_lat) = super::edge::raw_sqlite(dir, 3.0, row_bytes).await?;
     let (rate, lat, per_fsync) = super::edge::journal_lanes(dir, 50, 3.0, lines).await?;
     Ok(vec![Row {

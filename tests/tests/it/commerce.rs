@@ -15,8 +15,8 @@ use storegate_e2e::{
 use storegate_protocol::downlink::{DownBody, PaymentOutcome};
 use storegate_protocol::envelope::{DownAck, Message, Presence, UpBatch};
 use storegate_protocol::event::{
-    CardAuth, CardPayment, CardRef, CardToken, Event, EventBody, Last4, Sale, SaleLine, TaskStatus,
-    TaskUpdate, Tender, TenderMethod, Totals,
+    CardAuth, CardPayment, CardRef, CardToken, Event, EventBody, Last4, PaymentVoid, Return, ReturnLine,
+    Sale, SaleLine, TaskStatus, TaskUpdate, Tender, TenderMethod, Totals,
 };
 use storegate_protocol::rpc::{CardKind, RpcCall, RpcRequest, RpcResult};
 use storegate_protocol::topic::{RpcLeg, RpcSide, WanTopic};
@@ -1467,3 +1467,217 @@ async fn csv_import_is_all_or_nothing_and_export_round_trips() {
     assert_eq!(a.body["error"]["code"], "invalid_body");
     hub.stop().await;
 }
+
+/// Publishes `events` as one batch of `store` and waits for the hub's ack
+/// of its last seq (other messages skipped).
+async fn sync(hub: &TestHub, peer: &mut StorePeer, store: &str, events: Vec<Event>) {
+    let last = events.last().unwrap().seq;
+    peer.publish(
+        WanTopic::Up(StoreId::parse(store).unwrap()).to_string(),
+        batch(store, events),
+    )
+    .await;
+    loop {
+        let Some((_, m)) = peer.next(Duration::from_secs(15)).await else {
+            let rows: Vec<(String, i64)> = sqlx::query_as("SELECT store_id, hwm FROM store_sync")
+                .fetch_all(&hub.hub.db.pool)
+                .await
+                .unwrap();
+            let q: Vec<(String, String)> = sqlx::query_as("SELECT store_id, reason FROM quarantine")
+                .fetch_all(&hub.hub.db.pool)
+                .await
+                .unwrap_or_default();
+            panic!(
+                "no ack from the hub for {store} up to {last}: sync {rows:?}, quarantine {q:?}, refused {}",
+                hub.hub.trust.refused_total()
+            );
+        };
+        if let Message::AppAck(a) = m
+            && a.committed_up_to >= last
+        {
+            return;
+        }
+    }
+}
+
+both_backends!(
+    money_from_a_store_moves_only_within_its_own_sales_and_authorisations,
+    |backend: Backend| async move {
+        let Some(hub) = spawn_hub(backend).await else {
+            return;
+        };
+        let (admin, _) = seed(&hub).await;
+        admin
+            .put(
+                "/api/v1/stores/s2",
+                json!({"name": "s2", "kind": "store", "region": "north"}),
+            )
+            .await;
+        let mut s1 = edge(&hub, "s1").await;
+        let mut s2 = edge(&hub, "s2").await;
+        let req = WanTopic::Rpc(StoreId::parse("s1").unwrap(), RpcSide::Edge, RpcLeg::Req).to_string();
+        let online = |auth: &str| {
+            TenderMethod::Card(CardPayment {
+                card: card("tok_visa"),
+                auth: CardAuth::Online {
+                    authorization_id: auth.into(),
+                    auth_code: "OK".into(),
+                },
+            })
+        };
+        let refund = |n: u64, amount: i64, token: &str| Tender {
+            payment_key: ids(n, 3),
+            amount: eur(amount),
+            method: TenderMethod::Card(CardPayment {
+                card: card(token),
+                auth: CardAuth::StoreAndForward {
+                    taken_at_ms: 1_700_000_000_000,
+                },
+            }),
+        };
+
+        // s1's lane gets an authorisation of 10.00 from the hub.
+        let key = ids(1, 2);
+        s1.publish(req.clone(), rpc(key, "tok_visa", 1000, 3000)).await;
+        let Some(RpcResult::CardAuthorized { authorization_id, .. }) =
+            rpc_answer(&mut s1, Duration::from_secs(5)).await
+        else {
+            panic!("no authorisation")
+        };
+
+        // s2 presents s1's authorisation in a sale of its own: refused.
+        let mut stolen = store_sale(1, &[("P1", 1, 1000)], online(&authorization_id));
+        stolen.sale_id = ids(50, 1);
+        sync(&hub, &mut s2, "s2", vec![event(1, EventBody::Sale(stolen))]).await;
+        // s2 voids s1's payment: not its to void.
+        sync(
+            &hub,
+            &mut s2,
+            "s2",
+            vec![event(
+                2,
+                EventBody::PaymentVoided(PaymentVoid {
+                    payment_key: key,
+                    amount: eur(1000),
+                    reason: "void".into(),
+                }),
+            )],
+        )
+        .await;
+        let p = admin.get(&format!("/api/v1/payments/{key}")).await;
+        assert_eq!(
+            (p["status"].as_str(), p["store_id"].as_str()),
+            (Some("authorized"), Some("s1")),
+            "{p}"
+        );
+        // A sale with an authorisation the hub never gave: refused too.
+        let mut forged = store_sale(3, &[("P1", 1, 1000)], online("auth-made-up"));
+        forged.tenders[0].payment_key = ids(3, 9);
+        sync(&hub, &mut s1, "s1", vec![event(1, EventBody::Sale(forged))]).await;
+        assert_eq!(
+            admin
+                .call(Method::GET, &format!("/api/v1/payments/{}", ids(3, 9)), None, &[])
+                .await
+                .status,
+            404
+        );
+
+        // s1's own sale with it: accepted.
+        let sale = store_sale(1, &[("P1", 1, 1000)], online(&authorization_id));
+        sync(&hub, &mut s1, "s1", vec![event(2, EventBody::Sale(sale.clone()))]).await;
+        let ret = |n: u64, refunds: Vec<Tender>| {
+            EventBody::Return(Return {
+                return_id: ids(n, 4),
+                original_sale: Some(sale.sale_id),
+                lane: LaneId::parse("lane-1").unwrap(),
+                lines: vec![ReturnLine {
+                    sku: Sku::parse("P1").unwrap(),
+                    qty: Qty::each(1).unwrap(),
+                    amount: eur(400),
+                    tax: eur(66),
+                    restock: false,
+                }],
+                refunds,
+                reason: "changed mind".into(),
+            })
+        };
+        // More than was paid, and to a card the sale was not paid with:
+        // refused. Then 4.00 back to the card that paid: accepted.
+        sync(
+            &hub,
+            &mut s1,
+            "s1",
+            vec![
+                event(3, ret(10, vec![refund(10, 5000, "tok_visa")])),
+                event(4, ret(11, vec![refund(11, 400, "tok_mallory")])),
+                event(5, ret(12, vec![refund(12, 400, "tok_visa")])),
+            ],
+        )
+        .await;
+        let p = admin.get(&format!("/api/v1/payments/{key}")).await;
+        assert_eq!(p["refunded_minor"], 400, "{p}");
+        for (n, moved) in [(10, false), (11, false), (12, true)] {
+            let status = admin
+                .call(Method::GET, &format!("/api/v1/payments/{}", ids(n, 3)), None, &[])
+                .await
+                .status;
+            assert_eq!(status == 200, moved, "refund {n}");
+        }
+        let kinds = |store: &'static str| {
+            let admin = admin.clone();
+            async move {
+                let page = admin
+                    .get(&format!("/api/v1/discrepancies?store_id={store}"))
+                    .await;
+                let mut k: Vec<String> = page["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d["kind"].as_str().unwrap().to_owned())
+                    .collect();
+                k.sort();
+                k
+            }
+        };
+        assert_eq!(kinds("s2").await, vec!["payment_refused"]);
+        assert_eq!(
+            kinds("s1").await,
+            vec!["payment_refused", "refund_refused", "refund_refused"]
+        );
+        verify_ledger(&admin).await;
+        hub.stop().await;
+    }
+);
+
+both_backends!(
+    card_data_in_events_is_removed_before_it_is_stored_and_refused_at_the_api,
+    |backend: Backend| async move {
+        let Some(hub) = spawn_hub(backend).await else {
+            return;
+        };
+        let (admin, _) = seed(&hub).await;
+        let mut s1 = edge(&hub, "s1").await;
+        let mut sale = store_sale(1, &[("P1", 1, 1000)], TenderMethod::Cash { received: eur(1000) });
+        sale.customer = Some("card 4111 1111 1111 1111".into());
+        sync(&hub, &mut s1, "s1", vec![event(1, EventBody::Sale(sale))]).await;
+        let events = admin.get("/api/v1/stores/s1/events").await.to_string();
+        assert!(!events.contains("4111"), "{events}");
+        assert!(events.contains("[card data removed]"), "{events}");
+        let page = admin.get("/api/v1/discrepancies?store_id=s1").await;
+        assert_eq!(page["items"][0]["kind"], "card_data_removed");
+        assert!(!page.to_string().contains("4111"));
+        // Every JSON body at the API.
+        let a = admin
+            .call(
+                Method::PUT,
+                "/api/v1/products/P9",
+                Some(&json!({"name": "gift for 4111-1111-1111-1111", "tax_rate_bp": 2000})),
+                &[],
+            )
+            .await;
+        assert_eq!(a.status, 422);
+        assert_eq!(a.body["error"]["code"], "card_data", "{}", a.body);
+        assert!(!a.body.to_string().contains("4111"));
+        hub.stop().await;
+    }
+);

@@ -64,7 +64,7 @@ both_backends!(
             .fetch_one(&hub.hub.db.pool)
             .await
             .unwrap();
-        let (expired, _) = auth.issue_with_ttl(&admin_id, Role::Admin, "user", -10);
+        let (expired, _) = auth.issue_with_ttl(&admin_id, Role::Admin, "user", 0, -10);
 
         let doc: Value = http()
             .get(format!("{}/api/v1/openapi.json", hub.api))
@@ -185,6 +185,164 @@ both_backends!(
         assert_eq!(resp.status(), 400);
         let v: Value = resp.json().await.unwrap();
         assert_eq!(v["error"], "unsupported_grant_type");
+        hub.stop().await;
+    }
+);
+
+both_backends!(
+    concurrent_guesses_get_no_more_tries_than_the_limit,
+    |backend: Backend| async move {
+        let Some(hub) = spawn_hub(backend).await else {
+            return;
+        };
+        // 200 wrong passwords at once: the attempt is counted before the
+        // password is checked, so at most `max_failed_logins` (5) are.
+        let guesses = (0..200).map(|i| {
+            let api = hub.api.clone();
+            tokio::spawn(async move {
+                http()
+                    .post(format!("{api}/oauth/token"))
+                    .form(&[
+                        ("grant_type", "password"),
+                        ("username", ADMIN_EMAIL),
+                        ("password", &format!("guess number {i}")),
+                    ])
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        });
+        let mut checked = 0;
+        let mut throttled = 0;
+        for g in guesses.collect::<Vec<_>>() {
+            match g.await.unwrap().as_u16() {
+                400 => checked += 1,
+                429 => throttled += 1,
+                other => panic!("unexpected {other}"),
+            }
+        }
+        assert!((1..=5).contains(&checked), "{checked} guesses were checked");
+        assert_eq!(checked + throttled, 200);
+        let err = token(&hub.api, ADMIN_EMAIL, storegate_e2e::ADMIN_PASSWORD)
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("too_many_requests"),
+            "even the right password waits: {err}"
+        );
+        hub.stop().await;
+    }
+);
+
+both_backends!(
+    a_demoted_admin_and_a_changed_password_lose_their_old_tokens,
+    |backend: Backend| async move {
+        let Some(hub) = spawn_hub(backend).await else {
+            return;
+        };
+        let second = create_user(&hub, "second-admin@example.com", "admin").await;
+        let id = second["id"].as_str().unwrap().to_owned();
+        let old = token(&hub.api, "second-admin@example.com", "a long enough password")
+            .await
+            .unwrap();
+        assert_eq!(call(&hub, &Method::GET, "/api/v1/users", Some(&old)).await, 200);
+        let resp = http()
+            .patch(format!("{}/api/v1/users/{id}", hub.api))
+            .bearer_auth(&hub.admin_token)
+            .json(&json!({"role": "operator"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            call(&hub, &Method::GET, "/api/v1/users", Some(&old)).await,
+            401,
+            "the admin token of a demoted user is refused at once"
+        );
+        // Logged in again, the user is an operator.
+        let fresh = token(&hub.api, "second-admin@example.com", "a long enough password")
+            .await
+            .unwrap();
+        assert_eq!(call(&hub, &Method::GET, "/api/v1/users", Some(&fresh)).await, 403);
+        assert_eq!(
+            call(&hub, &Method::GET, "/api/v1/auth/me", Some(&fresh)).await,
+            200
+        );
+
+        // A password change refuses every token issued before it.
+        let resp = http()
+            .post(format!("{}/api/v1/auth/password", hub.api))
+            .bearer_auth(&fresh)
+            .json(&json!({"current": "a long enough password", "new": "another long password"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204);
+        assert_eq!(
+            call(&hub, &Method::GET, "/api/v1/auth/me", Some(&fresh)).await,
+            401
+        );
+        let after = token(&hub.api, "second-admin@example.com", "another long password")
+            .await
+            .unwrap();
+        assert_eq!(
+            call(&hub, &Method::GET, "/api/v1/auth/me", Some(&after)).await,
+            200
+        );
+        hub.stop().await;
+    }
+);
+
+both_backends!(
+    token_keys_rotate_and_a_retired_key_is_refused,
+    |backend: Backend| async move {
+        let Some(hub) = spawn_hub(backend).await else {
+            return;
+        };
+        let before = hub.admin_token.clone();
+        let first = storegate_hub::auth::key_ids(&hub.hub.db).await.unwrap();
+        assert_eq!(first.len(), 1);
+        let kid = storegate_hub::auth::rotate_key(&hub.hub.db).await.unwrap();
+        // A hub that has not read the new key yet learns it from a token
+        // signed with it; here a fresh Auth signs with the newest key.
+        let auth = Auth::init(&hub.hub.db, &storegate_hub::settings::AuthSettings::default())
+            .await
+            .unwrap();
+        let admin = storegate_hub::auth::user_by_email(&hub.hub.db, ADMIN_EMAIL)
+            .await
+            .unwrap()
+            .unwrap();
+        let (newer, _) = auth.issue(&admin.id, Role::Admin, "user", admin.token_epoch);
+        assert_eq!(
+            call(&hub, &Method::GET, "/api/v1/auth/me", Some(&newer)).await,
+            200
+        );
+        assert_eq!(
+            call(&hub, &Method::GET, "/api/v1/auth/me", Some(&before)).await,
+            200,
+            "old keys still verify"
+        );
+        assert!(
+            storegate_hub::auth::retire_key(&hub.hub.db, &kid)
+                .await
+                .unwrap()
+                .is_err(),
+            "the signing key cannot be retired"
+        );
+        storegate_hub::auth::retire_key(&hub.hub.db, &first[0])
+            .await
+            .unwrap()
+            .unwrap();
+        // The running hub rereads its keys within 30 s; a fresh one at once.
+        let auth = Auth::init(&hub.hub.db, &storegate_hub::settings::AuthSettings::default())
+            .await
+            .unwrap();
+        assert!(matches!(
+            auth.authenticate(&hub.hub.db, &before).await,
+            Err(storegate_hub::auth::AuthError::Invalid)
+        ));
+        assert!(auth.authenticate(&hub.hub.db, &newer).await.is_ok());
         hub.stop().await;
     }
 );

@@ -16,7 +16,7 @@ use storegate_protocol::topic::WanTopic;
 use storegate_protocol::{DeviceId, EventId, Seq, Sku, StoreId, samples};
 
 pub fn sale_event(seq: u64) -> Event {
-    let mut s = samples::sale(1);
+    let mut s = samples::cash_sale(1);
     s.sale_id = EventId::from_parts(samples::T0_MS as u64, u128::from(seq) << 8);
     for (i, t) in s.tenders.iter_mut().enumerate() {
         t.payment_key = EventId::from_parts(samples::T0_MS as u64 + 1, (u128::from(seq) << 8) + i as u128);
@@ -266,7 +266,7 @@ both_backends!(
     .unwrap();
         let mut e = sale_event(1);
         if let EventBody::Sale(s) = &mut e.body {
-            let mut two = samples::sale(2);
+            let mut two = samples::cash_sale(2);
             two.sale_id = s.sale_id;
             two.tenders = s.tenders.clone();
             *s = two;
