@@ -361,7 +361,11 @@ row! {
 }
 
 /// Reads what a group's plan needs: one query each for the whole group.
-async fn facts(conn: &mut AnyConnection, fresh: &[(&StoreId, &Event)]) -> Result<Facts, sqlx::Error> {
+async fn facts(
+    conn: &mut AnyConnection,
+    fresh: &[(&StoreId, &Event)],
+    for_update: &'static str,
+) -> Result<Facts, sqlx::Error> {
     let all_skus: Vec<&str> = fresh
         .iter()
         .flat_map(|(_, e)| rules::skus(&e.body))
@@ -402,7 +406,7 @@ async fn facts(conn: &mut AnyConnection, fresh: &[(&StoreId, &Event)]) -> Result
     // Refunds go back to what their sale was paid with; online tenders
     // must match what the hub issued.
     for (store, sale) in rules::refunded_sales(fresh) {
-        let paid = payments::sale_tenders(conn, store.as_str(), &sale).await?;
+        let paid = payments::sale_tenders(conn, store.as_str(), &sale, for_update).await?;
         facts.paid.insert((store.to_string(), sale), paid);
     }
     let keys = rules::online_keys(fresh);
@@ -422,7 +426,7 @@ async fn apply_effects(
     if fresh.is_empty() {
         return Ok(Vec::new());
     }
-    let mut facts = facts(tx, fresh).await?;
+    let mut facts = facts(tx, fresh, db.for_update()).await?;
     let fx = rules::plan(fresh, &mut facts);
     if !fx.movements.is_empty() {
         insert_movements(tx, &fx.movements, now).await?;

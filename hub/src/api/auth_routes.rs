@@ -113,10 +113,8 @@ pub async fn token(
                 );
             };
             let user_key = format!("user:{}", email.trim().to_lowercase());
-            match s.auth.address_throttled(&s.db, &ip_key, ip_max).await {
-                Ok(Some(wait)) => return throttled(wait),
-                Ok(None) => {}
-                Err(e) => return ApiError::internal(e).into_response(),
+            if let Some(refused) = address_refused(&s, &ip_key, ip_max).await {
+                return refused;
             }
             match s
                 .auth
@@ -161,10 +159,8 @@ pub async fn token(
                 );
             };
             let client_key = format!("client:{id}");
-            match s.auth.address_throttled(&s.db, &ip_key, ip_max).await {
-                Ok(Some(wait)) => return throttled(wait),
-                Ok(None) => {}
-                Err(e) => return ApiError::internal(e).into_response(),
+            if let Some(refused) = address_refused(&s, &ip_key, ip_max).await {
+                return refused;
             }
             match s
                 .auth
@@ -197,6 +193,15 @@ pub async fn token(
             "unsupported_grant_type",
             &format!("{other:?} is not supported (password, client_credentials)"),
         ),
+    }
+}
+
+/// The answer for a client address past its failures, if it is.
+async fn address_refused(s: &AppState, ip_key: &str, max: i64) -> Option<Response> {
+    match s.auth.address_throttled(&s.db, ip_key, max).await {
+        Ok(Some(wait)) => Some(throttled(wait)),
+        Ok(None) => None,
+        Err(e) => Some(ApiError::internal(e).into_response()),
     }
 }
 

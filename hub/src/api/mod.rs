@@ -460,7 +460,8 @@ pub fn encode_cursor(key: &str) -> String {
     key.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-fn decode_cursor(c: &str) -> ApiResult<String> {
+/// Decodes a cursor from [`encode_cursor`]; anything else is a 400.
+pub fn decode_cursor(c: &str) -> ApiResult<String> {
     let bad = || ApiError::bad_request("invalid cursor");
     if !c.len().is_multiple_of(2) || c.len() > 512 {
         return Err(bad());

@@ -392,16 +392,21 @@ pub fn count_levels(fresh: &[(&StoreId, &Event)]) -> Vec<(String, String)> {
     out
 }
 
-/// The sales (store, sale id) voided with a restock in a group whose sale
-/// is not in the group: their lines come from the database.
-pub fn earlier_sales<'a>(fresh: &[(&'a StoreId, &Event)]) -> Vec<(&'a StoreId, Vec<u8>)> {
-    let in_group: HashSet<Vec<u8>> = fresh
+/// The ids of the sales a group holds.
+fn sales_in_group(fresh: &[(&StoreId, &Event)]) -> HashSet<Vec<u8>> {
+    fresh
         .iter()
         .filter_map(|(_, e)| match &e.body {
             EventBody::Sale(s) => Some(s.sale_id.to_bytes().to_vec()),
             _ => None,
         })
-        .collect();
+        .collect()
+}
+
+/// The sales (store, sale id) voided with a restock in a group whose sale
+/// is not in the group: their lines come from the database.
+pub fn earlier_sales<'a>(fresh: &[(&'a StoreId, &Event)]) -> Vec<(&'a StoreId, Vec<u8>)> {
+    let in_group = sales_in_group(fresh);
     fresh
         .iter()
         .filter_map(|(store, e)| match &e.body {
@@ -417,13 +422,7 @@ pub fn earlier_sales<'a>(fresh: &[(&'a StoreId, &Event)]) -> Vec<(&'a StoreId, V
 /// back to, not themselves in the group: their payments come from the
 /// database.
 pub fn refunded_sales<'a>(fresh: &[(&'a StoreId, &Event)]) -> Vec<(&'a StoreId, Vec<u8>)> {
-    let in_group: HashSet<Vec<u8>> = fresh
-        .iter()
-        .filter_map(|(_, e)| match &e.body {
-            EventBody::Sale(s) => Some(s.sale_id.to_bytes().to_vec()),
-            _ => None,
-        })
-        .collect();
+    let in_group = sales_in_group(fresh);
     let by_card = |ts: &[Tender]| ts.iter().any(|t| !matches!(t.method, TenderMethod::Cash { .. }));
     let mut out: Vec<(&'a StoreId, Vec<u8>)> = Vec::new();
     for (store, e) in fresh {

@@ -140,6 +140,12 @@ impl Payments {
         // Asked before (a retry): the same answer.
         let mut conn = self.db.pool.acquire().await?;
         if let Some(p) = repo::by_key(&mut conn, &key).await? {
+            if p.store_id.as_deref() != Some(store.as_str()) {
+                return Ok(Some(RpcResult::Error {
+                    code: RpcErrorCode::BadRequest,
+                    message: "this payment key is taken".into(),
+                }));
+            }
             return Ok(Some(match p.status.lane_answer() {
                 LaneAnswer::Authorized => RpcResult::CardAuthorized {
                     authorization_id: p.provider_ref.unwrap_or_default(),

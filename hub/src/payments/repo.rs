@@ -227,23 +227,27 @@ pub async fn transition_at_store(
 }
 
 /// The tenders of a store's sale that refunds may go back to (not
-/// refunds, declined or voided ones).
+/// refunds, declined or voided ones), locked with `for_update` (see
+/// [`crate::db::Db::for_update`]) so a refund from the API cannot race one
+/// from the store past what is left.
 pub async fn sale_tenders(
     conn: &mut AnyConnection,
     store: &str,
     sale_id: &[u8],
+    for_update: &'static str,
 ) -> Result<Vec<crate::domain::ingest::Paid>, sqlx::Error> {
-    let rows: Vec<(String, PaymentMethod, Option<String>, String, i64, i64)> = sqlx::query_as(
-        "SELECT id, method, card_token, currency, amount_minor, refunded_minor FROM payments \
-         WHERE store_id = $1 AND sale_id = $2 AND parent_id IS NULL AND status IN ($3, $4, $5)",
-    )
-    .bind(store)
-    .bind(sale_id.to_vec())
-    .bind(PaymentStatus::Authorized)
-    .bind(PaymentStatus::PendingCapture)
-    .bind(PaymentStatus::Captured)
-    .fetch_all(conn)
-    .await?;
+    let rows: Vec<(String, PaymentMethod, Option<String>, String, i64, i64)> =
+        sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT id, method, card_token, currency, amount_minor, refunded_minor FROM payments \
+         WHERE store_id = $1 AND sale_id = $2 AND parent_id IS NULL AND status IN ($3, $4, $5){for_update}"
+        )))
+        .bind(store)
+        .bind(sale_id.to_vec())
+        .bind(PaymentStatus::Authorized)
+        .bind(PaymentStatus::PendingCapture)
+        .bind(PaymentStatus::Captured)
+        .fetch_all(conn)
+        .await?;
     Ok(rows
         .into_iter()
         .map(
