@@ -47,7 +47,8 @@ impl Machine for PaymentStatus {
             Authorized => matches!(to, PendingCapture | VoidPending),
             PendingCapture => matches!(to, Captured | Declined),
             VoidPending => matches!(to, Voided),
-            RefundPending => matches!(to, Refunded),
+            // Declined: the payment it returns was never captured.
+            RefundPending => matches!(to, Refunded | Declined),
             // A gift card a lane took (debited at once) and voided before
             // the sale completed: the balance goes back.
             Captured => matches!(to, Voided),

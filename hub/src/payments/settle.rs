@@ -143,6 +143,45 @@ async fn settle(payments: &Payments, p: &PaymentRow) -> Result<Option<StoreId>, 
             provider: ask,
             credit_gift_card,
         } => {
+            // Money goes back only once the payment it returns was taken:
+            // a refund of a payment still being captured waits; one of a
+            // payment that was never captured is declined, paying nothing.
+            if let Some(parent) = &p.parent_id {
+                let mut conn = db.pool.acquire().await?;
+                let original = repo::by_id(&mut conn, None, parent).await?.map(|o| o.status);
+                drop(conn);
+                match refund_gate(original) {
+                    RefundGate::Pay => {}
+                    RefundGate::Wait => {
+                        repo::retry_at(db, &p.id, now_ms() + RETRY_MS).await?;
+                        return Ok(None);
+                    }
+                    RefundGate::Decline => {
+                        let mut tx = db.begin().await?;
+                        let why = format!("payment {parent} it returns was never captured");
+                        repo::settled(
+                            &mut tx,
+                            &p.id,
+                            p.status,
+                            PaymentStatus::Declined,
+                            None,
+                            Some(&why),
+                        )
+                        .await?;
+                        audit::record(
+                            &mut tx,
+                            ACTOR,
+                            "refund_declined",
+                            "payment",
+                            &p.id,
+                            serde_json::json!({"amount": p.amount_minor, "parent": parent}),
+                        )
+                        .await?;
+                        tx.commit().await?;
+                        return Ok(None);
+                    }
+                }
+            }
             let reference = if ask {
                 limited(limit, provider.refund(&p.payment_key, amount, p.token())).await?
             } else {
@@ -248,4 +287,45 @@ async fn record_capture(
     }
     tx.commit().await?;
     Ok(told)
+}
+
+/// What a refund does given the status of the payment it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RefundGate {
+    /// The payment was taken: pay the refund.
+    Pay,
+    /// The payment is still being authorised or captured: try later.
+    Wait,
+    /// The payment was declined, voided or is unknown: pay nothing.
+    Decline,
+}
+
+fn refund_gate(original: Option<PaymentStatus>) -> RefundGate {
+    use PaymentStatus::*;
+    match original {
+        Some(Captured | Refunded) => RefundGate::Pay,
+        Some(Authorized | PendingCapture | VoidPending | RefundPending) => RefundGate::Wait,
+        Some(Declined | Voided) | None => RefundGate::Decline,
+    }
+}
+
+#[cfg(test)]
+mod refund_gate_tests {
+    use super::*;
+    use crate::domain::machine::Machine;
+
+    #[test]
+    fn a_refund_waits_for_its_capture_and_never_pays_for_a_declined_one() {
+        use PaymentStatus::*;
+        assert_eq!(refund_gate(Some(Captured)), RefundGate::Pay);
+        assert_eq!(refund_gate(Some(PendingCapture)), RefundGate::Wait);
+        assert_eq!(refund_gate(Some(Authorized)), RefundGate::Wait);
+        assert_eq!(refund_gate(Some(Declined)), RefundGate::Decline);
+        assert_eq!(refund_gate(Some(Voided)), RefundGate::Decline);
+        assert_eq!(refund_gate(None), RefundGate::Decline);
+        assert!(
+            RefundPending.can_become(Declined),
+            "a refund of nothing is declined"
+        );
+    }
 }

@@ -1681,3 +1681,69 @@ both_backends!(
         hub.stop().await;
     }
 );
+
+both_backends!(
+    a_refund_of_a_payment_that_was_never_captured_pays_nothing,
+    |backend: Backend| async move {
+        let Some(hub) = spawn_hub(backend).await else {
+            return;
+        };
+        let (admin, _) = seed(&hub).await;
+        let mut s1 = edge(&hub, "s1").await;
+        let offline = |token: &str| {
+            TenderMethod::Card(CardPayment {
+                card: card(token),
+                auth: CardAuth::StoreAndForward {
+                    taken_at_ms: 1_700_000_000_000,
+                },
+            })
+        };
+        // 10.13 ends in 13: the simulated provider declines its capture.
+        let sale = store_sale(1, &[("P1", 1, 1013)], offline("tok_a"));
+        let refund = Tender {
+            payment_key: ids(1, 3),
+            amount: eur(500),
+            method: offline("tok_a"),
+        };
+        let ret = EventBody::Return(Return {
+            return_id: ids(1, 4),
+            original_sale: Some(sale.sale_id),
+            lane: LaneId::parse("lane-1").unwrap(),
+            lines: vec![ReturnLine {
+                sku: Sku::parse("P1").unwrap(),
+                qty: Qty::each(1).unwrap(),
+                amount: eur(500),
+                tax: eur(83),
+                restock: true,
+            }],
+            refunds: vec![refund.clone()],
+            reason: "faulty".into(),
+        });
+        sync(
+            &hub,
+            &mut s1,
+            "s1",
+            vec![event(1, EventBody::Sale(sale.clone())), event(2, ret)],
+        )
+        .await;
+        let key = refund.payment_key;
+        wait_until("the refund is settled", Duration::from_secs(30), || {
+            let admin = admin.clone();
+            async move {
+                let p = admin.get(&format!("/api/v1/payments/{key}")).await;
+                p["status"] == "declined" || p["status"] == "refunded"
+            }
+        })
+        .await;
+        let p = admin.get(&format!("/api/v1/payments/{key}")).await;
+        assert_eq!(
+            p["status"], "declined",
+            "no money back for money never taken: {p}"
+        );
+        let original = admin
+            .get(&format!("/api/v1/payments/{}", sale.tenders[0].payment_key))
+            .await;
+        assert_eq!(original["status"], "declined", "{original}");
+        hub.stop().await;
+    }
+);
