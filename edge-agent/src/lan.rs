@@ -48,6 +48,15 @@ use crate::scale::ScaleHandle;
 /// Replies a lane remembers, by request id.
 const REPLY_CACHE: usize = 64;
 
+/// Most lanes the bus runs besides those in the settings (each is a
+/// task); a request for a lane past it is refused with an error reply,
+/// counted.
+pub const MAX_LANES: usize = 256;
+
+/// Most messages waiting for one lane; past it a request is answered
+/// "busy" (retry) and counted, so a flood holds no memory.
+pub const LANE_QUEUE: usize = 64;
+
 /// What the bus needs to run.
 #[derive(Debug, Clone)]
 pub struct LanConfig {
@@ -59,6 +68,9 @@ pub struct LanConfig {
     pub scanner_lanes: HashMap<DeviceId, LaneId>,
     /// Lane -> its scale.
     pub lane_scales: HashMap<LaneId, ScaleHandle>,
+    /// The lanes in the settings: always served; others (a till the file
+    /// does not list) up to [`MAX_LANES`].
+    pub lanes: std::collections::HashSet<LaneId>,
 }
 
 /// Publishes through the in-process link (shared by the dispatcher and the lanes).
@@ -235,17 +247,53 @@ struct Dispatcher {
     ctx: PosCtx,
     devices: Devices,
     bus: Bus,
-    lanes: HashMap<LaneId, mpsc::UnboundedSender<LaneMsg>>,
+    lanes: HashMap<LaneId, mpsc::Sender<LaneMsg>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
 
 impl Dispatcher {
-    fn lane(&mut self, lane: &LaneId) -> mpsc::UnboundedSender<LaneMsg> {
+    /// Hands `msg` to `lane`'s actor (started on first use, up to
+    /// [`MAX_LANES`]); a request that cannot be taken is answered with an
+    /// error on the lane's reply topic.
+    fn hand_to_lane(&mut self, lane: &LaneId, msg: LaneMsg) {
+        let id = match &msg {
+            LaneMsg::Request(payload) => device::salvage_request_id(payload),
+            LaneMsg::Scan(_) => None,
+        };
+        let (reason, e) = match self.lane(lane) {
+            None => (
+                "too_many_lanes",
+                BusError::new(
+                    ErrorCode::BadRequest,
+                    format!("this store runs at most {MAX_LANES} lanes; {lane} is not one of them"),
+                ),
+            ),
+            Some(tx) => match tx.try_send(msg) {
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return,
+                Err(mpsc::error::TrySendError::Full(_)) => (
+                    "lane_busy",
+                    BusError::new(
+                        ErrorCode::Internal,
+                        format!("lane {lane} has {LANE_QUEUE} requests waiting; retry"),
+                    ),
+                ),
+            },
+        };
+        metrics::counter!("edge_lan_refused_total", "reason" => reason).increment(1);
+        let topic = LanTopic::PosReply(self.cfg.store.clone(), lane.clone()).to_string();
+        self.bus.publish(topic, device::to_json(&PosReply::err(id, e)));
+    }
+
+    fn lane(&mut self, lane: &LaneId) -> Option<mpsc::Sender<LaneMsg>> {
         if let Some(tx) = self.lanes.get(lane) {
-            return tx.clone();
+            return Some(tx.clone());
         }
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let unlisted = self.lanes.keys().filter(|l| !self.cfg.lanes.contains(*l)).count();
+        if !self.cfg.lanes.contains(lane) && unlisted >= MAX_LANES {
+            return None;
+        }
+        let (tx, mut rx) = mpsc::channel(LANE_QUEUE);
         let mut actor = Lane::new(
             lane.clone(),
             self.cfg.lane_scales.get(lane).cloned(),
@@ -296,7 +344,7 @@ impl Dispatcher {
             }
         });
         self.lanes.insert(lane.clone(), tx.clone());
-        tx
+        Some(tx)
     }
 
     async fn incoming(&mut self, topic: &str, payload: &[u8]) {
@@ -309,7 +357,7 @@ impl Dispatcher {
         };
         match parsed {
             LanTopic::PosRequest(store, lane) if store == self.cfg.store => {
-                let _ = self.lane(&lane).send(LaneMsg::Request(payload.to_vec()));
+                self.hand_to_lane(&lane, LaneMsg::Request(payload.to_vec()));
             }
             LanTopic::Device(store, dev, ch) if store == self.cfg.store => {
                 self.device(dev, ch, payload).await
@@ -456,7 +504,7 @@ impl Dispatcher {
         });
         let _ = self.ctx.journal.record(body, None).await;
         if let Some(lane) = lane {
-            let _ = self.lane(&lane).send(LaneMsg::Scan(code));
+            self.hand_to_lane(&lane, LaneMsg::Scan(code));
             return;
         }
         let reply = match outcome {

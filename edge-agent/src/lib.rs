@@ -178,10 +178,12 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ed
     if settings.lan.enabled {
         let mut lane_scales = std::collections::HashMap::new();
         let mut scanner_lanes = std::collections::HashMap::new();
+        let mut lanes = std::collections::HashSet::new();
         for lane in &settings.lanes {
             let Ok(lane_id) = storegate_protocol::LaneId::parse(&lane.id) else {
                 continue;
             };
+            lanes.insert(lane_id.clone());
             if let Some(h) = lane.scale.as_ref().and_then(|s| scale_handles.get(s)) {
                 lane_scales.insert(lane_id.clone(), h.clone());
             }
@@ -218,6 +220,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ed
                 listen: v.lan_listen,
                 scanner_lanes,
                 lane_scales,
+                lanes,
             },
             ctx,
             devs.clone(),

@@ -501,6 +501,51 @@ async fn bad_input_gets_clear_errors_and_the_lane_keeps_working() {
     .await;
 }
 
+/// A flood of new lane ids is bounded: past `MAX_LANES` each gets an error
+/// reply (no task, no queue), and the lanes in the settings keep selling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_lane_ids_is_refused_past_the_bound_and_the_lane_keeps_working() {
+    use storegate_protocol::topic::LanTopic;
+    let mut s = shop("s-flood", |_| {}).await;
+    let store = StoreId::parse("s-flood").unwrap();
+    let lan = s.edge.lan_addr.unwrap();
+    let mut peer =
+        storegate_e2e::MqttPeer::connect(lan, "flooder", &["store/s-flood/pos/+/reply".to_owned()]).await;
+    let flood = storegate_edge::lan::MAX_LANES + 40;
+    for i in 0..flood {
+        let lane = LaneId::parse(format!("f{i}")).unwrap();
+        peer.publish(
+            LanTopic::PosRequest(store.clone(), lane).to_string(),
+            format!(r#"{{"id":"q{i}","op":"totals"}}"#).into_bytes(),
+        )
+        .await;
+    }
+    let mut refused = 0;
+    for _ in 0..flood {
+        let (_, payload) = peer
+            .next(Duration::from_secs(20))
+            .await
+            .expect("every request is answered");
+        let reply: PosReply = serde_json::from_slice(&payload).unwrap();
+        if let Some(e) = &reply.error
+            && e.code == ErrorCode::BadRequest
+            && e.message.contains("at most")
+        {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 40);
+    ok(s.lane
+        .request(PosOp::OpenBasket {
+            cashier: None,
+            customer: None,
+        })
+        .await
+        .unwrap());
+    let b = basket(ok(s.lane.request(add(PENCIL, None)).await.unwrap()));
+    assert_eq!(b.total, 199, "lane 1 still sells");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_request_id_gets_the_first_reply_without_doing_it_twice() {
     let mut s = shop("s-retry", |_| {}).await;
