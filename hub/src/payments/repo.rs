@@ -188,18 +188,7 @@ pub async fn upsert_rows(conn: &mut AnyConnection, rows: &[NewPayment]) -> Resul
 /// one) to `to` if its status may become `to`; returns whether it moved.
 /// Work states (`void_pending`...) are picked up by the worker at once.
 pub async fn transition(conn: &mut AnyConnection, id: &str, to: PaymentStatus) -> Result<bool, sqlx::Error> {
-    let from = PaymentStatus::sources(to);
-    let mut q = sqlx::query(AssertSqlSafe(format!(
-        "UPDATE payments SET status = $1, updated_ms = $2, lease_until_ms = 0 WHERE id = $3 AND status IN {}",
-        sql::list(4, from.len())
-    )))
-    .bind(to)
-    .bind(now_ms())
-    .bind(id);
-    for f in from {
-        q = q.bind(f);
-    }
-    Ok(q.execute(conn).await?.rows_affected() == 1)
+    moved(conn, id, None, to).await
 }
 
 /// Like [`transition`], for a payment of `store` only: what a store asks
@@ -210,10 +199,21 @@ pub async fn transition_at_store(
     store: &str,
     to: PaymentStatus,
 ) -> Result<bool, sqlx::Error> {
+    moved(conn, id, Some(store), to).await
+}
+
+/// Moves payment `id` (of `store`, if given) to `to` from any status that
+/// may become `to`; returns whether it moved.
+async fn moved(
+    conn: &mut AnyConnection,
+    id: &str,
+    store: Option<&str>,
+    to: PaymentStatus,
+) -> Result<bool, sqlx::Error> {
     let from = PaymentStatus::sources(to);
     let mut q = sqlx::query(AssertSqlSafe(format!(
-        "UPDATE payments SET status = $1, updated_ms = $2, lease_until_ms = 0 WHERE id = $3 AND store_id = $4 \
-         AND status IN {}",
+        "UPDATE payments SET status = $1, updated_ms = $2, lease_until_ms = 0 \
+         WHERE id = $3 AND ($4 IS NULL OR store_id = $4) AND status IN {}",
         sql::list(5, from.len())
     )))
     .bind(to)
