@@ -16,11 +16,13 @@
 //!   `X-API-Key` or as a bearer token, or exchanged for an access token with
 //!   the OAuth2 `client_credentials` grant. Only a SHA-256 of the secret is
 //!   stored (the secret has 160 random bits, so a fast hash is enough).
-//! - Login attempts are counted per account and per client address in the
-//!   database (every replica sees them) before the password is checked, in
-//!   one statement, so concurrent guesses get no more than the limit; past
-//!   `auth.max_failed_logins` in `auth.failed_login_window_secs`, the token
-//!   endpoint answers 429. A success gives its attempt back.
+//! - Login attempts are counted per account in the database (every replica
+//!   sees them) before the password is checked, in one statement, so
+//!   concurrent guesses get no more than `auth.max_failed_logins` in
+//!   `auth.failed_login_window_secs`; past it the token endpoint answers
+//!   429. A success clears the account's count. Client addresses count
+//!   failures only (four times the limit), so an office behind one address
+//!   is not throttled by its own logins.
 //!
 //! Roles are ordered: `admin` > `operator` > `client`.
 
