@@ -1,5 +1,7 @@
-//! The gate: a TLS-terminating, MQTT-aware front door for an embedded
-//! rumqttd, which has no per-client authorisation of its own.
+//! The gate: an MQTT-aware front door (TLS-terminating, or plain TCP on a
+//! store LAN) for an embedded rumqttd, which has no per-client
+//! authorisation of its own. The hub's WAN listener (client certificates)
+//! and the edge's device bus (device usernames and passwords) both use it.
 //!
 //! Each TCP connection gets its own task, so a peer that never finishes its
 //! TLS handshake (or never sends CONNECT) holds up nobody else (rumqttd's
@@ -23,7 +25,20 @@
 //! CONNECT or a malformed packet. Packets from the broker to the client are
 //! copied as they are: the broker only sends what the client subscribed to,
 //! and that was checked. A grant's `revoked` token closes the connection
-//! whenever it is cancelled (revocation without a restart).
+//! whenever it is cancelled (revocation without a restart). A grant may
+//! carry a publish rate: past it the gate stops reading that client's
+//! socket until the rate allows the next message (TCP pushes back on the
+//! client; nothing queues in the gate), counted as throttled.
+//!
+//! The gate also keeps rumqttd 0.20 standing: it panics (and poisons the
+//! lock every later CONNECT takes, so the broker admits no one again) when
+//! a client id reconnects after a connection that ended before rumqttd
+//! wrote its CONNACK, or that the router refused for being one too many.
+//! The router also silently refuses a client id holding `/`, `+`, `#` or
+//! `$`, which sets up the same panic; the gate refuses those ids itself.
+//! So the gate reads the broker's CONNACK before it lets anything close,
+//! and admits at most `max_clients` connections (below the broker's
+//! `max_connections`) and at most a grant's `max_sessions` per identity.
 //!
 //! Only MQTT 3.1.1 (protocol level 4) is spoken here; every storegate
 //! client uses it.
@@ -39,6 +54,16 @@ use tokio_util::task::TaskTracker;
 
 use crate::burst::BurstLog;
 
+/// A CONNECT's password: shown nowhere (its `Debug` is a placeholder).
+#[derive(Clone, Copy)]
+pub struct Password<'a>(pub &'a [u8]);
+
+impl std::fmt::Debug for Password<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(***)")
+    }
+}
+
 /// What a peer presented.
 #[derive(Debug)]
 pub struct Peer<'a> {
@@ -52,6 +77,8 @@ pub struct Peer<'a> {
     pub will_topic: Option<&'a str>,
     /// The CONNECT's username, if any.
     pub username: Option<&'a str>,
+    /// The CONNECT's password, if any.
+    pub password: Option<Password<'a>>,
 }
 
 /// Largest CONNECT packet accepted.
@@ -62,9 +89,16 @@ pub const MAX_CONNECT: usize = 16 * 1024;
 pub struct Grant {
     /// Who it is (logs).
     pub label: String,
-    /// Topics it may publish to (exact), at QoS 1 or 2 only: QoS 0 would
-    /// bypass the broker's in-flight limit towards the subscriber.
+    /// Topics it may publish to (exact), at QoS 1 or 2 unless `qos0`.
     pub publish: Vec<String>,
+    /// QoS 0 publishes allowed too. Off for WAN peers (QoS 0 would bypass
+    /// the broker's in-flight limit towards the subscriber); on for store
+    /// devices, which `mosquitto_pub` drives at QoS 0 by default.
+    pub qos0: bool,
+    /// Most publishes per second, with a burst; `None`: no limit.
+    pub rate: Option<Rate>,
+    /// Most connections at once under this grant's label; `None`: no limit.
+    pub max_sessions: Option<usize>,
     /// Of those, the topics it may publish retained (or set as its will).
     pub retain: Vec<String>,
     /// Filters it may subscribe to (exact).
@@ -72,6 +106,50 @@ pub struct Grant {
     /// Cancelled when its identity stops being valid (revoked): the
     /// connection is closed.
     pub revoked: CancellationToken,
+}
+
+/// A publish rate: `per_sec` on average, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Sustained publishes per second (at least 1).
+    pub per_sec: u32,
+    /// Publishes allowed back to back (at least 1).
+    pub burst: u32,
+}
+
+/// A token bucket for one connection's [`Rate`] (tokio time, so tests can
+/// pause it).
+#[derive(Debug)]
+struct Bucket {
+    rate: Rate,
+    tokens: f64,
+    last: tokio::time::Instant,
+}
+
+impl Bucket {
+    fn new(rate: Rate) -> Bucket {
+        let rate = Rate {
+            per_sec: rate.per_sec.max(1),
+            burst: rate.burst.max(1),
+        };
+        Bucket {
+            rate,
+            tokens: f64::from(rate.burst),
+            last: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Takes a token; if none is left, how long until one is (the token is
+    /// then spent: the caller waits that long before going on).
+    fn take(&mut self) -> Option<Duration> {
+        let now = tokio::time::Instant::now();
+        let per_sec = f64::from(self.rate.per_sec);
+        let refill = now.duration_since(self.last).as_secs_f64() * per_sec;
+        self.tokens = (self.tokens + refill).min(f64::from(self.rate.burst));
+        self.last = now;
+        self.tokens -= 1.0;
+        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / per_sec))
+    }
 }
 
 /// Why a peer was refused at CONNECT.
@@ -96,14 +174,71 @@ pub struct GateConfig {
     pub name: &'static str,
     /// The broker's own (loopback) listener the gate forwards to.
     pub upstream: SocketAddr,
-    /// TLS, requiring client certificates.
-    pub tls: Arc<rustls::ServerConfig>,
+    /// TLS (the WAN: requiring client certificates), or `None` for plain
+    /// TCP (a store LAN, where devices present a username and password).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Longest time from accept to a complete CONNECT.
     pub handshake_timeout: Duration,
     /// Most connections between accept and CONNECT at once.
     pub max_pending: usize,
     /// Largest MQTT packet accepted from a client.
     pub max_packet: usize,
+    /// Most admitted connections at once; keep it below the broker's
+    /// `router.max_connections` (see the module docs).
+    pub max_clients: usize,
+}
+
+/// The admitted connections, in all and per grant label.
+#[derive(Debug, Default)]
+struct Sessions {
+    by_label: std::sync::Mutex<(usize, std::collections::HashMap<String, usize>)>,
+}
+
+/// One admitted connection's place; given back on drop.
+struct Session {
+    sessions: Arc<Sessions>,
+    label: String,
+}
+
+impl Sessions {
+    fn enter(self: &Arc<Self>, grant: &Grant, max_clients: usize) -> Result<Session, &'static str> {
+        let mut g = self
+            .by_label
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (total, by_label) = &mut *g;
+        if *total >= max_clients {
+            return Err("too_many_clients");
+        }
+        let n = by_label.entry(grant.label.clone()).or_default();
+        if grant.max_sessions.is_some_and(|max| *n >= max) {
+            return Err("too_many_sessions");
+        }
+        *n += 1;
+        *total += 1;
+        Ok(Session {
+            sessions: self.clone(),
+            label: grant.label.clone(),
+        })
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let mut g = self
+            .sessions
+            .by_label
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (total, by_label) = &mut *g;
+        *total = total.saturating_sub(1);
+        if let Some(n) = by_label.get_mut(&self.label) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                by_label.remove(&self.label);
+            }
+        }
+    }
 }
 
 /// What one gate admitted and refused (the `mqtt_gate_*` metrics count
@@ -112,6 +247,8 @@ pub struct GateConfig {
 pub struct GateStats {
     /// Connections admitted.
     pub admitted: std::sync::atomic::AtomicU64,
+    /// Publishes held back by a grant's rate.
+    pub throttled: std::sync::atomic::AtomicU64,
     /// Refusals by reason.
     refused: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
@@ -146,8 +283,9 @@ pub fn spawn<P: Policy>(
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) -> Arc<GateStats> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(cfg.tls.clone());
+    let acceptor = cfg.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let pending = Arc::new(Pending::new(cfg.max_pending));
+    let sessions = Arc::new(Sessions::default());
     let cfg = Arc::new(cfg);
     let log = Arc::new(Log {
         burst: BurstLog::new(Duration::from_secs(10)),
@@ -182,17 +320,18 @@ pub fn spawn<P: Policy>(
                 shutdown.clone(),
             );
             let pending = pending.clone();
+            let sessions = sessions.clone();
             conns.spawn(async move {
                 let admitted = tokio::select! {
                     () = shutdown.cancelled() => return,
                     () = slot.evicted.cancelled() => return,
                     r = tokio::time::timeout(
                         cfg.handshake_timeout,
-                        handshake(&acceptor, tcp, addr, &cfg, policy.as_ref()),
+                        handshake(acceptor.as_ref(), tcp, addr, &cfg, policy.as_ref(), &sessions),
                     ) => r,
                 };
                 pending.leave(slot.id);
-                let (client, connect, grant) = match admitted {
+                let (client, connect, grant, _session) = match admitted {
                     Ok(Ok(x)) => x,
                     Ok(Err(reason)) => return refused(&cfg, &log, reason, addr),
                     Err(_) => return refused(&cfg, &log, "handshake_timeout", addr),
@@ -200,7 +339,7 @@ pub fn spawn<P: Policy>(
                 metrics::counter!("mqtt_gate_admitted_total", "gate" => cfg.name).increment(1);
                 log.stats.admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::debug!(gate = cfg.name, peer = %addr, who = %grant.label, "admitted");
-                if let Some(reason) = relay(client, connect, &grant, &cfg, &shutdown).await {
+                if let Some(reason) = relay(client, connect, &grant, &cfg, &log, &shutdown).await {
                     refused(&cfg, &log, reason, addr);
                     tracing::info!(gate = cfg.name, peer = %addr, who = %grant.label, reason, "connection closed");
                 }
@@ -280,34 +419,50 @@ fn refused(cfg: &GateConfig, log: &Log, reason: &'static str, addr: SocketAddr) 
     }
 }
 
-type Tls = tokio_rustls::server::TlsStream<TcpStream>;
+/// A client's byte stream: TLS or plain TCP.
+trait ClientIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> ClientIo for T {}
+type Client = Box<dyn ClientIo>;
 
-/// TLS handshake, CONNECT, policy. Returns the stream, the CONNECT bytes
-/// to forward and the grant; or why not.
+/// TLS handshake (if any), CONNECT, policy. Returns the stream, the
+/// CONNECT bytes to forward and the grant; or why not.
 async fn handshake<P: Policy>(
-    acceptor: &tokio_rustls::TlsAcceptor,
+    acceptor: Option<&tokio_rustls::TlsAcceptor>,
     tcp: TcpStream,
     addr: SocketAddr,
     cfg: &GateConfig,
     policy: &P,
-) -> Result<(Tls, Vec<u8>, Grant), &'static str> {
-    let mut tls = acceptor.accept(tcp).await.map_err(|_| "tls_handshake")?;
+    sessions: &Arc<Sessions>,
+) -> Result<(Client, Vec<u8>, Grant, Session), &'static str> {
+    let (mut tls, cert): (Client, Option<Vec<u8>>) = match acceptor {
+        Some(acceptor) => {
+            let tls = acceptor.accept(tcp).await.map_err(|_| "tls_handshake")?;
+            let cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.as_ref().to_vec());
+            (Box::new(tls), cert)
+        }
+        None => (Box::new(tcp), None),
+    };
     let packet = read_packet(&mut tls, MAX_CONNECT.min(cfg.max_packet))
         .await
         .map_err(|e| e.reason())?;
     let connect = parse_connect(&packet).ok_or("bad_connect")?;
-    let cert = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|c| c.as_ref().to_vec());
+    if connect.client_id.contains(['/', '+', '#', '$']) {
+        // CONNACK 2: identifier rejected.
+        let _ = tls.write_all(&[0x20, 0x02, 0x00, 0x02]).await;
+        return Err("bad_client_id");
+    }
     let peer = Peer {
         addr,
         cert: cert.as_deref(),
         client_id: &connect.client_id,
         will_topic: connect.will_topic.as_deref(),
         username: connect.username.as_deref(),
+        password: connect.password.as_deref().map(Password),
     };
     match policy.admit(&peer).await {
         Ok(grant) => {
@@ -317,7 +472,15 @@ async fn handshake<P: Policy>(
                 let _ = tls.write_all(&[0x20, 0x02, 0x00, 0x05]).await;
                 return Err("will_not_allowed");
             }
-            Ok((tls, packet, grant))
+            match sessions.enter(&grant, cfg.max_clients) {
+                Ok(session) => Ok((tls, packet, grant, session)),
+                Err(reason) => {
+                    // CONNACK 3: server unavailable (try later).
+                    let _ = tls.write_all(&[0x20, 0x02, 0x00, 0x03]).await;
+                    let _ = tls.shutdown().await;
+                    Err(reason)
+                }
+            }
         }
         Err(r) => {
             let (code, reason) = match r {
@@ -335,10 +498,11 @@ async fn handshake<P: Policy>(
 /// closes, the grant is revoked or the gate stops. Returns why the gate
 /// closed it, if it did.
 async fn relay(
-    client: Tls,
+    client: Client,
     connect: Vec<u8>,
     grant: &Grant,
     cfg: &GateConfig,
+    log: &Log,
     shutdown: &CancellationToken,
 ) -> Option<&'static str> {
     let mut broker = match TcpStream::connect(cfg.upstream).await {
@@ -352,8 +516,22 @@ async fn relay(
     if broker.write_all(&connect).await.is_err() {
         return Some("broker_unreachable");
     }
+    // The broker's CONNACK is read before anything may close (see the
+    // module docs), then handed to the client.
     let (mut client_rx, mut client_tx) = tokio::io::split(client);
     let (mut broker_rx, mut broker_tx) = broker.into_split();
+    match tokio::time::timeout(cfg.handshake_timeout, read_packet(&mut broker_rx, 64)).await {
+        Ok(Ok(connack)) => {
+            if client_tx.write_all(&connack).await.is_err() {
+                return None;
+            }
+        }
+        _ => {
+            tracing::error!(gate = cfg.name, who = %grant.label, "the broker did not answer a CONNECT");
+            return Some("broker_no_connack");
+        }
+    }
+    let mut bucket = grant.rate.map(Bucket::new);
     let upstream = async {
         loop {
             let packet = match read_packet(&mut client_rx, cfg.max_packet).await {
@@ -363,6 +541,18 @@ async fn relay(
             };
             if let Err(reason) = check(&packet, grant) {
                 return Some(reason);
+            }
+            if packet[0] >> 4 == 3
+                && let Some(wait) = bucket.as_mut().and_then(Bucket::take)
+            {
+                metrics::counter!("mqtt_gate_throttled_total", "gate" => cfg.name).increment(1);
+                log.stats
+                    .throttled
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some(suppressed) = log.burst.note("throttled") {
+                    tracing::warn!(gate = cfg.name, who = %grant.label, suppressed, "publishing faster than its rate; held back");
+                }
+                tokio::time::sleep(wait).await;
             }
             if broker_tx.write_all(&packet).await.is_err() {
                 return None;
@@ -391,7 +581,7 @@ fn check(packet: &[u8], grant: &Grant) -> Result<(), &'static str> {
             let topic = read_str(body, 0).ok_or("malformed")?.0;
             if !grant.publish.iter().any(|t| t == topic) {
                 Err("publish_not_allowed")
-            } else if (packet[0] >> 1) & 3 == 0 {
+            } else if (packet[0] >> 1) & 3 == 0 && !grant.qos0 {
                 Err("qos0_not_allowed")
             } else if packet[0] & 1 == 1 && !grant.retain.iter().any(|t| t == topic) {
                 Err("retain_not_allowed")
@@ -442,8 +632,8 @@ fn read_str(buf: &[u8], at: usize) -> Option<(&str, usize)> {
     Some((s, end))
 }
 
-/// The fields of a CONNECT the policy needs.
-#[derive(Debug, PartialEq, Eq)]
+/// The fields of a CONNECT the policy needs (its `Debug` hides the password).
+#[derive(PartialEq, Eq)]
 struct Connect {
     /// Protocol level (4: MQTT 3.1.1).
     level: u8,
@@ -453,6 +643,20 @@ struct Connect {
     will_topic: Option<String>,
     /// Username.
     username: Option<String>,
+    /// Password.
+    password: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Connect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connect")
+            .field("level", &self.level)
+            .field("client_id", &self.client_id)
+            .field("will_topic", &self.will_topic)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 /// Parses an MQTT 3.1.1 CONNECT packet (framed); `None` if it is not one.
@@ -482,14 +686,21 @@ fn parse_connect(packet: &[u8]) -> Option<Connect> {
     }
     let mut username = None;
     if flags & 0x80 != 0 {
-        let (u, _) = read_str(body, at)?;
+        let (u, next) = read_str(body, at)?;
         username = Some(u.to_owned());
+        at = next;
+    }
+    let mut password = None;
+    if flags & 0x40 != 0 {
+        let len = usize::from(u16::from_be_bytes([*body.get(at)?, *body.get(at + 1)?]));
+        password = Some(body.get(at + 2..at + 2 + len)?.to_vec());
     }
     Some(Connect {
         level,
         client_id: client_id.to_owned(),
         will_topic,
         username,
+        password,
     })
 }
 
@@ -556,6 +767,10 @@ mod tests {
     use super::*;
 
     fn connect(client_id: &str, will: Option<&str>, user: Option<&str>) -> Vec<u8> {
+        connect_with(client_id, will, user, None)
+    }
+
+    fn connect_with(client_id: &str, will: Option<&str>, user: Option<&str>, pass: Option<&[u8]>) -> Vec<u8> {
         let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4];
         let mut flags = 0x02;
         if will.is_some() {
@@ -563,6 +778,9 @@ mod tests {
         }
         if user.is_some() {
             flags |= 0x80;
+        }
+        if pass.is_some() {
+            flags |= 0x40;
         }
         body.push(flags);
         body.extend_from_slice(&[0, 15]);
@@ -578,6 +796,9 @@ mod tests {
         if let Some(u) = user {
             s(&mut body, u.as_bytes());
         }
+        if let Some(pw) = pass {
+            s(&mut body, pw);
+        }
         let mut p = vec![0x10, body.len() as u8];
         p.extend_from_slice(&body);
         p
@@ -589,6 +810,9 @@ mod tests {
             publish: vec!["a/up".into(), "a/status".into()],
             retain: vec!["a/status".into()],
             subscribe: vec!["a/ack".into()],
+            qos0: false,
+            rate: None,
+            max_sessions: None,
             revoked: CancellationToken::new(),
         }
     }
@@ -602,8 +826,26 @@ mod tests {
                 client_id: "edge-a".into(),
                 will_topic: Some("a/status".into()),
                 username: Some("u".into()),
+                password: None,
             })
         );
+        let c = parse_connect(&connect_with(
+            "till-1",
+            Some("a/status"),
+            Some("till-1"),
+            Some(b"s3cret"),
+        ))
+        .unwrap();
+        assert_eq!(c.username.as_deref(), Some("till-1"));
+        assert_eq!(c.password.as_deref(), Some(&b"s3cret"[..]));
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "the password is never shown"
+        );
+        let mut short = connect_with("x", None, Some("u"), Some(b"pw"));
+        short.truncate(short.len() - 1);
+        short[1] -= 1;
+        assert_eq!(parse_connect(&short), None, "a password cut short");
         assert_eq!(parse_connect(&connect("x", None, None)).unwrap().will_topic, None);
         let mut v5 = connect("x", None, None);
         v5[8] = 5;
@@ -629,6 +871,19 @@ mod tests {
         let publish = |t: &str| publish_with(0x32, t);
         assert_eq!(check(&publish("a/up"), &g), Ok(()));
         assert_eq!(check(&publish_with(0x30, "a/up"), &g), Err("qos0_not_allowed"));
+        let lan = Grant {
+            qos0: true,
+            ..grant()
+        };
+        assert_eq!(
+            check(&publish_with(0x30, "a/up"), &lan),
+            Ok(()),
+            "a device's QoS 0"
+        );
+        assert_eq!(
+            check(&publish_with(0x30, "b/up"), &lan),
+            Err("publish_not_allowed")
+        );
         assert_eq!(check(&publish_with(0x33, "a/up"), &g), Err("retain_not_allowed"));
         assert_eq!(check(&publish_with(0x33, "a/status"), &g), Ok(()));
         assert_eq!(check(&publish("b/up"), &g), Err("publish_not_allowed"));
@@ -654,6 +909,27 @@ mod tests {
         assert_eq!(check(&connect("x", None, None), &g), Err("second_connect"));
         assert_eq!(check(&[0xC0, 0], &g), Ok(()), "PINGREQ passes");
         assert_eq!(check(&[0x32, 1, 0], &g), Err("malformed"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_allows_its_burst_then_spaces_publishes_out() {
+        let mut b = Bucket::new(Rate {
+            per_sec: 10,
+            burst: 3,
+        });
+        for _ in 0..3 {
+            assert_eq!(b.take(), None, "the burst goes through");
+        }
+        let wait = b.take().expect("the fourth waits");
+        assert!((wait.as_secs_f64() - 0.1).abs() < 1e-6, "{wait:?}");
+        tokio::time::advance(wait).await;
+        let wait = b.take().expect("still at the rate");
+        assert!((wait.as_secs_f64() - 0.1).abs() < 1e-6, "{wait:?}");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        for _ in 0..3 {
+            assert_eq!(b.take(), None, "refilled to the burst, not past it");
+        }
+        assert!(b.take().is_some());
     }
 
     #[test]

@@ -102,6 +102,8 @@ pub struct Edge {
     pub http_addr: SocketAddr,
     /// Where devices connect (the LAN bus), if it runs.
     pub lan_addr: Option<SocketAddr>,
+    /// What the device bus's gate admitted, refused and throttled.
+    pub lan_gate: Option<std::sync::Arc<storegate_broker::gate::GateStats>>,
     /// The device registry.
     pub devices: devices::Devices,
     /// Cancelled to stop.
@@ -175,6 +177,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ed
         scale_handles.insert(sc.id.clone(), handle);
     }
     let mut lan_addr = None;
+    let mut lan_gate = None;
     if settings.lan.enabled {
         let mut lane_scales = std::collections::HashMap::new();
         let mut scanner_lanes = std::collections::HashMap::new();
@@ -214,6 +217,16 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ed
                 layouts: settings.pos.variable_layouts.clone(),
             }),
         };
+        for d in &v.devices {
+            lanes.extend(d.lanes.iter().cloned());
+        }
+        let serial = settings
+            .scales
+            .iter()
+            .map(|s| &s.id)
+            .chain(settings.scanners.iter().map(|s| &s.id))
+            .filter_map(|id| storegate_protocol::DeviceId::parse(id).ok())
+            .collect();
         let lan = lan::start(
             lan::LanConfig {
                 store: v.store.clone(),
@@ -221,6 +234,12 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ed
                 scanner_lanes,
                 lane_scales,
                 lanes,
+                devices: v.devices.clone(),
+                device_rate: storegate_broker::gate::Rate {
+                    per_sec: settings.lan.device_rate_per_sec,
+                    burst: settings.lan.device_burst,
+                },
+                serial,
             },
             ctx,
             devs.clone(),
@@ -245,6 +264,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ed
             ));
         }
         lan_addr = Some(lan.addr);
+        lan_gate = Some(lan.gate.clone());
     }
 
     tasks.spawn(http::serve(
@@ -281,6 +301,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ed
         sync,
         http_addr,
         lan_addr,
+        lan_gate,
         devices: devs,
         shutdown,
         tasks,

@@ -40,6 +40,43 @@ pub struct Settings {
     pub scales: Vec<SerialScaleSettings>,
     /// Serial barcode scanners.
     pub scanners: Vec<SerialScannerSettings>,
+    /// Devices allowed on the LAN bus, each with its credentials
+    /// (`edge-agent device new ID --role till --lane 7` prints one).
+    pub devices: Vec<DeviceSettings>,
+}
+
+/// A device allowed on the store LAN bus.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSettings {
+    /// Its id: its MQTT username and the start of its client id, and its
+    /// topics (`store/{store}/device/{id}/...`).
+    pub id: String,
+    /// What it is: till, scanner, scale, handheld or other (decides its topics).
+    pub role: crate::lan::access::DeviceRole,
+    /// SHA-256 of its password, 64 hex digits (the password itself is kept
+    /// on the device only).
+    pub password_sha256: String,
+    /// The lanes it acts on (tills, scanners, handhelds).
+    #[serde(default)]
+    pub lanes: Vec<String>,
+}
+
+impl DeviceSettings {
+    /// A device entry for `password`.
+    pub fn new(
+        id: &str,
+        role: crate::lan::access::DeviceRole,
+        lanes: &[&str],
+        password: &str,
+    ) -> DeviceSettings {
+        DeviceSettings {
+            id: id.to_owned(),
+            role,
+            password_sha256: crate::lan::access::hex(&crate::lan::access::password_hash(password.as_bytes())),
+            lanes: lanes.iter().map(|l| (*l).to_owned()).collect(),
+        }
+    }
 }
 
 /// The embedded device bus broker.
@@ -51,6 +88,11 @@ pub struct LanSettings {
     /// Where devices connect: the store LAN address in production
     /// (`0.0.0.0:1883`), loopback by default. Port 0 picks a free port.
     pub listen: String,
+    /// Most messages a second one device publishes, sustained; past it the
+    /// bus reads that device more slowly (counted as throttled).
+    pub device_rate_per_sec: u32,
+    /// Messages one device may publish back to back.
+    pub device_burst: u32,
 }
 
 /// POS lane behaviour.
@@ -137,6 +179,8 @@ impl Default for LanSettings {
         LanSettings {
             enabled: true,
             listen: "127.0.0.1:1885".into(),
+            device_rate_per_sec: 50,
+            device_burst: 100,
         }
     }
 }
@@ -240,6 +284,7 @@ impl Default for Settings {
             journal: JournalSettings::default(),
             http: HttpSettings::default(),
             lan: LanSettings::default(),
+            devices: Vec::new(),
             pos: PosSettings::default(),
             lanes: Vec::new(),
             scales: Vec::new(),
@@ -328,6 +373,8 @@ pub struct Validated {
     pub http_listen: SocketAddr,
     /// LAN bus listen address.
     pub lan_listen: SocketAddr,
+    /// The devices allowed on the LAN bus.
+    pub devices: Vec<crate::lan::access::DeviceAccess>,
 }
 
 impl Settings {
@@ -461,6 +508,7 @@ impl Settings {
             storegate_protocol::DeviceId::parse(id)
                 .map_err(|e| invalid("scales/scanners id", e.to_string()))?;
         }
+        let devices = self.validate_devices()?;
         let client_id = self
             .upstream
             .client_id
@@ -474,7 +522,59 @@ impl Settings {
             client_id,
             http_listen,
             lan_listen,
+            devices,
         })
+    }
+
+    fn validate_devices(&self) -> Result<Vec<crate::lan::access::DeviceAccess>, SettingsError> {
+        let invalid = |message: String| SettingsError::Invalid {
+            key: "devices",
+            message,
+        };
+        if self.lan.device_rate_per_sec == 0 || self.lan.device_burst == 0 {
+            return Err(SettingsError::Invalid {
+                key: "lan.device_rate_per_sec / lan.device_burst",
+                message: "must be at least 1".into(),
+            });
+        }
+        let mut out: Vec<crate::lan::access::DeviceAccess> = Vec::new();
+        for d in &self.devices {
+            let id = storegate_protocol::DeviceId::parse(&d.id).map_err(|e| invalid(e.to_string()))?;
+            if out.iter().any(|o| o.id == id) {
+                return Err(invalid(format!("device {id} is listed twice")));
+            }
+            let password_sha256 = crate::lan::access::parse_hash(&d.password_sha256).ok_or_else(|| {
+                invalid(format!(
+                    "device {id}: password_sha256 must be 64 hex digits (`edge-agent device new` prints one)"
+                ))
+            })?;
+            let lanes = d
+                .lanes
+                .iter()
+                .map(|l| {
+                    storegate_protocol::LaneId::parse(l).map_err(|e| invalid(format!("device {id}: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            match (d.role.has_lanes(), lanes.is_empty()) {
+                (false, false) => {
+                    return Err(invalid(format!(
+                        "device {id}: a {:?} is bound to no lane",
+                        d.role
+                    )));
+                }
+                (true, true) if d.role == crate::lan::access::DeviceRole::Till => {
+                    return Err(invalid(format!("device {id}: a till needs its lanes")));
+                }
+                _ => {}
+            }
+            out.push(crate::lan::access::DeviceAccess {
+                id,
+                role: d.role,
+                lanes,
+                password_sha256,
+            });
+        }
+        Ok(out)
     }
 }
 

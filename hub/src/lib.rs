@@ -224,12 +224,14 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Hu
                     storegate_broker::gate::GateConfig {
                         name: "wan",
                         upstream: addr,
-                        tls: server,
+                        tls: Some(server),
                         handshake_timeout: std::time::Duration::from_secs(
                             settings.wan.handshake_timeout_secs,
                         ),
                         max_pending: settings.wan.max_pending_handshakes,
                         max_packet: settings.ingest.max_payload_bytes.saturating_add(64 * 1024),
+                        // Below the broker's router.max_connections (20010).
+                        max_clients: 20_000,
                     },
                     std::sync::Arc::new(mqtt::trust::StoreGate {
                         registry: registry.clone(),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rand::Rng;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 use serde_json::{Value, json};
 use storegate_protocol::downlink::Task;
 use storegate_protocol::event::{EventBody, TaskLineResult, TaskStatus, TaskUpdate};
@@ -307,16 +307,13 @@ pub async fn online_shoppers(
 pub async fn handheld(
     lan: SocketAddr,
     store: StoreId,
+    login: crate::lane::DeviceLogin,
     pick_time: Duration,
     picked: Arc<AtomicU64>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let device = DeviceId::parse(format!("handheld-{store}"))?;
-    let mut opts = MqttOptions::new(
-        format!("{device}-{}", rand::random::<u32>()),
-        lan.ip().to_string(),
-        lan.port(),
-    );
+    let device = DeviceId::parse(login.device.as_str())?;
+    let mut opts = login.options(lan);
     opts.set_keep_alive(Duration::from_secs(30));
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
     let tasks = LanTopic::Tasks(store.clone()).to_string();

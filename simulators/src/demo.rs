@@ -175,6 +175,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             tokio::spawn(chain::handheld(
                 lan,
                 StoreId::parse(&l.id)?,
+                sim.handheld.clone(),
                 Duration::from_secs(3),
                 picked.clone(),
                 stop.clone(),

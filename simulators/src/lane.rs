@@ -17,6 +17,49 @@ use tokio::sync::{mpsc, oneshot};
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<PosReply>>>>;
 
+/// A device's login on a store's bus (its `[[devices]]` entry holds the
+/// password's hash).
+#[derive(Clone)]
+pub struct DeviceLogin {
+    /// The device id (MQTT username, client id prefix).
+    pub device: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for DeviceLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceLogin")
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeviceLogin {
+    /// A new device with a fresh random password, and its settings entry.
+    pub fn new(
+        device: impl Into<String>,
+        role: storegate_edge::lan::access::DeviceRole,
+        lanes: &[&str],
+    ) -> (DeviceLogin, storegate_edge::settings::DeviceSettings) {
+        let device = device.into();
+        let password = storegate_edge::lan::access::new_password();
+        let entry = storegate_edge::settings::DeviceSettings::new(&device, role, lanes, &password);
+        (DeviceLogin { device, password }, entry)
+    }
+
+    /// MQTT options for this device on the bus at `lan` (a client id of its own).
+    pub fn options(&self, lan: SocketAddr) -> MqttOptions {
+        let mut opts = MqttOptions::new(
+            format!("{}@{}", self.device, rand::random::<u32>()),
+            lan.ip().to_string(),
+            lan.port(),
+        );
+        opts.set_credentials(self.device.clone(), self.password.clone());
+        opts
+    }
+}
+
 /// A connected lane.
 #[derive(Debug)]
 pub struct LaneClient {
@@ -33,13 +76,14 @@ pub struct LaneClient {
 }
 
 impl LaneClient {
-    /// Connects lane `lane` of `store` to the bus at `lan`.
-    pub async fn connect(lan: SocketAddr, store: &StoreId, lane: &LaneId) -> anyhow::Result<LaneClient> {
-        let mut opts = MqttOptions::new(
-            format!("lane-{store}-{lane}-{}", rand::random::<u32>()),
-            lan.ip().to_string(),
-            lan.port(),
-        );
+    /// Connects lane `lane` of `store` to the bus at `lan`, as the till `login`.
+    pub async fn connect(
+        lan: SocketAddr,
+        store: &StoreId,
+        lane: &LaneId,
+        login: &DeviceLogin,
+    ) -> anyhow::Result<LaneClient> {
+        let mut opts = login.options(lan);
         opts.set_keep_alive(Duration::from_secs(30));
         let (client, mut eventloop) = AsyncClient::new(opts, 256);
         let mut net = eventloop.network_options();

@@ -173,6 +173,8 @@ struct EdgeChild {
 impl EdgeChild {
     async fn start(&mut self) -> anyhow::Result<()> {
         let mut child = tokio::process::Command::new(sibling("edge-agent")?)
+            .arg("--config")
+            .arg(self.dir.join("edge.toml"))
             .arg("--bundle")
             .arg(self.dir.join("bundle.toml"))
             .args(["--upstream", &format!("mqtt://{}", self.wan.addr)])
@@ -391,6 +393,20 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
             ],
         )
         .await?;
+        // The store's handheld is the one device on its bus.
+        let (handheld, entry) = crate::lane::DeviceLogin::new(
+            format!("handheld-{id}"),
+            storegate_edge::lan::access::DeviceRole::Handheld,
+            &[],
+        );
+        #[derive(serde::Serialize)]
+        struct EdgeFile {
+            devices: Vec<storegate_edge::settings::DeviceSettings>,
+        }
+        std::fs::write(
+            edir.join("edge.toml"),
+            toml::to_string(&EdgeFile { devices: vec![entry] })?,
+        )?;
         let mut e = EdgeChild {
             store: id.clone(),
             dir: edir,
@@ -404,6 +420,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
             tokio::spawn(chain::handheld(
                 lan,
                 StoreId::parse(id)?,
+                handheld,
                 Duration::from_secs(2),
                 picked.clone(),
                 stop.clone(),

@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{self, DemoProduct};
 use crate::devices::{ScaleState, open_pty, scan, serve_scale};
-use crate::lane::LaneClient;
+use crate::lane::{DeviceLogin, LaneClient};
+use storegate_edge::lan::access::DeviceRole;
 
 /// How the store runs.
 #[derive(Debug, Clone)]
@@ -81,6 +82,8 @@ pub struct StoreSim {
     pub stop: CancellationToken,
     /// Stops only the shoppers (the edge and its devices keep running).
     pub shoppers: CancellationToken,
+    /// The store's handheld (tasks, scans) on its bus.
+    pub handheld: DeviceLogin,
 }
 
 /// Starts the store.
@@ -100,7 +103,14 @@ pub async fn start(cfg: StoreConfig) -> anyhow::Result<StoreSim> {
     }
     let mut scales = Vec::new();
     let mut scanners = Vec::new();
+    let mut tills = Vec::new();
+    let (handheld, entry) = DeviceLogin::new(format!("handheld-{}", cfg.store), DeviceRole::Handheld, &[]);
+    settings.devices.push(entry);
     for i in 1..=cfg.lanes {
+        let lane = i.to_string();
+        let (till, entry) = DeviceLogin::new(format!("till-{i}"), DeviceRole::Till, &[lane.as_str()]);
+        settings.devices.push(entry);
+        tills.push(till);
         let scale = open_pty()?;
         let scanner = open_pty()?;
         let state = Arc::new(ScaleState::default());
@@ -139,8 +149,8 @@ pub async fn start(cfg: StoreConfig) -> anyhow::Result<StoreSim> {
     // Give the scanner drivers a moment to open their ports.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let shoppers = stop.child_token();
-    for (i, (scale, scanner)) in scales.into_iter().zip(scanners).enumerate() {
-        let lane = LaneClient::connect(lan, &store, &LaneId::parse((i + 1).to_string())?).await?;
+    for (i, ((scale, scanner), till)) in scales.into_iter().zip(scanners).zip(&tills).enumerate() {
+        let lane = LaneClient::connect(lan, &store, &LaneId::parse((i + 1).to_string())?, till).await?;
         tokio::spawn(shopper(
             lane,
             scale,
@@ -155,6 +165,7 @@ pub async fn start(cfg: StoreConfig) -> anyhow::Result<StoreSim> {
         stats,
         stop,
         shoppers,
+        handheld,
     })
 }
 

@@ -108,6 +108,10 @@ pub struct EdgeProcess {
     pub http: SocketAddr,
     /// Its device bus (store LAN broker).
     pub lan: Option<SocketAddr>,
+    /// The devices allowed on its bus: `till-1` (lane 1) and `handheld-1`.
+    pub till: storegate_sim::lane::DeviceLogin,
+    /// The handheld.
+    pub handheld: storegate_sim::lane::DeviceLogin,
 }
 
 impl EdgeProcess {
@@ -115,8 +119,29 @@ impl EdgeProcess {
     /// in `dir`, syncing to the broker at `upstream` (plain, loopback).
     /// Extra `SG_EDGE_*` variables in `env`.
     pub async fn spawn(bundle: &Path, dir: &Path, upstream: SocketAddr, env: &[(&str, &str)]) -> EdgeProcess {
+        use storegate_edge::lan::access::DeviceRole;
+        use storegate_sim::lane::DeviceLogin;
+        let (till, t) = DeviceLogin::new("till-1", DeviceRole::Till, &["1"]);
+        let (handheld, h) = DeviceLogin::new("handheld-1", DeviceRole::Handheld, &[]);
+        let config = dir.join("edge.toml");
+        let mut text = String::new();
+        for d in [&t, &h] {
+            text.push_str(&format!(
+                "[[devices]]\nid = {:?}\nrole = \"{}\"\npassword_sha256 = {:?}\nlanes = {:?}\n\n",
+                d.id,
+                serde_json::to_value(d.role)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                d.password_sha256,
+                d.lanes
+            ));
+        }
+        std::fs::write(&config, text).expect("edge.toml written");
         let mut cmd = Command::new(bin("edge-agent"));
-        cmd.arg("--bundle")
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("--bundle")
             .arg(bundle)
             .arg("--data-dir")
             .arg(dir)
@@ -139,7 +164,13 @@ impl EdgeProcess {
         let (http, lan) = storegate_sim::procs::edge_listening(&mut child)
             .await
             .expect("edge-agent started");
-        EdgeProcess { child, http, lan }
+        EdgeProcess {
+            child,
+            http,
+            lan,
+            till,
+            handheld,
+        }
     }
 
     /// `kill -9`.
@@ -382,6 +413,16 @@ impl MqttPeer {
         Self::connect_with(addr, client_id, filters, None).await
     }
 
+    /// Connects as the store device `login` (its credentials, a client id
+    /// of its own) and subscribes to `filters`.
+    pub async fn connect_device(
+        addr: SocketAddr,
+        login: &storegate_sim::lane::DeviceLogin,
+        filters: &[String],
+    ) -> MqttPeer {
+        Self::connect_opts(login.options(addr), filters, None).await
+    }
+
     /// Like [`MqttPeer::connect`], over TLS with `tls` if given.
     pub async fn connect_with(
         addr: SocketAddr,
@@ -389,8 +430,17 @@ impl MqttPeer {
         filters: &[String],
         tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     ) -> MqttPeer {
-        use rumqttc::{Event, MqttOptions, Packet, QoS};
-        let mut opts = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+        let opts = rumqttc::MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+        Self::connect_opts(opts, filters, tls).await
+    }
+
+    /// Connects with `opts`, over TLS with `tls` if given.
+    pub async fn connect_opts(
+        mut opts: rumqttc::MqttOptions,
+        filters: &[String],
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    ) -> MqttPeer {
+        use rumqttc::{Event, Packet, QoS};
         opts.set_max_packet_size(16 << 20, 16 << 20)
             .set_keep_alive(Duration::from_secs(5));
         if let Some(tls) = tls {

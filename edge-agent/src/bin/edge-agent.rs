@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use storegate_edge::Settings;
 use tokio_util::sync::CancellationToken;
 
@@ -34,10 +34,72 @@ struct Cli {
     /// Device bus (LAN broker) address (overrides the file).
     #[arg(long)]
     lan_listen: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Store LAN devices.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceCommand {
+    /// Makes a device's credentials: prints the `[[devices]]` entry for the
+    /// settings file, and the password to set on the device (shown once,
+    /// kept nowhere).
+    New {
+        /// Device id (its MQTT username).
+        id: String,
+        /// till, scanner, scale, handheld or other.
+        #[arg(long, value_parser = parse_role)]
+        role: storegate_edge::lan::access::DeviceRole,
+        /// A lane it acts on (repeat for more).
+        #[arg(long = "lane")]
+        lanes: Vec<String>,
+    },
+}
+
+fn parse_role(s: &str) -> Result<storegate_edge::lan::access::DeviceRole, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| format!("{s:?}: one of till, scanner, scale, handheld, other"))
+}
+
+fn new_device(
+    id: &str,
+    role: storegate_edge::lan::access::DeviceRole,
+    lanes: &[String],
+) -> anyhow::Result<()> {
+    use storegate_edge::lan::access;
+    storegate_protocol::DeviceId::parse(id)?;
+    for l in lanes {
+        storegate_protocol::LaneId::parse(l)?;
+    }
+    let password = access::new_password();
+    let entry = storegate_edge::settings::DeviceSettings {
+        id: id.to_owned(),
+        role,
+        password_sha256: access::hex(&access::password_hash(password.as_bytes())),
+        lanes: lanes.to_vec(),
+    };
+    #[derive(serde::Serialize)]
+    struct Entry<'a> {
+        devices: [&'a storegate_edge::settings::DeviceSettings; 1],
+    }
+    print!("{}", toml::to_string(&Entry { devices: [&entry] })?);
+    eprintln!(
+        "# device {id}: username {id}, password {password}\n# (set it on the device; it is not stored here)"
+    );
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Device(DeviceCommand::New { id, role, lanes })) = &cli.command {
+        return new_device(id, *role, lanes);
+    }
     if cli.print_default_config {
         print!("{}", Settings::default_toml());
         return Ok(());

@@ -169,6 +169,11 @@ impl Policy for StoreGate {
             // Presence is retained (and is the last will); nothing else.
             retain: vec![WanTopic::Status(store.clone()).to_string()],
             subscribe,
+            qos0: false,
+            rate: None,
+            // An edge has one connection; a second briefly while a dead
+            // one times out.
+            max_sessions: Some(4),
             revoked,
         })
     }

@@ -52,6 +52,20 @@ pub async fn run(args: PosBenchArgs) -> anyhow::Result<()> {
     )?);
     settings.http.listen = "127.0.0.1:0".into();
     settings.lan.listen = "127.0.0.1:0".into();
+    // The lanes here run flat out: no per-device rate in the way.
+    settings.lan.device_rate_per_sec = 1_000_000;
+    settings.lan.device_burst = 1_000_000;
+    let mut tills = Vec::new();
+    for i in 0..args.lanes {
+        let lane = format!("b{i}");
+        let (till, entry) = crate::lane::DeviceLogin::new(
+            format!("till-{lane}"),
+            storegate_edge::lan::access::DeviceRole::Till,
+            &[lane.as_str()],
+        );
+        settings.devices.push(entry);
+        tills.push(till);
+    }
     let stop = CancellationToken::new();
     let edge = storegate_edge::start(settings, stop.clone()).await?;
     edge.journal
@@ -66,8 +80,8 @@ pub async fn run(args: PosBenchArgs) -> anyhow::Result<()> {
         .collect();
 
     let mut lanes = Vec::new();
-    for i in 0..args.lanes {
-        lanes.push(LaneClient::connect(lan, &store, &LaneId::parse(format!("b{i}"))?).await?);
+    for (i, till) in tills.iter().enumerate() {
+        lanes.push(LaneClient::connect(lan, &store, &LaneId::parse(format!("b{i}"))?, till).await?);
     }
     let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
     let mut tasks = Vec::new();

@@ -684,6 +684,8 @@ struct AgentProcess {
     child: tokio::process::Child,
     lan: SocketAddr,
     http: SocketAddr,
+    /// Lane n's till is `tills[n - 1]`.
+    tills: Vec<crate::lane::DeviceLogin>,
 }
 
 async fn spawn_agent(
@@ -704,8 +706,20 @@ async fn spawn_agent(
     .await?;
     let config = data.join("edge.toml");
     let mut toml = String::new();
+    let mut tills = Vec::new();
     for l in 1..=lanes {
-        let _ = writeln!(toml, "[[lanes]]\nid = \"{l}\"\n");
+        let lane = l.to_string();
+        let (till, entry) = crate::lane::DeviceLogin::new(
+            format!("till-{l}"),
+            storegate_edge::lan::access::DeviceRole::Till,
+            &[lane.as_str()],
+        );
+        let _ = writeln!(
+            toml,
+            "[[lanes]]\nid = \"{l}\"\n\n[[devices]]\nid = \"{}\"\nrole = \"till\"\npassword_sha256 = \"{}\"\nlanes = [\"{l}\"]\n",
+            entry.id, entry.password_sha256
+        );
+        tills.push(till);
     }
     std::fs::write(&config, toml)?;
     let mut child = tokio::process::Command::new(bin)
@@ -723,7 +737,12 @@ async fn spawn_agent(
         .with_context(|| format!("starting {}", bin.display()))?;
     let (http, lan) = crate::procs::edge_listening(&mut child).await?;
     let lan = lan.context("the agent runs no device bus")?;
-    Ok(AgentProcess { child, lan, http })
+    Ok(AgentProcess {
+        child,
+        lan,
+        http,
+        tills,
+    })
 }
 
 async fn edge_memory(dir: &Path, args: &SuiteArgs) -> anyhow::Result<Vec<Row>> {
@@ -799,8 +818,13 @@ async fn edge_memory(dir: &Path, args: &SuiteArgs) -> anyhow::Result<Vec<Row>> {
     let until = Instant::now() + Duration::from_secs(args.rss_secs);
     let mut tasks = Vec::new();
     for l in 1..=args.rss_lanes {
-        let mut lane =
-            crate::lane::LaneClient::connect(busy.lan, &store, &LaneId::parse(l.to_string())?).await?;
+        let mut lane = crate::lane::LaneClient::connect(
+            busy.lan,
+            &store,
+            &LaneId::parse(l.to_string())?,
+            &busy.tills[l - 1],
+        )
+        .await?;
         let products = products.clone();
         tasks.push(tokio::spawn(async move {
             let mut sales = 0u64;

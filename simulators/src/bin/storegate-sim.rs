@@ -57,6 +57,9 @@ enum Command {
         /// Device id, with --lan.
         #[arg(long, default_value = "scanner-sim")]
         device: String,
+        /// The device's password on the bus, with --lan (`edge-agent device new` makes one).
+        #[arg(long, env = "SG_DEVICE_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
     },
     /// A POS lane running baskets from the demo catalog against an edge's device bus.
     Lane {
@@ -69,6 +72,12 @@ enum Command {
         /// Lane id.
         #[arg(long, default_value = "1")]
         lane: String,
+        /// The till's device id on the bus.
+        #[arg(long, default_value = "till-1")]
+        device: String,
+        /// Its password (`edge-agent device new` makes one).
+        #[arg(long, env = "SG_DEVICE_PASSWORD", hide_env_values = true)]
+        password: String,
         /// Baskets to run.
         #[arg(long, default_value_t = 5)]
         baskets: usize,
@@ -175,7 +184,7 @@ fn main() -> anyhow::Result<()> {
                 stop.cancel();
                 Ok(())
             }
-            Command::Scanner { codes, every_ms, terminator: t, lan, store, device } => {
+            Command::Scanner { codes, every_ms, terminator: t, lan, store, device, password } => {
                 let codes = if codes.is_empty() {
                     storegate_sim::catalog::products().into_iter().map(|p| p.code).collect()
                 } else {
@@ -184,8 +193,9 @@ fn main() -> anyhow::Result<()> {
                 let every = Duration::from_millis(every_ms);
                 match lan {
                     Some(addr) => {
-                        let topic = LanTopic::Device(StoreId::parse(store)?, DeviceId::parse(device)?, DeviceChannel::Scan).to_string();
-                        let opts = rumqttc::MqttOptions::new(format!("scanner-sim-{}", rand::random::<u32>()), addr.ip().to_string(), addr.port());
+                        let topic = LanTopic::Device(StoreId::parse(store)?, DeviceId::parse(device.as_str())?, DeviceChannel::Scan).to_string();
+                        let password = password.ok_or_else(|| anyhow::anyhow!("--lan needs the scanner's --password (or SG_DEVICE_PASSWORD)"))?;
+                        let opts = storegate_sim::lane::DeviceLogin { device, password }.options(addr);
                         let (client, mut el) = rumqttc::AsyncClient::new(opts, 64);
                         tokio::spawn(async move { while el.poll().await.is_ok() {} });
                         for code in codes.iter().cycle() {
@@ -208,8 +218,9 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
             }
-            Command::Lane { lan, store, lane, baskets } => {
-                let mut client = storegate_sim::lane::LaneClient::connect(lan, &StoreId::parse(store)?, &LaneId::parse(lane)?).await?;
+            Command::Lane { lan, store, lane, baskets, device, password } => {
+                let login = storegate_sim::lane::DeviceLogin { device, password };
+                let mut client = storegate_sim::lane::LaneClient::connect(lan, &StoreId::parse(store)?, &LaneId::parse(lane)?, &login).await?;
                 let products = storegate_sim::catalog::products();
                 for b in 0..baskets {
                     for k in 0..3 {

@@ -393,7 +393,8 @@ both_backends!(
         let edge = EdgeProcess::spawn(&bundle, dir.path(), wan.addr, &[]).await;
         let lan = edge.lan.expect("the edge runs its device bus");
         let mut handheld =
-            MqttPeer::connect(lan, "handheld-1", &[LanTopic::Tasks(store.clone()).to_string()]).await;
+            MqttPeer::connect_device(lan, &edge.handheld, &[LanTopic::Tasks(store.clone()).to_string()])
+                .await;
 
         // The store has its catalog from the hub before the lane can sell.
         let http_addr = edge.http;
@@ -451,7 +452,7 @@ both_backends!(
 
         // A card taken offline (WAN cut) that the provider declines later.
         wan.cut();
-        let mut lane = LaneClient::connect(lan, &store, &LaneId::parse("1").unwrap())
+        let mut lane = LaneClient::connect(lan, &store, &LaneId::parse("1").unwrap(), &edge.till)
             .await
             .unwrap();
         let r = lane

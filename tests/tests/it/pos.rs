@@ -10,6 +10,7 @@ use std::time::Duration;
 use storegate_e2e::{Proxy, Responder, broker, service_or_skip, wait_until};
 use storegate_edge::barcode::{self, Decoded};
 use storegate_edge::framing::Terminator;
+use storegate_edge::lan::access::DeviceRole;
 use storegate_edge::settings::{LaneSettings, SerialScaleSettings, SerialScannerSettings};
 use storegate_edge::{Edge, Settings};
 use storegate_protocol::device::{ErrorCode, PosOp, PosReply, PosResult, RefundMethod, ReturnItem};
@@ -18,7 +19,7 @@ use storegate_protocol::event::{CardToken, EventBody, Last4};
 use storegate_protocol::gtin::gs1_check_digit;
 use storegate_protocol::{Currency, Gtin, LaneId, Measure, Money, Seq, Sku, StoreId};
 use storegate_sim::devices::{Pty, ScaleState, open_pty, scan, serve_scale};
-use storegate_sim::lane::LaneClient;
+use storegate_sim::lane::{DeviceLogin, LaneClient};
 use tokio_util::sync::CancellationToken;
 
 fn gtin13(first12: &str) -> String {
@@ -37,6 +38,10 @@ pub struct Shop {
     pub cola: String,
     pub apples_code: String,
     pub cheese_code: String,
+    /// The devices on the bus: `till-1` (lane 1, `lane` above), `till-2`
+    /// (lane 2), `till-7` (lane 7), `scan-9` (a scanner for lane 1),
+    /// `scale-9` (a scale).
+    pub logins: Vec<DeviceLogin>,
     _scale_pty_stop: CancellationToken,
     _dir: tempfile::TempDir,
 }
@@ -102,6 +107,18 @@ pub async fn shop(store: &str, tweak: impl FnOnce(&mut Settings)) -> Shop {
         scale: Some("scale-1".into()),
         scanner: Some("scanner-1".into()),
     }];
+    let mut logins = Vec::new();
+    for (id, role, lanes) in [
+        ("till-1", DeviceRole::Till, &["1"][..]),
+        ("till-2", DeviceRole::Till, &["2"][..]),
+        ("till-7", DeviceRole::Till, &["7"][..]),
+        ("scan-9", DeviceRole::Scanner, &["1"][..]),
+        ("scale-9", DeviceRole::Scale, &[][..]),
+    ] {
+        let (login, entry) = DeviceLogin::new(id, role, lanes);
+        s.devices.push(entry);
+        logins.push(login);
+    }
     tweak(&mut s);
     let edge = storegate_edge::start(s, CancellationToken::new()).await.unwrap();
 
@@ -175,6 +192,7 @@ pub async fn shop(store: &str, tweak: impl FnOnce(&mut Settings)) -> Shop {
         edge.lan_addr.unwrap(),
         &StoreId::parse(store).unwrap(),
         &LaneId::parse("1").unwrap(),
+        &logins[0],
     )
     .await
     .unwrap();
@@ -196,6 +214,7 @@ pub async fn shop(store: &str, tweak: impl FnOnce(&mut Settings)) -> Shop {
         cola,
         apples_code,
         cheese_code,
+        logins,
         _scale_pty_stop: stop,
         _dir: dir,
     }
@@ -501,40 +520,243 @@ async fn bad_input_gets_clear_errors_and_the_lane_keeps_working() {
     .await;
 }
 
-/// A flood of new lane ids is bounded: past `MAX_LANES` each gets an error
-/// reply (no task, no queue), and the lanes in the settings keep selling.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flood_of_lane_ids_is_refused_past_the_bound_and_the_lane_keeps_working() {
-    use storegate_protocol::topic::LanTopic;
-    let mut s = shop("s-flood", |_| {}).await;
-    let store = StoreId::parse("s-flood").unwrap();
-    let lan = s.edge.lan_addr.unwrap();
-    let mut peer =
-        storegate_e2e::MqttPeer::connect(lan, "flooder", &["store/s-flood/pos/+/reply".to_owned()]).await;
-    let flood = storegate_edge::lan::MAX_LANES + 40;
-    for i in 0..flood {
-        let lane = LaneId::parse(format!("f{i}")).unwrap();
-        peer.publish(
-            LanTopic::PosRequest(store.clone(), lane).to_string(),
-            format!(r#"{{"id":"q{i}","op":"totals"}}"#).into_bytes(),
+impl Shop {
+    /// The credentials of device `id` on this shop's bus.
+    pub fn login(&self, id: &str) -> &DeviceLogin {
+        self.logins
+            .iter()
+            .find(|l| l.device == id)
+            .unwrap_or_else(|| panic!("no device {id} in the shop"))
+    }
+
+    fn gate(&self) -> &storegate_broker::gate::GateStats {
+        self.edge.lan_gate.as_deref().expect("the bus runs its gate")
+    }
+
+    /// Waits until the gate has refused at least `n` connections for
+    /// `reason` (it counts as it closes them, just after the client sees
+    /// the close).
+    async fn refused_at_least(&self, reason: &str, n: u64) {
+        wait_until(
+            &format!("{n} refusals for {reason}"),
+            Duration::from_secs(10),
+            || async { self.gate().refused(reason) >= n },
         )
         .await;
     }
-    let mut refused = 0;
-    for _ in 0..flood {
-        let (_, payload) = peer
-            .next(Duration::from_secs(20))
-            .await
-            .expect("every request is answered");
-        let reply: PosReply = serde_json::from_slice(&payload).unwrap();
-        if let Some(e) = &reply.error
-            && e.code == ErrorCode::BadRequest
-            && e.message.contains("at most")
-        {
-            refused += 1;
-        }
+}
+
+/// Runs a Mosquitto command-line client against the shop's bus and
+/// returns what it printed and whether it succeeded.
+async fn mosquitto(bin: &std::path::Path, lan: std::net::SocketAddr, args: &[&str]) -> (bool, String) {
+    let port = lan.port().to_string();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(bin)
+            .args(["-h", "127.0.0.1", "-p", &port])
+            .args(args)
+            .output(),
+    )
+    .await
+    .expect("the client ends")
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// A rogue client on the store LAN (real `mosquitto_pub`/`mosquitto_sub`):
+/// with no credentials, then with a scanner's, then with another till's,
+/// it tries to drive lane 1, read its replies, pre-seed a reply id, flood
+/// lane ids and device ids. Each is refused, counted by the gate, and lane
+/// 1 keeps selling with the answers that are its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rogue_lan_client_cannot_drive_or_read_another_lane_and_the_lane_keeps_selling() {
+    use storegate_protocol::topic::LanTopic;
+    let (Ok(sub_bin), Ok(pub_bin)) = (which("mosquitto_sub"), which("mosquitto_pub")) else {
+        service_or_skip(
+            "mosquitto_pub / mosquitto_sub (Debian's mosquitto-clients)",
+            false,
+        );
+        return;
+    };
+    let mut s = shop("s-rogue", |_| {}).await;
+    let lan = s.edge.lan_addr.unwrap();
+    let store = StoreId::parse("s-rogue").unwrap();
+    let lane1 = LanTopic::PosRequest(store.clone(), LaneId::parse("1").unwrap()).to_string();
+    let reply1 = LanTopic::PosReply(store.clone(), LaneId::parse("1").unwrap()).to_string();
+    ok(s.lane
+        .request(PosOp::OpenBasket {
+            cashier: None,
+            customer: None,
+        })
+        .await
+        .unwrap());
+
+    // No credentials: refused at CONNECT, to publish and to subscribe.
+    let steal = r#"{"id":"r1","op":"tender_cash","amount":100000}"#;
+    let (sent, out) = mosquitto(&pub_bin, lan, &["-q", "1", "-t", &lane1, "-m", steal]).await;
+    assert!(!sent && out.contains("not authorised"), "{out}");
+    let (read, out) = mosquitto(&sub_bin, lan, &["-t", &reply1, "-C", "1", "-W", "5"]).await;
+    assert!(!read && out.contains("not authorised"), "{out}");
+    s.refused_at_least("no_credentials", 2).await;
+
+    // A scanner's own credentials, used for a till's topics: the gate
+    // closes the connection at the PUBLISH and at the SUBSCRIBE.
+    let scan = s.login("scan-9").clone();
+    let scan_id = format!("{}@rogue", scan.device);
+    let as_scanner = ["-i", &scan_id, "-u", &scan.device, "-P", &scan.password];
+    let (_, out) = mosquitto(
+        &pub_bin,
+        lan,
+        &[&as_scanner[..], &["-q", "1", "-t", &lane1, "-m", steal]].concat(),
+    )
+    .await;
+    assert!(!out.contains("\"ok\""), "{out}");
+    let (_, out) = mosquitto(
+        &sub_bin,
+        lan,
+        &[&as_scanner[..], &["-t", &reply1, "-C", "1", "-W", "3"]].concat(),
+    )
+    .await;
+    assert!(!out.contains('{'), "read nothing of lane 1: {out}");
+    s.refused_at_least("publish_not_allowed", 1).await;
+    s.refused_at_least("subscribe_not_allowed", 1).await;
+    // ...and another device's session id is refused outright.
+    let (_, out) = mosquitto(
+        &pub_bin,
+        lan,
+        &[
+            "-i",
+            "till-1",
+            "-u",
+            &scan.device,
+            "-P",
+            &scan.password,
+            "-t",
+            &lane1,
+            "-m",
+            steal,
+        ],
+    )
+    .await;
+    assert!(out.contains("identifier rejected"), "{out}");
+
+    // Another till (lane 2's) pre-seeds a reply id on lane 1 and floods
+    // new lane ids: each publish ends its connection, nothing reaches a lane.
+    let till2 = s.login("till-2").clone();
+    let as_till2 = ["-u", &till2.device, "-P", &till2.password, "-i", &till2.device];
+    let seed = r#"{"id":"9001","op":"cancel_basket"}"#;
+    let _ = mosquitto(
+        &pub_bin,
+        lan,
+        &[&as_till2[..], &["-q", "1", "-t", &lane1, "-m", seed]].concat(),
+    )
+    .await;
+    for i in 0..5 {
+        let topic = format!("store/s-rogue/pos/f{i}/req");
+        let _ = mosquitto(
+            &pub_bin,
+            lan,
+            &[
+                &as_till2[..],
+                &["-q", "1", "-t", &topic, "-m", r#"{"id":"x","op":"totals"}"#],
+            ]
+            .concat(),
+        )
+        .await;
     }
-    assert_eq!(refused, 40);
+    s.refused_at_least("publish_not_allowed", 7).await;
+    let b = basket(ok(s
+        .lane
+        .raw(
+            "9001".into(),
+            format!(r#"{{"id":"9001","op":"add_item","code":"{PENCIL}"}}"#).into_bytes(),
+        )
+        .await
+        .unwrap()));
+    assert_eq!(
+        b.lines.len(),
+        1,
+        "lane 1's own request 9001 was done, not answered by a seed"
+    );
+
+    // A scanner may put items only into its own lanes' baskets.
+    let mut scanner = storegate_e2e::MqttPeer::connect_device(
+        lan,
+        &scan,
+        &["store/s-rogue/device/scan-9/reply".to_owned()],
+    )
+    .await;
+    scanner
+        .publish(
+            "store/s-rogue/device/scan-9/scan",
+            format!(r#"{{"code":"{PENCIL}","lane":"2"}}"#).into_bytes(),
+        )
+        .await;
+    let (_, reply) = scanner
+        .next(Duration::from_secs(10))
+        .await
+        .expect("the scanner is answered");
+    let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+    assert_eq!(reply["ok"], false);
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not bound to lane 2"),
+        "{reply}"
+    );
+
+    // A flood of made-up devices: each refused (and the address soon
+    // locked out); the registry holds none of them.
+    let before = s.edge.devices.snapshot().len();
+    for i in 0..30 {
+        let user = format!("ghost-{i}");
+        let (ok, _) = mosquitto(&pub_bin, lan, &["-u", &user, "-P", "x", "-t", &lane1, "-m", "{}"]).await;
+        assert!(!ok);
+    }
+    wait_until("30 ghosts refused", Duration::from_secs(10), || async {
+        s.gate().refused("unknown_device") + s.gate().refused("locked_out") == 30
+    })
+    .await;
+    assert!(
+        s.gate().refused("locked_out") > 0,
+        "guessing from one address is slowed"
+    );
+    assert_eq!(s.edge.devices.snapshot().len(), before);
+
+    // Lane 1 (already connected) sold on throughout.
+    let b = basket(ok(s.lane.request(add(PENCIL, None)).await.unwrap()));
+    assert_eq!(b.total, 2 * 199, "two pencils: its own, nobody else's");
+}
+
+/// A device publishing faster than its rate is slowed down by the gate
+/// (counted), every request still gets its answer, and lane 1 keeps
+/// selling meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_flooding_requests_is_held_to_its_rate_and_the_other_lane_keeps_selling() {
+    let mut s = shop("s-flood", |s| {
+        s.lan.device_rate_per_sec = 50;
+        s.lan.device_burst = 10;
+    })
+    .await;
+    let lan = s.edge.lan_addr.unwrap();
+    let till2 = s.login("till-2").clone();
+    let mut flooder =
+        storegate_e2e::MqttPeer::connect_device(lan, &till2, &["store/s-flood/pos/2/reply".to_owned()]).await;
+    let flood = 150;
+    for i in 0..flood {
+        flooder
+            .publish(
+                "store/s-flood/pos/2/req",
+                format!(r#"{{"id":"q{i}","op":"totals"}}"#).into_bytes(),
+            )
+            .await;
+    }
     ok(s.lane
         .request(PosOp::OpenBasket {
             cashier: None,
@@ -543,7 +765,46 @@ async fn a_flood_of_lane_ids_is_refused_past_the_bound_and_the_lane_keeps_workin
         .await
         .unwrap());
     let b = basket(ok(s.lane.request(add(PENCIL, None)).await.unwrap()));
-    assert_eq!(b.total, 199, "lane 1 still sells");
+    assert_eq!(b.total, 199, "lane 1 sells during the flood");
+    let mut answered = 0;
+    while answered < flood {
+        let (_, payload) = flooder
+            .next(Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("only {answered} of {flood} answered"));
+        let reply: PosReply = serde_json::from_slice(&payload).unwrap();
+        assert!(reply.id.is_some());
+        answered += 1;
+    }
+    assert!(
+        s.gate().throttled.load(Ordering::Relaxed) >= 100,
+        "past the burst of 10, publishes were held back: {}",
+        s.gate().throttled.load(Ordering::Relaxed)
+    );
+}
+
+/// The same request id with a different request is refused, not answered
+/// with the first one's reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_request_id_with_another_request_is_refused() {
+    let mut s = shop("s-reuse", |_| {}).await;
+    ok(s.lane
+        .raw("r".into(), br#"{"id":"r","op":"open_basket"}"#.to_vec())
+        .await
+        .unwrap());
+    let (code, message) = error(
+        s.lane
+            .raw(
+                "r".into(),
+                format!(r#"{{"id":"r","op":"add_item","code":"{PENCIL}"}}"#).into_bytes(),
+            )
+            .await
+            .unwrap(),
+    );
+    assert_eq!(code, ErrorCode::BadRequest);
+    assert!(message.contains("already used"), "{message}");
+    let b = basket(ok(s.lane.request(PosOp::Totals).await.unwrap()));
+    assert!(b.lines.is_empty(), "nothing was added under the reused id");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -657,6 +918,10 @@ async fn a_plain_mosquitto_client_drives_a_lane() {
     let s = shop("s-mq", |_| {}).await;
     let lan = s.edge.lan_addr.unwrap();
     let port = lan.port().to_string();
+    // Lane 7's till, as `edge-agent device new till-7 --role till --lane 7`
+    // makes it: a session for replies and one per request.
+    let till = s.login("till-7").clone();
+    let sub_id = format!("{}@sub", till.device);
     // `-d` prints the client's protocol steps: its SUBACK says it listens
     // (line-buffered through coreutils' stdbuf, or it would wait in a pipe
     // buffer until the end).
@@ -669,6 +934,12 @@ async fn a_plain_mosquitto_client_drives_a_lane() {
             "127.0.0.1",
             "-p",
             &port,
+            "-u",
+            &till.device,
+            "-P",
+            &till.password,
+            "-i",
+            &sub_id,
             "-t",
             "store/s-mq/pos/7/reply",
             "-C",
@@ -704,6 +975,12 @@ async fn a_plain_mosquitto_client_drives_a_lane() {
                 "127.0.0.1",
                 "-p",
                 &port,
+                "-u",
+                &till.device,
+                "-P",
+                &till.password,
+                "-i",
+                &till.device,
                 "-t",
                 "store/s-mq/pos/7/req",
                 "-q",

@@ -3,16 +3,21 @@
 //! `storegate_protocol::{topic, device}`), so they keep working when the WAN
 //! is down, and the dispatcher that serves them.
 //!
+//! - Devices connect through the gate ([`access`]): each with its own
+//!   credentials, publishing and reading only its own topics and its
+//!   lanes' (the broker itself listens on loopback only).
 //! - POS requests go to the lane's actor (one task per lane, requests in
 //!   order); the reply goes to the lane's reply topic. A request that cannot
 //!   be parsed still gets an error reply, with its id if one can be read.
 //!   Requests are idempotent by id: a lane remembers its last 64 replies and
 //!   answers a repeated id (a client retry, a QoS 1 redelivery) with the
-//!   first reply instead of doing the work again.
+//!   first reply instead of doing the work again; the same id with a
+//!   different request is refused, not answered with the other's reply.
 //! - A scan from a scanner bound to a lane (by configuration, or the scan's
-//!   `lane` field) adds the item to that lane's basket and the lane gets the
-//!   basket; other scans are answered on the device's reply topic. Every
-//!   scan is recorded as telemetry with what came of it.
+//!   `lane` field, which may name only the scanner's own lanes) adds the
+//!   item to that lane's basket and the lane gets the basket; other scans
+//!   are answered on the device's reply topic. Every scan is recorded as
+//!   telemetry with what came of it.
 //! - Weights and health reports update the device registry and are
 //!   recorded as telemetry; task updates are recorded as business events.
 //! - Tasks the hub sends down are published on `store/{store}/task`.
@@ -21,7 +26,13 @@
 //!   messages between broker and agent met 40 ms delayed-ACK stalls).
 //!
 //! Bad input never stops the bus: malformed JSON, unknown barcodes and
-//! garbled serial frames each get a clear error and a counter.
+//! garbled serial frames each get a clear error and a counter. Everything
+//! is bounded: connections (the broker's `max_connections`), each device's
+//! publish rate (the gate), the dispatcher's inbox ([`INBOX`]), each lane's
+//! queue ([`LANE_QUEUE`]), the lanes and the device registry (configured
+//! ones only).
+
+pub mod access;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -48,10 +59,9 @@ use crate::scale::ScaleHandle;
 /// Replies a lane remembers, by request id.
 const REPLY_CACHE: usize = 64;
 
-/// Most lanes the bus runs besides those in the settings (each is a
-/// task); a request for a lane past it is refused with an error reply,
-/// counted.
-pub const MAX_LANES: usize = 256;
+/// Messages waiting for the dispatcher; past it the broker link waits
+/// (the broker holds what devices send, within its segment bounds).
+pub const INBOX: usize = 1024;
 
 /// Most messages waiting for one lane; past it a request is answered
 /// "busy" (retry) and counted, so a flood holds no memory.
@@ -68,9 +78,15 @@ pub struct LanConfig {
     pub scanner_lanes: HashMap<DeviceId, LaneId>,
     /// Lane -> its scale.
     pub lane_scales: HashMap<LaneId, ScaleHandle>,
-    /// The lanes in the settings: always served; others (a till the file
-    /// does not list) up to [`MAX_LANES`].
+    /// The lanes this store runs (in the settings, or a device's): the
+    /// only ones served; a request for another is refused, counted.
     pub lanes: std::collections::HashSet<LaneId>,
+    /// The devices allowed on the bus.
+    pub devices: Vec<access::DeviceAccess>,
+    /// Each device's publish rate.
+    pub device_rate: storegate_broker::gate::Rate,
+    /// Serial devices (scales and scanners the agent drives itself).
+    pub serial: std::collections::HashSet<DeviceId>,
 }
 
 /// Publishes through the in-process link (shared by the dispatcher and the lanes).
@@ -118,6 +134,8 @@ pub struct Lan {
     pub addr: SocketAddr,
     /// Serial scanners send their frames here.
     pub scans: mpsc::Sender<(DeviceId, Frame)>,
+    /// What the gate admitted, refused and throttled.
+    pub gate: Arc<storegate_broker::gate::GateStats>,
 }
 
 /// Starts the broker and the dispatcher.
@@ -130,12 +148,49 @@ pub fn start(
 ) -> Result<Lan, storegate_broker::BrokerError> {
     let config = storegate_broker::load_config(None, storegate_broker::LAN_CONFIG)?;
     let link_id = format!("edge-{}-lan", cfg.store);
-    let (addr, link) = storegate_broker::start_embedded_with_link(
+    // Devices reach the broker only through the gate: it listens on
+    // loopback, the gate on the store LAN.
+    let listener = std::net::TcpListener::bind(cfg.listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .and_then(tokio::net::TcpListener::from_std)
+        .map_err(|source| storegate_broker::BrokerError::Bind {
+            addr: cfg.listen,
+            setting: "lan.listen (SG_EDGE_LAN__LISTEN)",
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| storegate_broker::BrokerError::Bind {
+            addr: cfg.listen,
+            setting: "lan.listen (SG_EDGE_LAN__LISTEN)",
+            source,
+        })?;
+    let (upstream, link) = storegate_broker::start_embedded_with_link(
         config,
-        cfg.listen,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
         "lan.listen (SG_EDGE_LAN__LISTEN)",
         Some(&link_id),
     )?;
+    let gate = storegate_broker::gate::spawn(
+        listener,
+        storegate_broker::gate::GateConfig {
+            name: "lan",
+            upstream,
+            tls: None,
+            handshake_timeout: std::time::Duration::from_secs(10),
+            max_pending: 256,
+            max_packet: 64 * 1024 + 1024,
+            // Below rumqttd-lan.toml's router.max_connections (1010).
+            max_clients: 1000,
+        },
+        Arc::new(access::LanPolicy::new(
+            cfg.store.clone(),
+            &cfg.devices,
+            cfg.device_rate,
+        )),
+        tracker,
+        shutdown.clone(),
+    );
     let (mut link_tx, mut link_rx) = link.ok_or_else(|| storegate_broker::BrokerError::Config {
         path: "in-process link".into(),
         message: "the broker gave no link".into(),
@@ -146,14 +201,14 @@ pub fn start(
         }
     }
     let bus = Bus(Arc::new(Mutex::new(link_tx)));
-    let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Inbound>();
+    let (inbox_tx, mut inbox) = mpsc::channel::<Inbound>(INBOX);
     let (scans_tx, mut scans_rx) = mpsc::channel::<(DeviceId, Frame)>(1024);
 
     // Serial scanner frames into the inbox.
     let tx = inbox_tx.clone();
     tracker.spawn(async move {
         while let Some((dev, frame)) = scans_rx.recv().await {
-            if tx.send(Inbound::Serial(dev, frame)).is_err() {
+            if tx.send(Inbound::Serial(dev, frame)).await.is_err() {
                 return;
             }
         }
@@ -171,6 +226,7 @@ pub fn start(
                     let topic = String::from_utf8_lossy(&f.publish.topic).into_owned();
                     if inbox_tx
                         .send(Inbound::Mqtt(topic, f.publish.payload.to_vec()))
+                        .await
                         .is_err()
                     {
                         return;
@@ -215,7 +271,12 @@ pub fn start(
         }
     });
     // The dispatcher.
+    let mut device_lanes: HashMap<DeviceId, Vec<LaneId>> = HashMap::new();
+    for d in &cfg.devices {
+        device_lanes.insert(d.id.clone(), d.lanes.clone());
+    }
     let mut d = Dispatcher {
+        device_lanes,
         cfg,
         ctx,
         devices,
@@ -239,10 +300,13 @@ pub fn start(
     Ok(Lan {
         addr,
         scans: scans_tx,
+        gate,
     })
 }
 
 struct Dispatcher {
+    /// Every device allowed on the bus, with its lanes.
+    device_lanes: HashMap<DeviceId, Vec<LaneId>>,
     cfg: LanConfig,
     ctx: PosCtx,
     devices: Devices,
@@ -253,8 +317,8 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Hands `msg` to `lane`'s actor (started on first use, up to
-    /// [`MAX_LANES`]); a request that cannot be taken is answered with an
+    /// Hands `msg` to `lane`'s actor (started on first use, if the store
+    /// runs that lane); a request that cannot be taken is answered with an
     /// error on the lane's reply topic.
     fn hand_to_lane(&mut self, lane: &LaneId, msg: LaneMsg) {
         let id = match &msg {
@@ -263,10 +327,10 @@ impl Dispatcher {
         };
         let (reason, e) = match self.lane(lane) {
             None => (
-                "too_many_lanes",
+                "unknown_lane",
                 BusError::new(
                     ErrorCode::BadRequest,
-                    format!("this store runs at most {MAX_LANES} lanes; {lane} is not one of them"),
+                    format!("lane {lane} is not configured at this store"),
                 ),
             ),
             Some(tx) => match tx.try_send(msg) {
@@ -289,8 +353,7 @@ impl Dispatcher {
         if let Some(tx) = self.lanes.get(lane) {
             return Some(tx.clone());
         }
-        let unlisted = self.lanes.keys().filter(|l| !self.cfg.lanes.contains(*l)).count();
-        if !self.cfg.lanes.contains(lane) && unlisted >= MAX_LANES {
+        if !self.cfg.lanes.contains(lane) {
             return None;
         }
         let (tx, mut rx) = mpsc::channel(LANE_QUEUE);
@@ -305,7 +368,7 @@ impl Dispatcher {
         self.tracker.spawn(async move {
             let mut scans = 0u64;
             // The last replies, by request id: a repeated id is answered again, not redone.
-            let mut replied: VecDeque<(String, Vec<u8>)> = VecDeque::with_capacity(REPLY_CACHE);
+            let mut replied: VecDeque<(String, [u8; 32], Vec<u8>)> = VecDeque::with_capacity(REPLY_CACHE);
             loop {
                 let msg = tokio::select! {
                     () = shutdown.cancelled() => return,
@@ -314,9 +377,24 @@ impl Dispatcher {
                 let bytes = match msg {
                     LaneMsg::Request(payload) => match device::parse_json::<PosRequest>(&payload) {
                         Ok(req) => {
-                            if let Some((_, bytes)) = replied.iter().find(|(id, _)| *id == req.id) {
-                                metrics::counter!("edge_pos_repeated_requests_total").increment(1);
-                                bus.publish(reply_topic.clone(), bytes.clone());
+                            let digest = access::password_hash(&payload);
+                            if let Some((_, first, bytes)) = replied.iter().find(|(id, _, _)| *id == req.id) {
+                                let bytes = if *first == digest {
+                                    metrics::counter!("edge_pos_repeated_requests_total").increment(1);
+                                    bytes.clone()
+                                } else {
+                                    // Not a retry: another request under a used id
+                                    // gets neither the first one's answer nor done.
+                                    metrics::counter!("edge_lan_refused_total", "reason" => "id_reused").increment(1);
+                                    device::to_json(&PosReply::err(
+                                        Some(req.id),
+                                        BusError::new(
+                                            ErrorCode::BadRequest,
+                                            "this request id was already used for another request at this lane; use a new id",
+                                        ),
+                                    ))
+                                };
+                                bus.publish(reply_topic.clone(), bytes);
                                 continue;
                             }
                             let started = std::time::Instant::now();
@@ -327,7 +405,7 @@ impl Dispatcher {
                             if replied.len() == REPLY_CACHE {
                                 replied.pop_front();
                             }
-                            replied.push_back((req.id, bytes.clone()));
+                            replied.push_back((req.id, digest, bytes.clone()));
                             bytes
                         }
                         Err(e) => {
@@ -390,6 +468,12 @@ impl Dispatcher {
     }
 
     async fn device(&mut self, dev: DeviceId, ch: DeviceChannel, payload: &[u8]) {
+        // The gate lets only configured devices publish; the registry holds
+        // no one else.
+        if !self.device_lanes.contains_key(&dev) && !self.cfg.serial.contains(&dev) {
+            metrics::counter!("edge_lan_refused_total", "reason" => "unknown_device").increment(1);
+            return;
+        }
         let journal = &self.ctx.journal;
         match ch {
             DeviceChannel::Scan => match device::parse_json::<ScanMsg>(payload) {
@@ -418,6 +502,12 @@ impl Dispatcher {
             },
             DeviceChannel::Reply => {}
         }
+    }
+
+    /// Whether `dev`'s scans may go into `lane`'s basket.
+    fn may_scan_into(&self, dev: &DeviceId, lane: &LaneId) -> bool {
+        self.cfg.scanner_lanes.get(dev) == Some(lane)
+            || self.device_lanes.get(dev).is_some_and(|ls| ls.contains(lane))
     }
 
     fn malformed(&self, dev: &DeviceId, kind: DeviceKind, e: BusError) {
@@ -470,7 +560,25 @@ impl Dispatcher {
             &dev,
             self.devices.seen(&dev, DeviceKind::Scanner),
         );
-        let lane = lane.or_else(|| self.cfg.scanner_lanes.get(&dev).cloned());
+        let lane = match lane {
+            Some(l) if !self.may_scan_into(&dev, &l) => {
+                metrics::counter!("edge_lan_refused_total", "reason" => "lane_not_bound").increment(1);
+                self.device_reply(
+                    &dev,
+                    &DeviceReply {
+                        ok: false,
+                        error: Some(BusError::new(
+                            ErrorCode::BadRequest,
+                            format!("device {dev} is not bound to lane {l}; nothing was added"),
+                        )),
+                        sku: None,
+                    },
+                );
+                return;
+            }
+            Some(l) => Some(l),
+            None => self.cfg.scanner_lanes.get(&dev).cloned(),
+        };
         let outcome = match barcode::decode(&code, &self.ctx.cfg.layouts) {
             // A card swiped or keyed where a barcode goes: the code is not
             // kept anywhere (journal, hub, replies).
