@@ -215,7 +215,9 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ed
                     window_secs: settings.pos.offline_window_secs,
                 },
                 layouts: settings.pos.variable_layouts.clone(),
+                approvals: settings.pos.approvals.rules(),
             }),
+            approvals: std::sync::Arc::default(),
         };
         for d in &v.devices {
             lanes.extend(d.lanes.iter().cloned());

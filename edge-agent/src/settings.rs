@@ -116,6 +116,51 @@ pub struct PosSettings {
     pub offline_window_secs: i64,
     /// GS1 variable-measure barcode layouts (prefixes 20-29).
     pub variable_layouts: Vec<crate::barcode::VariableLayout>,
+    /// Which lane operations need a supervisor's approval.
+    pub approvals: ApprovalSettings,
+}
+
+/// Which lane operations need a supervisor's approval (given from a
+/// device with the `supervisor` role).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApprovalSettings {
+    /// Voiding a completed sale (a post-void).
+    pub void_sale: bool,
+    /// A return without the receipt.
+    pub return_without_receipt: bool,
+    /// Any refund above this, minor units.
+    pub refund_limit_minor: i64,
+}
+
+impl Default for ApprovalSettings {
+    fn default() -> Self {
+        ApprovalSettings {
+            void_sale: true,
+            return_without_receipt: true,
+            refund_limit_minor: 10_000,
+        }
+    }
+}
+
+impl ApprovalSettings {
+    /// No approvals at all (tests of other things).
+    pub fn none() -> Self {
+        ApprovalSettings {
+            void_sale: false,
+            return_without_receipt: false,
+            refund_limit_minor: i64::MAX,
+        }
+    }
+
+    /// As the lanes use them.
+    pub fn rules(&self) -> crate::pos::approvals::ApprovalRules {
+        crate::pos::approvals::ApprovalRules {
+            void_sale: self.void_sale,
+            return_without_receipt: self.return_without_receipt,
+            refund_limit_minor: self.refund_limit_minor,
+        }
+    }
 }
 
 /// A POS lane.
@@ -196,6 +241,7 @@ impl Default for PosSettings {
             offline_total_limit_minor: 100_000,
             offline_window_secs: 86_400,
             variable_layouts: crate::barcode::default_layouts(),
+            approvals: ApprovalSettings::default(),
         }
     }
 }

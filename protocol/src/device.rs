@@ -210,6 +210,10 @@ pub enum PosOp {
         sale_id: EventId,
         /// Why.
         reason: String,
+        /// The supervisor approval this repeats the request with, when the
+        /// store's rules want one (the id an `approval_required` error gave).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approval: Option<String>,
     },
     /// Take goods back.
     ReturnItems {
@@ -223,6 +227,10 @@ pub enum PosOp {
         /// Why.
         #[serde(default)]
         reason: String,
+        /// The supervisor approval this repeats the request with, when the
+        /// store's rules want one (the id an `approval_required` error gave).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        approval: Option<String>,
     },
     /// What does this cost?
     PriceLookup {
@@ -301,6 +309,11 @@ pub enum ErrorCode {
     AlreadyVoided,
     /// A return that does not match its receipt.
     ReturnInvalid,
+    /// The store's rules want a supervisor's approval (a post-void, a
+    /// return without a receipt, a refund above the limit): the error's
+    /// `approval` id went to the supervisors; repeat the request with it
+    /// once one approves. Also: still waiting, denied, or expired.
+    ApprovalRequired,
     /// An internal failure; the lane may retry.
     Internal,
 }
@@ -312,6 +325,10 @@ pub struct BusError {
     pub code: ErrorCode,
     /// Human-readable text for the operator.
     pub message: String,
+    /// With `approval_required`: the approval to wait for and repeat the
+    /// request with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
 }
 
 impl BusError {
@@ -320,8 +337,34 @@ impl BusError {
         BusError {
             code,
             message: message.into(),
+            approval: None,
         }
     }
+}
+
+/// A risky lane operation waiting for a supervisor, as the edge announces
+/// it on `store/{store}/approval` (supervisor devices only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalRequest {
+    /// Its id.
+    pub approval: String,
+    /// The lane that asks.
+    pub lane: LaneId,
+    /// What is to be approved, for the supervisor's screen.
+    pub what: String,
+    /// The money it moves, minor units.
+    pub amount: i64,
+    /// Its currency.
+    pub currency: String,
+}
+
+/// A supervisor's answer, on `store/{store}/device/{device}/approve`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalDecision {
+    /// The approval answered.
+    pub approval: String,
+    /// Approved (or denied).
+    pub approve: bool,
 }
 
 /// A basket line as the lane displays it.

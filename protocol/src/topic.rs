@@ -268,6 +268,8 @@ pub enum DeviceChannel {
     Health,
     /// The edge's reply to a device (for example a refused scan).
     Reply,
+    /// A supervisor's approval decision.
+    Approve,
 }
 
 impl DeviceChannel {
@@ -277,6 +279,7 @@ impl DeviceChannel {
             DeviceChannel::Weight => "weight",
             DeviceChannel::Health => "health",
             DeviceChannel::Reply => "reply",
+            DeviceChannel::Approve => "approve",
         }
     }
 }
@@ -294,6 +297,8 @@ pub enum LanTopic {
     Tasks(StoreId),
     /// `store/{store}/task/update`
     TaskUpdate(StoreId),
+    /// `store/{store}/approval`: operations waiting for a supervisor.
+    Approvals(StoreId),
 }
 
 impl LanTopic {
@@ -312,6 +317,7 @@ impl LanTopic {
                     "weight" => DeviceChannel::Weight,
                     "health" => DeviceChannel::Health,
                     "reply" => DeviceChannel::Reply,
+                    "approve" => DeviceChannel::Approve,
                     _ => return Err(unknown()),
                 };
                 Ok(LanTopic::Device(
@@ -330,6 +336,7 @@ impl LanTopic {
                 })
             }
             ["store", store, "task"] => Ok(LanTopic::Tasks(StoreId::parse(*store).map_err(bad)?)),
+            ["store", store, "approval"] => Ok(LanTopic::Approvals(StoreId::parse(*store).map_err(bad)?)),
             ["store", store, "task", "update"] => {
                 Ok(LanTopic::TaskUpdate(StoreId::parse(*store).map_err(bad)?))
             }
@@ -338,9 +345,10 @@ impl LanTopic {
     }
 
     /// Filter for everything devices of `store` publish to the edge.
-    pub fn inbound_filters(store: &StoreId) -> [String; 5] {
+    pub fn inbound_filters(store: &StoreId) -> [String; 6] {
         [
             format!("store/{store}/device/+/scan"),
+            format!("store/{store}/device/+/approve"),
             format!("store/{store}/device/+/weight"),
             format!("store/{store}/device/+/health"),
             format!("store/{store}/pos/+/req"),
@@ -357,6 +365,7 @@ impl fmt::Display for LanTopic {
             LanTopic::PosReply(s, l) => write!(f, "store/{s}/pos/{l}/reply"),
             LanTopic::Tasks(s) => write!(f, "store/{s}/task"),
             LanTopic::TaskUpdate(s) => write!(f, "store/{s}/task/update"),
+            LanTopic::Approvals(s) => write!(f, "store/{s}/approval"),
         }
     }
 }
@@ -430,7 +439,9 @@ mod tests {
             LanTopic::Device(s.clone(), d.clone(), DeviceChannel::Scan),
             LanTopic::Device(s.clone(), d.clone(), DeviceChannel::Weight),
             LanTopic::Device(s.clone(), d.clone(), DeviceChannel::Health),
-            LanTopic::Device(s.clone(), d, DeviceChannel::Reply),
+            LanTopic::Device(s.clone(), d.clone(), DeviceChannel::Reply),
+            LanTopic::Device(s.clone(), d, DeviceChannel::Approve),
+            LanTopic::Approvals(s.clone()),
             LanTopic::PosRequest(s.clone(), l.clone()),
             LanTopic::PosReply(s.clone(), l),
             LanTopic::Tasks(s.clone()),

@@ -13,6 +13,7 @@
 //! | scale | `device/{id}/weight` | |
 //! | till | `pos/{lane}/req` for its lanes | `pos/{lane}/reply` for its lanes |
 //! | handheld | what a till and a scanner do, and `task/update` | `task` |
+//! | supervisor | `device/{id}/approve` | `approval` |
 //!
 //! Passwords are compared in constant time. An address that gets
 //! [`MAX_FAILURES`] logins wrong within [`FAILURE_WINDOW`] is refused
@@ -52,6 +53,8 @@ pub enum DeviceRole {
     Scale,
     /// A handheld: scans, works tasks, and may act as a till on its lanes.
     Handheld,
+    /// A supervisor's device: approves risky lane operations.
+    Supervisor,
     /// Anything else (a sensor, a display): health reports only.
     Other,
 }
@@ -130,6 +133,10 @@ pub fn topics(store: &StoreId, d: &DeviceAccess) -> (Vec<String>, Vec<String>) {
             publish.push(dev(DeviceChannel::Scan));
             publish.push(LanTopic::TaskUpdate(store.clone()).to_string());
             subscribe.push(LanTopic::Tasks(store.clone()).to_string());
+        }
+        DeviceRole::Supervisor => {
+            publish.push(dev(DeviceChannel::Approve));
+            subscribe.push(LanTopic::Approvals(store.clone()).to_string());
         }
         DeviceRole::Other => {}
     }

@@ -40,7 +40,8 @@ use std::sync::{Arc, Mutex};
 
 use storegate_broker::{LinkTx, Notification};
 use storegate_protocol::device::{
-    self, BusError, DeviceReply, ErrorCode, HealthMsg, PosReply, PosRequest, PosResult, ScanMsg, WeightMsg,
+    self, ApprovalDecision, BusError, DeviceReply, ErrorCode, HealthMsg, PosReply, PosRequest, PosResult,
+    ScanMsg, WeightMsg,
 };
 use storegate_protocol::downlink::DownBody;
 use storegate_protocol::event::{DeviceKind, EventBody, ScanOutcome, ScanRecord, TaskUpdate, WeightRecord};
@@ -272,11 +273,37 @@ pub fn start(
     });
     // The dispatcher.
     let mut device_lanes: HashMap<DeviceId, Vec<LaneId>> = HashMap::new();
+    let mut supervisors = std::collections::HashSet::new();
     for d in &cfg.devices {
         device_lanes.insert(d.id.clone(), d.lanes.clone());
+        if d.role == access::DeviceRole::Supervisor {
+            supervisors.insert(d.id.clone());
+        }
     }
+    // Approval requests to the supervisors' devices.
+    let mut asked = ctx.approvals.subscribe();
+    let approvals_topic = LanTopic::Approvals(cfg.store.clone()).to_string();
+    let approvals_bus = bus.clone();
+    let stop = shutdown.clone();
+    tracker.spawn(async move {
+        loop {
+            let request = tokio::select! {
+                () = stop.cancelled() => return,
+                r = asked.recv() => match r {
+                    Ok(r) => r,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "approval requests lagged");
+                        continue;
+                    }
+                    Err(_) => return,
+                },
+            };
+            approvals_bus.publish(approvals_topic.clone(), device::to_json(&request));
+        }
+    });
     let mut d = Dispatcher {
         device_lanes,
+        supervisors,
         cfg,
         ctx,
         devices,
@@ -307,6 +334,8 @@ pub fn start(
 struct Dispatcher {
     /// Every device allowed on the bus, with its lanes.
     device_lanes: HashMap<DeviceId, Vec<LaneId>>,
+    /// Those with the supervisor role.
+    supervisors: std::collections::HashSet<DeviceId>,
     cfg: LanConfig,
     ctx: PosCtx,
     devices: Devices,
@@ -500,6 +529,32 @@ impl Dispatcher {
                 ),
                 Err(e) => self.malformed(&dev, DeviceKind::Other, e),
             },
+            DeviceChannel::Approve => {
+                let decided = match device::parse_json::<ApprovalDecision>(payload) {
+                    Ok(_) if !self.supervisors.contains(&dev) => {
+                        metrics::counter!("edge_lan_refused_total", "reason" => "not_a_supervisor")
+                            .increment(1);
+                        Err(BusError::new(
+                            ErrorCode::BadRequest,
+                            format!("device {dev} is not a supervisor's"),
+                        ))
+                    }
+                    Ok(d) => self
+                        .ctx
+                        .approvals
+                        .decide(&d.approval, &dev, d.approve)
+                        .map_err(|m| BusError::new(ErrorCode::BadRequest, m)),
+                    Err(e) => Err(e),
+                };
+                self.device_reply(
+                    &dev,
+                    &DeviceReply {
+                        ok: decided.is_ok(),
+                        error: decided.err(),
+                        sku: None,
+                    },
+                );
+            }
             DeviceChannel::Reply => {}
         }
     }

@@ -22,6 +22,7 @@
 //! returns, with the pure rules of what may be returned and how it is
 //! refunded), `views` (what lanes are shown).
 
+pub mod approvals;
 mod lookup;
 mod offline;
 mod returns;
@@ -64,6 +65,8 @@ pub struct PosConfig {
     pub offline: OfflineCaps,
     /// GS1 variable-measure layouts.
     pub layouts: Vec<VariableLayout>,
+    /// Which operations need a supervisor's approval.
+    pub approvals: approvals::ApprovalRules,
 }
 
 /// What every lane shares.
@@ -77,6 +80,8 @@ pub struct PosCtx {
     pub sync: SyncHandle,
     /// Settings.
     pub cfg: Arc<PosConfig>,
+    /// Supervisor approvals asked and given.
+    pub approvals: Arc<approvals::Approvals>,
 }
 
 #[derive(Debug, Clone)]
@@ -201,13 +206,18 @@ impl Lane {
             }
             PosOp::Complete => self.complete().await,
             PosOp::CancelBasket => self.cancel().await,
-            PosOp::VoidSale { sale_id, reason } => self.void(sale_id, reason).await,
+            PosOp::VoidSale {
+                sale_id,
+                reason,
+                approval,
+            } => self.void(sale_id, reason, approval).await,
             PosOp::ReturnItems {
                 sale_id,
                 lines,
                 refund,
                 reason,
-            } => self.return_items(sale_id, lines, refund, reason).await,
+                approval,
+            } => self.return_items(sale_id, lines, refund, reason, approval).await,
             PosOp::PriceLookup { code, sku } => self.price_lookup(code, sku).await,
             PosOp::Receipt { sale_id } => {
                 let r = self.load_sale(sale_id).await?;

@@ -7,6 +7,7 @@ use storegate_protocol::device::{BusError, ErrorCode, PosResult, RefundMethod, R
 use storegate_protocol::event::{EventBody, Return, ReturnLine, Sale, SaleVoid, Tender, TenderMethod};
 use storegate_protocol::{Currency, EventId, Money, Qty, Sku};
 
+use super::approvals::{Risky, Verdict, digest_of};
 use super::{Lane, err, internal, new_id};
 use crate::journal::{JournalError, SaleRecord, now_ms};
 use crate::pricing::{self, LineInput};
@@ -110,7 +111,62 @@ impl Lane {
             })
     }
 
-    pub(super) async fn void(&mut self, sale_id: EventId, reason: String) -> Result<PosResult, BusError> {
+    /// Checks the store's approval rules for `op`: `Ok(reason)` (with who
+    /// approved it, if anyone had to) to go ahead, or why not.
+    fn approved(
+        &self,
+        op: Risky,
+        refund: i64,
+        digest: [u8; 32],
+        approval: Option<String>,
+        reason: String,
+    ) -> Result<String, BusError> {
+        let Some(what) = self.ctx.cfg.approvals.needs(op, refund) else {
+            return Ok(reason);
+        };
+        let required = |message: String, id: Option<String>| BusError {
+            approval: id,
+            ..err(ErrorCode::ApprovalRequired, message)
+        };
+        let Some(id) = approval else {
+            let currency = self.ctx.cfg.currency.to_string();
+            let id = self
+                .ctx
+                .approvals
+                .ask(&self.id, digest, what.clone(), refund, currency);
+            return Err(required(
+                format!(
+                    "{what}: a supervisor must approve; asked as {id}, repeat the request with it once approved"
+                ),
+                Some(id),
+            ));
+        };
+        match self.ctx.approvals.take(&id, &self.id, digest) {
+            Verdict::Approved(by) => Ok(if reason.is_empty() {
+                format!("approved by {by} ({id})")
+            } else {
+                format!("{reason} (approved by {by}, {id})")
+            }),
+            Verdict::Waiting => Err(required(
+                format!("{what}: approval {id} is still waiting for a supervisor"),
+                Some(id),
+            )),
+            Verdict::Denied(by) => Err(required(format!("{what}: {by} denied approval {id}"), None)),
+            Verdict::Unknown => Err(required(
+                format!(
+                    "{what}: {id} approves no such operation at this lane (other details, used, or expired); ask again"
+                ),
+                None,
+            )),
+        }
+    }
+
+    pub(super) async fn void(
+        &mut self,
+        sale_id: EventId,
+        reason: String,
+        approval: Option<String>,
+    ) -> Result<PosResult, BusError> {
         let record = self.load_sale(sale_id).await?;
         if record.voided {
             return Err(err(
@@ -131,6 +187,13 @@ impl Lane {
                 format!("sale {sale_id} has returns; return the remaining items instead of voiding it"),
             ));
         }
+        let total = record
+            .sale
+            .tenders
+            .iter()
+            .fold(0i64, |sum, t| sum.saturating_add(t.amount.minor));
+        let digest = digest_of(&(&self.id, "void", sale_id));
+        let reason = self.approved(Risky::PostVoid, total, digest, approval, reason)?;
         let refunds = record
             .sale
             .tenders
@@ -161,6 +224,7 @@ impl Lane {
         items: Vec<ReturnItem>,
         refund: RefundMethod,
         reason: String,
+        approval: Option<String>,
     ) -> Result<PosResult, BusError> {
         if items.is_empty() {
             return Err(err(ErrorCode::ReturnInvalid, "nothing to return"));
@@ -229,6 +293,11 @@ impl Lane {
                 },
             }],
         };
+        let digest = digest_of(&(&self.id, "return", sale_id, &items, &refund));
+        let risky = Risky::Return {
+            receipt: sale_id.is_some(),
+        };
+        let reason = self.approved(risky, total, digest, approval, reason)?;
         let return_id = new_id();
         let body = EventBody::Return(Return {
             return_id,

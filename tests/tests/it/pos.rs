@@ -40,7 +40,7 @@ pub struct Shop {
     pub cheese_code: String,
     /// The devices on the bus: `till-1` (lane 1, `lane` above), `till-2`
     /// (lane 2), `till-7` (lane 7), `scan-9` (a scanner for lane 1),
-    /// `scale-9` (a scale).
+    /// `scale-9` (a scale), `sup-1` (a supervisor's device).
     pub logins: Vec<DeviceLogin>,
     _scale_pty_stop: CancellationToken,
     _dir: tempfile::TempDir,
@@ -114,11 +114,14 @@ pub async fn shop(store: &str, tweak: impl FnOnce(&mut Settings)) -> Shop {
         ("till-7", DeviceRole::Till, &["7"][..]),
         ("scan-9", DeviceRole::Scanner, &["1"][..]),
         ("scale-9", DeviceRole::Scale, &[][..]),
+        ("sup-1", DeviceRole::Supervisor, &[][..]),
     ] {
         let (login, entry) = DeviceLogin::new(id, role, lanes);
         s.devices.push(entry);
         logins.push(login);
     }
+    // Supervisor approvals have their own test; the others sell and return freely.
+    s.pos.approvals = storegate_edge::settings::ApprovalSettings::none();
     tweak(&mut s);
     let edge = storegate_edge::start(s, CancellationToken::new()).await.unwrap();
 
@@ -818,6 +821,108 @@ async fn a_repeated_request_id_gets_the_first_reply_without_doing_it_twice() {
     assert_eq!(b.lines.len(), 1, "the retry did not add a second pencil");
 }
 
+/// A post-void and a return without a receipt wait for a supervisor's
+/// device to approve; the approval covers that one operation, once; a
+/// denial or another operation's approval goes nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn risky_lane_operations_wait_for_a_supervisor_and_an_approval_covers_one_operation() {
+    let mut s = shop("s-sup", |s| {
+        s.pos.approvals = storegate_edge::settings::ApprovalSettings::default();
+    })
+    .await;
+    let lan = s.edge.lan_addr.unwrap();
+    let mut sup = storegate_e2e::MqttPeer::connect_device(
+        lan,
+        s.login("sup-1"),
+        &[
+            "store/s-sup/approval".to_owned(),
+            "store/s-sup/device/sup-1/reply".to_owned(),
+        ],
+    )
+    .await;
+    ok(s.lane.request(add(PENCIL, Some(2))).await.unwrap());
+    ok(s.lane.request(PosOp::TenderCash { amount: 500 }).await.unwrap());
+    let PosResult::Sale(sale) = ok(s.lane.request(PosOp::Complete).await.unwrap()) else {
+        panic!()
+    };
+    let void = |approval: Option<String>| PosOp::VoidSale {
+        sale_id: sale.sale_id,
+        reason: "wrong items".into(),
+        approval,
+    };
+    let asked = s.lane.request(void(None)).await.unwrap();
+    let e = asked.error.clone().expect("not done without a supervisor");
+    assert_eq!(e.code, ErrorCode::ApprovalRequired);
+    let id = e.approval.expect("an approval id to wait for");
+    let (topic, notice) = sup
+        .next(Duration::from_secs(10))
+        .await
+        .expect("the supervisor is asked");
+    assert_eq!(topic, "store/s-sup/approval");
+    let notice: storegate_protocol::device::ApprovalRequest = serde_json::from_slice(&notice).unwrap();
+    assert_eq!(
+        (notice.approval.as_str(), notice.lane.as_str(), notice.amount),
+        (id.as_str(), "1", 398)
+    );
+    // Not yet approved: still waiting, nothing voided.
+    let (code, msg) = error(s.lane.request(void(Some(id.clone()))).await.unwrap());
+    assert_eq!(code, ErrorCode::ApprovalRequired);
+    assert!(msg.contains("still waiting"), "{msg}");
+    // The supervisor approves from their device.
+    sup.publish(
+        "store/s-sup/device/sup-1/approve",
+        format!(r#"{{"approval":"{id}","approve":true}}"#).into_bytes(),
+    )
+    .await;
+    let (_, answer) = sup
+        .next(Duration::from_secs(10))
+        .await
+        .expect("the supervisor is answered");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&answer).unwrap()["ok"],
+        true
+    );
+    // That approval does not cover another operation...
+    let no_receipt = |approval| PosOp::ReturnItems {
+        sale_id: None,
+        lines: vec![ReturnItem {
+            sku: Sku::parse("PENCIL").unwrap(),
+            qty: Some(1),
+            grams: None,
+            restock: None,
+        }],
+        refund: RefundMethod::Cash,
+        reason: String::new(),
+        approval,
+    };
+    let (code, msg) = error(s.lane.request(no_receipt(Some(id.clone()))).await.unwrap());
+    assert_eq!(code, ErrorCode::ApprovalRequired);
+    assert!(msg.contains("no such operation"), "{msg}");
+    // ...but does the void it was asked for, once.
+    assert!(matches!(
+        ok(s.lane.request(void(Some(id.clone()))).await.unwrap()),
+        PosResult::Voided { .. }
+    ));
+    let (code, _) = error(s.lane.request(void(Some(id))).await.unwrap());
+    assert_eq!(code, ErrorCode::AlreadyVoided);
+    let voided = s.edge.journal.sale(sale.sale_id).await.unwrap().unwrap();
+    assert!(voided.voided);
+
+    // A return without a receipt, denied.
+    let e = s.lane.request(no_receipt(None)).await.unwrap().error.unwrap();
+    let id = e.approval.unwrap();
+    let _ = sup.next(Duration::from_secs(10)).await.expect("asked");
+    sup.publish(
+        "store/s-sup/device/sup-1/approve",
+        format!(r#"{{"approval":"{id}","approve":false}}"#).into_bytes(),
+    )
+    .await;
+    let _ = sup.next(Duration::from_secs(10)).await.expect("answered");
+    let (code, msg) = error(s.lane.request(no_receipt(Some(id))).await.unwrap());
+    assert_eq!(code, ErrorCode::ApprovalRequired);
+    assert!(msg.contains("sup-1 denied"), "{msg}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn voids_and_returns_against_a_receipt() {
     let mut s = shop("s-returns", |_| {}).await;
@@ -836,6 +941,7 @@ async fn voids_and_returns_against_a_receipt() {
         }],
         refund: RefundMethod::Cash,
         reason: "changed mind".into(),
+        approval: None,
     };
     let PosResult::Returned(r) = ok(s.lane.request(ret(1)).await.unwrap()) else {
         panic!()
@@ -849,7 +955,8 @@ async fn voids_and_returns_against_a_receipt() {
             s.lane
                 .request(PosOp::VoidSale {
                     sale_id: sale.sale_id,
-                    reason: "x".into()
+                    reason: "x".into(),
+                    approval: None,
                 })
                 .await
                 .unwrap()
@@ -868,6 +975,7 @@ async fn voids_and_returns_against_a_receipt() {
         .request(PosOp::VoidSale {
             sale_id: other.sale_id,
             reason: "rung twice".into(),
+            approval: None,
         })
         .await
         .unwrap());
@@ -876,7 +984,8 @@ async fn voids_and_returns_against_a_receipt() {
             s.lane
                 .request(PosOp::VoidSale {
                     sale_id: other.sale_id,
-                    reason: "x".into()
+                    reason: "x".into(),
+                    approval: None,
                 })
                 .await
                 .unwrap()
@@ -899,6 +1008,7 @@ async fn voids_and_returns_against_a_receipt() {
         }],
         refund: RefundMethod::OriginalTender,
         reason: String::new(),
+        approval: None,
     };
     assert_eq!(
         error(s.lane.request(no_receipt).await.unwrap()).0,
