@@ -11,55 +11,101 @@ use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
 
 /// Waits (30 s at most) for an `edge-agent` child, started with its stdout
-/// piped, to print `edge-agent listening http=.. [lan=..]`; returns its
-/// HTTP and device bus addresses and keeps draining its stdout so that it
-/// never blocks on a full pipe.
+/// piped, to print `edge-agent listening http=.. [lan=..]`; returns both
+/// addresses and keeps draining its stdout.
 pub async fn edge_listening(
     child: &mut tokio::process::Child,
 ) -> anyhow::Result<(SocketAddr, Option<SocketAddr>)> {
-    let stdout = child.stdout.take().context("edge-agent stdout is not piped")?;
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let addrs = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(rest) = line.strip_prefix("edge-agent listening http=") {
-                let mut parts = rest.split_whitespace();
-                let http: SocketAddr = parts.next().unwrap_or_default().parse()?;
-                let lan = match parts.next().and_then(|p| p.strip_prefix("lan=")) {
-                    Some(a) => Some(a.parse::<SocketAddr>()?),
-                    None => None,
-                };
-                return anyhow::Ok((http, lan));
-            }
-        }
-        anyhow::bail!("edge-agent exited before listening")
-    })
-    .await
-    .context("edge-agent did not start in 30 s")??;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(addrs)
+    edge_listening_logged(child, None).await
+}
+
+/// Like [`edge_listening`], every line it prints (its log) appended to `log`.
+pub async fn edge_listening_logged(
+    child: &mut tokio::process::Child,
+    log: Option<&Path>,
+) -> anyhow::Result<(SocketAddr, Option<SocketAddr>)> {
+    let rest = listening(
+        child,
+        "edge-agent",
+        "edge-agent listening http=",
+        Duration::from_secs(30),
+        log,
+    )
+    .await?;
+    let mut parts = rest.split_whitespace();
+    let http: SocketAddr = parts.next().unwrap_or_default().parse()?;
+    let lan = match parts.next().and_then(|p| p.strip_prefix("lan=")) {
+        Some(a) => Some(a.parse::<SocketAddr>()?),
+        None => None,
+    };
+    Ok((http, lan))
 }
 
 /// Waits (60 s at most) for a `hub` child, started with its stdout piped,
 /// to print `hub listening api=.. broker=..`; returns both addresses and
 /// keeps draining its stdout.
 pub async fn hub_listening(child: &mut tokio::process::Child) -> anyhow::Result<(SocketAddr, SocketAddr)> {
-    let stdout = child.stdout.take().context("hub stdout is not piped")?;
+    hub_listening_logged(child, None).await
+}
+
+/// Like [`hub_listening`], every line it prints (its log) appended to `log`.
+pub async fn hub_listening_logged(
+    child: &mut tokio::process::Child,
+    log: Option<&Path>,
+) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+    let rest = listening(child, "hub", "hub listening api=", Duration::from_secs(60), log).await?;
+    let (api, rest) = rest.split_once(" broker=").context("no broker address")?;
+    // `broker=ADDR [tls=ADDR]`
+    let broker = rest.split_whitespace().next().unwrap_or_default();
+    Ok((api.parse()?, broker.parse()?))
+}
+
+/// Reads `child`'s stdout until a line starting `prefix` (returns the rest
+/// of it), then keeps draining it; every line goes to `log` if given.
+async fn listening(
+    child: &mut tokio::process::Child,
+    name: &str,
+    prefix: &str,
+    wait: Duration,
+    log: Option<&Path>,
+) -> anyhow::Result<String> {
+    use tokio::io::AsyncWriteExt;
+    let stdout = child
+        .stdout
+        .take()
+        .with_context(|| format!("{name} stdout is not piped"))?;
     let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let addrs = tokio::time::timeout(Duration::from_secs(60), async {
+    let mut file = match log {
+        Some(p) => Some(
+            tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .await?,
+        ),
+        None => None,
+    };
+    let found = tokio::time::timeout(wait, async {
         while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(rest) = line.strip_prefix("hub listening api=") {
-                let (api, rest) = rest.split_once(" broker=").context("no broker address")?;
-                // `broker=ADDR [tls=ADDR]`
-                let broker = rest.split_whitespace().next().unwrap_or_default();
-                return anyhow::Ok((api.parse()?, broker.parse()?));
+            if let Some(f) = file.as_mut() {
+                f.write_all(format!("{line}\n").as_bytes()).await?;
+            }
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return anyhow::Ok(rest.to_owned());
             }
         }
-        anyhow::bail!("hub exited before listening")
+        anyhow::bail!("{name} exited before listening")
     })
     .await
-    .context("hub did not start in 60 s")??;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(addrs)
+    .with_context(|| format!("{name} did not start in {} s", wait.as_secs()))??;
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(f) = file.as_mut() {
+                let _ = f.write_all(format!("{line}\n").as_bytes()).await;
+            }
+        }
+    });
+    Ok(found)
 }
 
 /// A Mosquitto broker run as a child process on a free port, so that it can

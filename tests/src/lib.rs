@@ -98,6 +98,18 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A child's stderr: appended to `log`, or the test's own.
+fn log_to(log: Option<&Path>) -> Stdio {
+    match log {
+        Some(path) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_or_else(|_| Stdio::inherit(), Stdio::from),
+        None => Stdio::inherit(),
+    }
+}
+
 /// The real `edge-agent` binary running as a child process, with the
 /// store bundle given.
 #[derive(Debug)]
@@ -119,6 +131,17 @@ impl EdgeProcess {
     /// in `dir`, syncing to the broker at `upstream` (plain, loopback).
     /// Extra `SG_EDGE_*` variables in `env`.
     pub async fn spawn(bundle: &Path, dir: &Path, upstream: SocketAddr, env: &[(&str, &str)]) -> EdgeProcess {
+        Self::spawn_logged(bundle, dir, upstream, env, None).await
+    }
+
+    /// Like [`EdgeProcess::spawn`], its log (stderr) written to `log` if given.
+    pub async fn spawn_logged(
+        bundle: &Path,
+        dir: &Path,
+        upstream: SocketAddr,
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> EdgeProcess {
         use storegate_edge::lan::access::DeviceRole;
         use storegate_sim::lane::DeviceLogin;
         let (till, t) = DeviceLogin::new("till-1", DeviceRole::Till, &["1"]);
@@ -155,13 +178,13 @@ impl EdgeProcess {
             .env("SG_EDGE_SYNC__BACKOFF_INITIAL_MS", "50")
             .env("SG_EDGE_SYNC__BACKOFF_MAX_MS", "500")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log_to(log))
             .kill_on_drop(true);
         for (k, v) in env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn edge-agent");
-        let (http, lan) = storegate_sim::procs::edge_listening(&mut child)
+        let (http, lan) = storegate_sim::procs::edge_listening_logged(&mut child, log)
             .await
             .expect("edge-agent started");
         EdgeProcess {
@@ -717,6 +740,17 @@ impl HubProcess {
         broker: HubBroker,
         env: &[(&str, &str)],
     ) -> HubProcess {
+        Self::spawn_logged(dir, database_url, broker, env, None).await
+    }
+
+    /// Like [`HubProcess::spawn_on`], its log (stderr) written to `log` if given.
+    pub async fn spawn_logged(
+        dir: &Path,
+        database_url: &str,
+        broker: HubBroker,
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> HubProcess {
         if matches!(broker, HubBroker::External(_)) && !dir.join("pki").join("ca.pem").exists() {
             // Hubs on an external broker share a CA made beforehand.
             hub_cli(dir, database_url, &["ca", "init"]).await;
@@ -737,13 +771,13 @@ impl HubProcess {
             .env("SG_HUB_AUTH__BOOTSTRAP_ADMIN_EMAIL", ADMIN_EMAIL)
             .env("SG_HUB_AUTH__BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log_to(log))
             .kill_on_drop(true);
         for (k, v) in env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn hub");
-        let (api, broker) = storegate_sim::procs::hub_listening(&mut child)
+        let (api, broker) = storegate_sim::procs::hub_listening_logged(&mut child, log)
             .await
             .expect("hub started");
         let ready = format!("http://{api}/readyz");

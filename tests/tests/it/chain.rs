@@ -38,22 +38,22 @@ use storegate_sim::lane::LaneClient;
 /// What one till sale takes from stock (`chain::till_sale`).
 pub(crate) const SOLD: [(&str, i64); 3] = [("SKU-00000", 1), ("SKU-00001", 2), ("SKU-00002", 3)];
 pub(crate) const RECEIVED: i64 = 1_000_000;
-const BARCODE: &str = "4006381333931";
+pub(crate) const BARCODE: &str = "4006381333931";
 
 /// Hub environment for these runs: stock pushed often, sagas resumed soon.
-const HUB_ENV: [(&str, &str); 2] = [
+pub(crate) const HUB_ENV: [(&str, &str); 2] = [
     ("SG_HUB_COMMERCE__STOCK_PUSH_INTERVAL_MS", "200"),
     ("SG_HUB_COMMERCE__SAGA_LEASE_MS", "2000"),
 ];
 
-async fn database(backend: Backend, dir: &std::path::Path) -> Option<String> {
+pub(crate) async fn database(backend: Backend, dir: &std::path::Path) -> Option<String> {
     match backend {
         Backend::Sqlite => Some(format!("sqlite://{}", dir.join("hub.db").display())),
         Backend::Postgres => fresh_pg_database().await,
     }
 }
 
-async fn admin(hub: &HubProcess) -> Rest {
+pub(crate) async fn admin(hub: &HubProcess) -> Rest {
     let api = format!("http://{}", hub.api);
     let t = token(&api, ADMIN_EMAIL, ADMIN_PASSWORD)
         .await

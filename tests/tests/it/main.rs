@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod api_contract;
+mod card_data;
 mod chain;
 mod commerce;
 mod devices;
