@@ -52,7 +52,7 @@ pub struct DeviceSettings {
     /// Its id: its MQTT username and the start of its client id, and its
     /// topics (`store/{store}/device/{id}/...`).
     pub id: String,
-    /// What it is: till, scanner, scale, handheld or other (decides its topics).
+    /// What it is: till, scanner, scale, handheld, supervisor or other (decides its topics).
     pub role: crate::lan::access::DeviceRole,
     /// SHA-256 of its password, 64 hex digits (the password itself is kept
     /// on the device only).

@@ -53,7 +53,7 @@ enum DeviceCommand {
     New {
         /// Device id (its MQTT username).
         id: String,
-        /// till, scanner, scale, handheld or other.
+        /// till, scanner, scale, handheld, supervisor or other.
         #[arg(long, value_parser = parse_role)]
         role: storegate_edge::lan::access::DeviceRole,
         /// A lane it acts on (repeat for more).
@@ -64,7 +64,7 @@ enum DeviceCommand {
 
 fn parse_role(s: &str) -> Result<storegate_edge::lan::access::DeviceRole, String> {
     serde_json::from_value(serde_json::Value::String(s.to_owned()))
-        .map_err(|_| format!("{s:?}: one of till, scanner, scale, handheld, other"))
+        .map_err(|_| format!("{s:?}: one of till, scanner, scale, handheld, supervisor, other"))
 }
 
 fn new_device(
