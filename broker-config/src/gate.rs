@@ -25,10 +25,13 @@
 //! CONNECT or a malformed packet. Packets from the broker to the client are
 //! copied as they are: the broker only sends what the client subscribed to,
 //! and that was checked. A grant's `revoked` token closes the connection
-//! whenever it is cancelled (revocation without a restart). A grant may
-//! carry a publish rate: past it the gate stops reading that client's
-//! socket until the rate allows the next message (TCP pushes back on the
-//! client; nothing queues in the gate), counted as throttled.
+//! whenever it is cancelled (revocation without a restart). QoS 2 is
+//! refused (no storegate client uses it, and rumqttd holds every
+//! unreleased QoS 2 message in memory). A grant may carry a rate, shared by
+//! every connection under its label and kept across reconnects, counting
+//! every packet: past it the gate stops reading that client's socket until
+//! the rate allows the next packet (TCP pushes back on the client; nothing
+//! queues in the gate), counted as throttled.
 //!
 //! The gate also keeps rumqttd 0.20 standing: it panics (and poisons the
 //! lock every later CONNECT takes, so the broker admits no one again) when
@@ -95,7 +98,8 @@ pub struct Grant {
     /// the broker's in-flight limit towards the subscriber); on for store
     /// devices, which `mosquitto_pub` drives at QoS 0 by default.
     pub qos0: bool,
-    /// Most publishes per second, with a burst; `None`: no limit.
+    /// Most packets per second, with a burst, for all of this label's
+    /// connections together; `None`: no limit.
     pub rate: Option<Rate>,
     /// Most connections at once under this grant's label; `None`: no limit.
     pub max_sessions: Option<usize>,
@@ -188,10 +192,12 @@ pub struct GateConfig {
     pub max_clients: usize,
 }
 
-/// The admitted connections, in all and per grant label.
+/// The admitted connections, in all and per grant label, and each rated
+/// label's bucket (kept across reconnects; as many as labels with a rate).
 #[derive(Debug, Default)]
 struct Sessions {
     by_label: std::sync::Mutex<(usize, std::collections::HashMap<String, usize>)>,
+    buckets: std::sync::Mutex<std::collections::HashMap<String, Arc<std::sync::Mutex<Bucket>>>>,
 }
 
 /// One admitted connection's place; given back on drop.
@@ -201,6 +207,20 @@ struct Session {
 }
 
 impl Sessions {
+    /// The bucket every connection under `grant`'s label shares.
+    fn bucket(&self, grant: &Grant) -> Option<Arc<std::sync::Mutex<Bucket>>> {
+        let rate = grant.rate?;
+        let mut b = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Some(
+            b.entry(grant.label.clone())
+                .or_insert_with(|| Arc::new(std::sync::Mutex::new(Bucket::new(rate))))
+                .clone(),
+        )
+    }
+
     fn enter(self: &Arc<Self>, grant: &Grant, max_clients: usize) -> Result<Session, &'static str> {
         let mut g = self
             .by_label
@@ -339,7 +359,8 @@ pub fn spawn<P: Policy>(
                 metrics::counter!("mqtt_gate_admitted_total", "gate" => cfg.name).increment(1);
                 log.stats.admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::debug!(gate = cfg.name, peer = %addr, who = %grant.label, "admitted");
-                if let Some(reason) = relay(client, connect, &grant, &cfg, &log, &shutdown).await {
+                let bucket = sessions.bucket(&grant);
+                if let Some(reason) = relay(client, connect, &grant, bucket, &cfg, &log, &shutdown).await {
                     refused(&cfg, &log, reason, addr);
                     tracing::info!(gate = cfg.name, peer = %addr, who = %grant.label, reason, "connection closed");
                 }
@@ -501,6 +522,7 @@ async fn relay(
     client: Client,
     connect: Vec<u8>,
     grant: &Grant,
+    bucket: Option<Arc<std::sync::Mutex<Bucket>>>,
     cfg: &GateConfig,
     log: &Log,
     shutdown: &CancellationToken,
@@ -531,7 +553,6 @@ async fn relay(
             return Some("broker_no_connack");
         }
     }
-    let mut bucket = grant.rate.map(Bucket::new);
     let upstream = async {
         loop {
             let packet = match read_packet(&mut client_rx, cfg.max_packet).await {
@@ -542,9 +563,10 @@ async fn relay(
             if let Err(reason) = check(&packet, grant) {
                 return Some(reason);
             }
-            if packet[0] >> 4 == 3
-                && let Some(wait) = bucket.as_mut().and_then(Bucket::take)
-            {
+            let wait = bucket
+                .as_ref()
+                .and_then(|b| b.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
+            if let Some(wait) = wait {
                 metrics::counter!("mqtt_gate_throttled_total", "gate" => cfg.name).increment(1);
                 log.stats
                     .throttled
@@ -583,6 +605,8 @@ fn check(packet: &[u8], grant: &Grant) -> Result<(), &'static str> {
                 Err("publish_not_allowed")
             } else if (packet[0] >> 1) & 3 == 0 && !grant.qos0 {
                 Err("qos0_not_allowed")
+            } else if (packet[0] >> 1) & 3 >= 2 {
+                Err("qos2_not_allowed")
             } else if packet[0] & 1 == 1 && !grant.retain.iter().any(|t| t == topic) {
                 Err("retain_not_allowed")
             } else {
@@ -762,6 +786,35 @@ async fn read_packet<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Vec<
     Err(PacketError::Malformed)
 }
 
+/// For the fuzz target (`tests/fuzz`): frames `data` into packets as the
+/// gate reads a client, parses the first as a CONNECT and checks every
+/// later one against a fixed grant, as the gate would. Returns how many
+/// packets were read and whether the first was a CONNECT.
+#[doc(hidden)]
+pub async fn fuzz_client_bytes(mut data: &[u8]) -> (usize, bool) {
+    let grant = Grant {
+        label: "fuzz".into(),
+        publish: vec!["store/s1/pos/1/req".into()],
+        retain: Vec::new(),
+        subscribe: vec!["store/s1/pos/1/reply".into()],
+        qos0: true,
+        rate: None,
+        max_sessions: None,
+        revoked: CancellationToken::new(),
+    };
+    let mut packets = 0;
+    let mut connect = false;
+    while let Ok(packet) = read_packet(&mut data, 64 * 1024).await {
+        if packets == 0 {
+            connect = parse_connect(&packet).is_some();
+        } else if check(&packet, &grant).is_err() {
+            break;
+        }
+        packets += 1;
+    }
+    (packets, connect)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -886,6 +939,7 @@ mod tests {
         );
         assert_eq!(check(&publish_with(0x33, "a/up"), &g), Err("retain_not_allowed"));
         assert_eq!(check(&publish_with(0x33, "a/status"), &g), Ok(()));
+        assert_eq!(check(&publish_with(0x34, "a/up"), &g), Err("qos2_not_allowed"));
         assert_eq!(check(&publish("b/up"), &g), Err("publish_not_allowed"));
         assert_eq!(check(&publish("a/up/x"), &g), Err("publish_not_allowed"));
         let subscribe = |filters: &[&str]| {

@@ -24,6 +24,7 @@
 //! - [`framing`] / [`scanner`]: serial scanner framing (pure) and driver.
 //! - [`mtsics`] / [`scale`]: MT-SICS scale protocol (pure) and driver.
 //! - [`devices`]: device registry and health, serial port plumbing.
+//! - [`credential`]: a store device's role and password hash.
 //!
 //! # Entry point
 //!
@@ -33,6 +34,7 @@
 
 pub mod barcode;
 pub mod catalog;
+pub mod credential;
 pub mod devices;
 pub mod framing;
 pub mod http;
@@ -215,7 +217,7 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Ed
                     window_secs: settings.pos.offline_window_secs,
                 },
                 layouts: settings.pos.variable_layouts.clone(),
-                approvals: settings.pos.approvals.rules(),
+                approvals: (&settings.pos.approvals).into(),
             }),
             approvals: std::sync::Arc::default(),
         };

@@ -53,7 +53,7 @@ pub struct DeviceSettings {
     /// topics (`store/{store}/device/{id}/...`).
     pub id: String,
     /// What it is: till, scanner, scale, handheld, supervisor or other (decides its topics).
-    pub role: crate::lan::access::DeviceRole,
+    pub role: crate::credential::DeviceRole,
     /// SHA-256 of its password, 64 hex digits (the password itself is kept
     /// on the device only).
     pub password_sha256: String,
@@ -66,14 +66,14 @@ impl DeviceSettings {
     /// A device entry for `password`.
     pub fn new(
         id: &str,
-        role: crate::lan::access::DeviceRole,
+        role: crate::credential::DeviceRole,
         lanes: &[&str],
         password: &str,
     ) -> DeviceSettings {
         DeviceSettings {
             id: id.to_owned(),
             role,
-            password_sha256: crate::lan::access::hex(&crate::lan::access::password_hash(password.as_bytes())),
+            password_sha256: crate::credential::hex(&crate::credential::password_hash(password.as_bytes())),
             lanes: lanes.iter().map(|l| (*l).to_owned()).collect(),
         }
     }
@@ -150,15 +150,6 @@ impl ApprovalSettings {
             void_sale: false,
             return_without_receipt: false,
             refund_limit_minor: i64::MAX,
-        }
-    }
-
-    /// As the lanes use them.
-    pub fn rules(&self) -> crate::pos::approvals::ApprovalRules {
-        crate::pos::approvals::ApprovalRules {
-            void_sale: self.void_sale,
-            return_without_receipt: self.return_without_receipt,
-            refund_limit_minor: self.refund_limit_minor,
         }
     }
 }
@@ -420,7 +411,7 @@ pub struct Validated {
     /// LAN bus listen address.
     pub lan_listen: SocketAddr,
     /// The devices allowed on the LAN bus.
-    pub devices: Vec<crate::lan::access::DeviceAccess>,
+    pub devices: Vec<crate::credential::DeviceAccess>,
 }
 
 impl Settings {
@@ -572,7 +563,7 @@ impl Settings {
         })
     }
 
-    fn validate_devices(&self) -> Result<Vec<crate::lan::access::DeviceAccess>, SettingsError> {
+    fn validate_devices(&self) -> Result<Vec<crate::credential::DeviceAccess>, SettingsError> {
         let invalid = |message: String| SettingsError::Invalid {
             key: "devices",
             message,
@@ -583,13 +574,19 @@ impl Settings {
                 message: "must be at least 1".into(),
             });
         }
-        let mut out: Vec<crate::lan::access::DeviceAccess> = Vec::new();
+        let mut out: Vec<crate::credential::DeviceAccess> = Vec::new();
         for d in &self.devices {
             let id = storegate_protocol::DeviceId::parse(&d.id).map_err(|e| invalid(e.to_string()))?;
+            if id.as_str().starts_with("edge-") {
+                // The agent's own link to its bus is `edge-{store}-lan`.
+                return Err(invalid(format!(
+                    "device {id}: ids starting `edge-` are the agent's own"
+                )));
+            }
             if out.iter().any(|o| o.id == id) {
                 return Err(invalid(format!("device {id} is listed twice")));
             }
-            let password_sha256 = crate::lan::access::parse_hash(&d.password_sha256).ok_or_else(|| {
+            let password_sha256 = crate::credential::parse_hash(&d.password_sha256).ok_or_else(|| {
                 invalid(format!(
                     "device {id}: password_sha256 must be 64 hex digits (`edge-agent device new` prints one)"
                 ))
@@ -608,12 +605,12 @@ impl Settings {
                         d.role
                     )));
                 }
-                (true, true) if d.role == crate::lan::access::DeviceRole::Till => {
+                (true, true) if d.role == crate::credential::DeviceRole::Till => {
                     return Err(invalid(format!("device {id}: a till needs its lanes")));
                 }
                 _ => {}
             }
-            out.push(crate::lan::access::DeviceAccess {
+            out.push(crate::credential::DeviceAccess {
                 id,
                 role: d.role,
                 lanes,

@@ -48,13 +48,10 @@ impl DeviceLogin {
         (DeviceLogin { device, password }, entry)
     }
 
-    /// MQTT options for this device on the bus at `lan` (a client id of its own).
+    /// MQTT options for this device on the bus at `lan` (its id as the
+    /// client id: one connection per device).
     pub fn options(&self, lan: SocketAddr) -> MqttOptions {
-        let mut opts = MqttOptions::new(
-            format!("{}@{}", self.device, rand::random::<u32>()),
-            lan.ip().to_string(),
-            lan.port(),
-        );
+        let mut opts = MqttOptions::new(self.device.clone(), lan.ip().to_string(), lan.port());
         opts.set_credentials(self.device.clone(), self.password.clone());
         opts
     }

@@ -2,9 +2,10 @@
 //! role and a password (only its SHA-256 is configured), and the gate in
 //! front of the bus's broker admits a device only with them and grants it
 //! exactly the topics its role and lanes need. A device's client id is its
-//! id, or its id then `@` and anything (another connection of the same
+//! id, or its id then `@` and one digit 1-9 (another connection of the same
 //! device; `@` is in no device id, so no device can take over another's
-//! session), at most [`MAX_SESSIONS`] at once.
+//! session), at most [`MAX_SESSIONS`] at once. The ids are a fixed set
+//! because rumqttd remembers every client id it has seen, for good.
 //!
 //! | role | publishes | subscribes |
 //! |---|---|---|
@@ -16,21 +17,22 @@
 //! | supervisor | `device/{id}/approve` | `approval` |
 //!
 //! Passwords are compared in constant time. An address that gets
-//! [`MAX_FAILURES`] logins wrong within [`FAILURE_WINDOW`] is refused
-//! until the window passes (counted as `locked_out`), so guessing runs at a
-//! few tries a minute.
+//! [`MAX_FAILURES`] logins for one username wrong within
+//! [`FAILURE_WINDOW`] is refused that username until the window passes
+//! (counted as `locked_out`), so guessing runs at a few tries a minute and
+//! a neighbour behind the same address keeps its own login.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use storegate_broker::gate::{Grant, Peer, Policy, Rate, Refused};
+use storegate_protocol::StoreId;
 use storegate_protocol::topic::{DeviceChannel, LanTopic};
-use storegate_protocol::{DeviceId, LaneId, StoreId};
 use tokio_util::sync::CancellationToken;
+
+pub use crate::credential::{DeviceAccess, DeviceRole, hex, new_password, parse_hash, password_hash};
 
 /// Wrong logins from one address before it is locked out.
 pub const MAX_FAILURES: u32 = 10;
@@ -40,78 +42,6 @@ pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 pub const MAX_SESSIONS: usize = 4;
 /// Addresses remembered (a flood of addresses forgets the oldest).
 const MAX_ADDRESSES: usize = 4096;
-
-/// What a device is, which decides its topics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeviceRole {
-    /// A POS lane's till: sends lane requests, reads lane replies.
-    Till,
-    /// A barcode scanner on the bus.
-    Scanner,
-    /// A scale on the bus.
-    Scale,
-    /// A handheld: scans, works tasks, and may act as a till on its lanes.
-    Handheld,
-    /// A supervisor's device: approves risky lane operations.
-    Supervisor,
-    /// Anything else (a sensor, a display): health reports only.
-    Other,
-}
-
-impl DeviceRole {
-    /// Whether a device of this role may be bound to lanes.
-    pub fn has_lanes(self) -> bool {
-        matches!(
-            self,
-            DeviceRole::Till | DeviceRole::Scanner | DeviceRole::Handheld
-        )
-    }
-}
-
-/// One device allowed on the bus.
-#[derive(Debug, Clone)]
-pub struct DeviceAccess {
-    /// Its id (also its MQTT username).
-    pub id: DeviceId,
-    /// Its role.
-    pub role: DeviceRole,
-    /// The lanes it acts on.
-    pub lanes: Vec<LaneId>,
-    /// SHA-256 of its password.
-    pub password_sha256: [u8; 32],
-}
-
-/// SHA-256 of a device password.
-pub fn password_hash(password: &[u8]) -> [u8; 32] {
-    Sha256::digest(password).into()
-}
-
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-/// Parses 64 hex digits.
-pub fn parse_hash(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 || !text.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
-}
-
-/// A new random device password (32 hex digits, 128 bits).
-pub fn new_password() -> String {
-    hex(&rand::random::<[u8; 16]>())
-}
 
 /// The topics `d` may publish to and subscribe to on `store`'s bus.
 pub fn topics(store: &StoreId, d: &DeviceAccess) -> (Vec<String>, Vec<String>) {
@@ -149,7 +79,7 @@ pub struct LanPolicy {
     store: StoreId,
     devices: HashMap<String, DeviceAccess>,
     rate: Rate,
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    failures: Mutex<HashMap<(IpAddr, String), (u32, Instant)>>,
 }
 
 impl LanPolicy {
@@ -163,33 +93,33 @@ impl LanPolicy {
         }
     }
 
-    fn locked_out(&self, ip: IpAddr) -> bool {
+    fn locked_out(&self, key: &(IpAddr, String)) -> bool {
         let Ok(mut f) = self.failures.lock() else {
             return false;
         };
-        match f.get(&ip) {
+        match f.get(key) {
             Some((n, since)) if since.elapsed() < FAILURE_WINDOW => *n >= MAX_FAILURES,
             Some(_) => {
-                f.remove(&ip);
+                f.remove(key);
                 false
             }
             None => false,
         }
     }
 
-    fn failed(&self, ip: IpAddr) {
+    fn failed(&self, key: (IpAddr, String)) {
         let Ok(mut f) = self.failures.lock() else {
             return;
         };
-        if f.len() >= MAX_ADDRESSES && !f.contains_key(&ip) {
+        if f.len() >= MAX_ADDRESSES && !f.contains_key(&key) {
             f.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
             if f.len() >= MAX_ADDRESSES
-                && let Some(oldest) = f.iter().min_by_key(|(_, (_, s))| *s).map(|(k, _)| *k)
+                && let Some(oldest) = f.iter().min_by_key(|(_, (_, s))| *s).map(|(k, _)| k.clone())
             {
                 f.remove(&oldest);
             }
         }
-        let e = f.entry(ip).or_insert((0, Instant::now()));
+        let e = f.entry(key).or_insert((0, Instant::now()));
         if e.1.elapsed() >= FAILURE_WINDOW {
             *e = (0, Instant::now());
         }
@@ -198,22 +128,22 @@ impl LanPolicy {
 
     /// Checks a login (the part of [`Policy::admit`] that needs no runtime).
     pub fn check(&self, peer: &Peer<'_>) -> Result<Grant, Refused> {
-        let ip = peer.addr.ip();
-        if self.locked_out(ip) {
+        let key = (peer.addr.ip(), peer.username.unwrap_or_default().to_owned());
+        if self.locked_out(&key) {
             return Err(Refused::NotAuthorized("locked_out"));
         }
         let (Some(user), Some(password)) = (peer.username, peer.password) else {
-            self.failed(ip);
+            self.failed(key);
             return Err(Refused::NotAuthorized("no_credentials"));
         };
         // Hash whatever the username, so timing does not tell known ids.
         let given = password_hash(password.0);
         let Some(d) = self.devices.get(user) else {
-            self.failed(ip);
+            self.failed(key);
             return Err(Refused::NotAuthorized("unknown_device"));
         };
         if !storegate_protocol::secret::same(&given, &d.password_sha256) {
-            self.failed(ip);
+            self.failed(key);
             return Err(Refused::NotAuthorized("bad_password"));
         }
         let own = d.id.as_str();
@@ -221,7 +151,8 @@ impl LanPolicy {
             && !peer
                 .client_id
                 .strip_prefix(own)
-                .is_some_and(|rest| rest.starts_with('@'))
+                .and_then(|rest| rest.strip_prefix('@'))
+                .is_some_and(|n| matches!(n.as_bytes(), [b'1'..=b'9']))
         {
             return Err(Refused::BadClientId);
         }
@@ -248,6 +179,7 @@ impl Policy for LanPolicy {
 #[cfg(test)]
 mod tests {
     use storegate_broker::gate::Password;
+    use storegate_protocol::{DeviceId, LaneId};
 
     use super::*;
 
@@ -302,7 +234,7 @@ mod tests {
         );
         assert!(till.qos0 && till.retain.is_empty() && till.rate.is_some());
         let scan = p
-            .check(&peer("10.0.0.3:1", "scan-1@x", Some("scan-1"), Some("pw-scan-1")))
+            .check(&peer("10.0.0.3:1", "scan-1@2", Some("scan-1"), Some("pw-scan-1")))
             .unwrap();
         assert_eq!(
             scan.publish,
@@ -348,6 +280,13 @@ mod tests {
             Refused::BadClientId,
             "a longer id is another device"
         );
+        for made_up in ["scan-1@x", "scan-1@10", "scan-1@", "scan-1@0"] {
+            assert_eq!(
+                refused(p.check(&peer("10.0.0.3:1", made_up, Some("scan-1"), Some("pw-scan-1")))),
+                Refused::BadClientId,
+                "{made_up}: a device has ten client ids, no more"
+            );
+        }
     }
 
     #[test]
@@ -366,6 +305,8 @@ mod tests {
         );
         p.check(&peer("10.0.0.2:1", "till-1", Some("till-1"), Some("pw-till-1")))
             .expect("the till itself, from its own address, is not locked out");
+        p.check(&peer("10.0.0.66:3", "scan-1", Some("scan-1"), Some("pw-scan-1")))
+            .expect("nor another device behind the guesser's address");
     }
 
     #[test]

@@ -354,6 +354,11 @@ impl Dispatcher {
             LaneMsg::Request(payload) => device::salvage_request_id(payload),
             LaneMsg::Scan(_) => None,
         };
+        // A lane whose task ended (it never should) is started afresh.
+        if self.lanes.get(lane).is_some_and(mpsc::Sender::is_closed) {
+            tracing::error!(%lane, "lane task had ended; restarting it");
+            self.lanes.remove(lane);
+        }
         let (reason, e) = match self.lane(lane) {
             None => (
                 "unknown_lane",
@@ -363,7 +368,11 @@ impl Dispatcher {
                 ),
             ),
             Some(tx) => match tx.try_send(msg) {
-                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return,
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Closed(_)) => (
+                    "lane_down",
+                    BusError::new(ErrorCode::Internal, format!("lane {lane} is restarting; retry")),
+                ),
                 Err(mpsc::error::TrySendError::Full(_)) => (
                     "lane_busy",
                     BusError::new(

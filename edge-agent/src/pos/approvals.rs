@@ -12,7 +12,10 @@
 //! recorded says who approved it. No PIN or secret travels in a payload:
 //! the supervisor is known by their device's login.
 //!
-//! At most [`MAX_PENDING`] approvals are kept (the oldest goes first).
+//! At most [`PER_LANE`] approvals are kept per lane (its oldest goes
+//! first), so one lane's flood cannot push out another's. The refund limit
+//! counts what the sale already refunded, so splitting a return does not
+//! avoid it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -25,8 +28,8 @@ use tokio::sync::broadcast;
 
 /// How long an approval stays valid, asked or granted.
 pub const APPROVAL_TTL: Duration = Duration::from_secs(300);
-/// Most approvals kept at once.
-pub const MAX_PENDING: usize = 256;
+/// Most approvals kept per lane.
+pub const PER_LANE: usize = 8;
 
 /// Which operations need a supervisor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +62,16 @@ impl ApprovalRules {
                 self.refund_limit_minor
             )),
             _ => None,
+        }
+    }
+}
+
+impl From<&crate::settings::ApprovalSettings> for ApprovalRules {
+    fn from(s: &crate::settings::ApprovalSettings) -> Self {
+        ApprovalRules {
+            void_sale: s.void_sale,
+            return_without_receipt: s.return_without_receipt,
+            refund_limit_minor: s.refund_limit_minor,
         }
     }
 }
@@ -141,11 +154,16 @@ impl Approvals {
         amount: i64,
         currency: String,
     ) -> String {
-        let id = format!("apr-{}", crate::lan::access::hex(&rand::random::<[u8; 8]>()));
+        let id = format!("apr-{}", crate::credential::hex(&rand::random::<[u8; 8]>()));
         if let Ok(mut p) = self.pending.lock() {
             p.retain(|_, x| x.at.elapsed() < APPROVAL_TTL);
-            while p.len() >= MAX_PENDING {
-                let Some(oldest) = p.iter().min_by_key(|(_, x)| x.at).map(|(k, _)| k.clone()) else {
+            while p.values().filter(|x| &x.lane == lane).count() >= PER_LANE {
+                let Some(oldest) = p
+                    .iter()
+                    .filter(|(_, x)| &x.lane == lane)
+                    .min_by_key(|(_, x)| x.at)
+                    .map(|(k, _)| k.clone())
+                else {
                     break;
                 };
                 p.remove(&oldest);
@@ -276,17 +294,25 @@ mod tests {
     }
 
     #[test]
-    fn pending_approvals_are_bounded() {
+    fn pending_approvals_are_bounded_per_lane() {
         let a = Approvals::default();
+        let sup = DeviceId::parse("sup-1").unwrap();
+        let other = a.ask(&lane("2"), [9; 32], "x".into(), 1, "EUR".into());
+        a.decide(&other, &sup, true).unwrap();
         let first = a.ask(&lane("1"), [0; 32], "x".into(), 1, "EUR".into());
-        for i in 0..MAX_PENDING {
-            a.ask(&lane("1"), [i as u8; 32], "x".into(), 1, "EUR".into());
+        for i in 0..100u8 {
+            a.ask(&lane("1"), [i; 32], "x".into(), 1, "EUR".into());
         }
-        assert_eq!(a.pending.lock().unwrap().len(), MAX_PENDING);
+        assert_eq!(a.pending.lock().unwrap().len(), PER_LANE + 1);
         assert_eq!(
             a.take(&first, &lane("1"), [0; 32]),
             Verdict::Unknown,
-            "the oldest went"
+            "lane 1's oldest went"
+        );
+        assert_eq!(
+            a.take(&other, &lane("2"), [9; 32]),
+            Verdict::Approved(sup),
+            "lane 2's approval outlived lane 1's flood"
         );
     }
 }

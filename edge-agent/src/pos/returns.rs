@@ -238,10 +238,17 @@ impl Lane {
         if original.as_ref().is_some_and(|r| r.voided) {
             return Err(invalid("that sale was voided".into()));
         }
-        let mut before = match sale_id {
-            Some(id) => returned_units(&self.ctx.journal.returns_of(id).await.map_err(internal)?),
+        let earlier = match sale_id {
+            Some(id) => self.ctx.journal.returns_of(id).await.map_err(internal)?,
             None => Vec::new(),
         };
+        let mut before = returned_units(&earlier);
+        // The refund limit counts what this sale already refunded: a big
+        // return split into small ones still needs its approval.
+        let refunded_before = earlier
+            .iter()
+            .flat_map(|r| &r.refunds)
+            .fold(0i64, |sum, t| sum.saturating_add(t.amount.minor));
         let mut lines = Vec::new();
         for item in &items {
             let qty = match (item.qty, item.grams) {
@@ -297,7 +304,13 @@ impl Lane {
         let risky = Risky::Return {
             receipt: sale_id.is_some(),
         };
-        let reason = self.approved(risky, total, digest, approval, reason)?;
+        let reason = self.approved(
+            risky,
+            total.saturating_add(refunded_before),
+            digest,
+            approval,
+            reason,
+        )?;
         let return_id = new_id();
         let body = EventBody::Return(Return {
             return_id,
