@@ -247,18 +247,7 @@ pub fn start(
     let tasks_bus = bus.clone();
     let stop = shutdown.clone();
     tracker.spawn(async move {
-        loop {
-            let batch = tokio::select! {
-                () = stop.cancelled() => return,
-                r = applied.recv() => match r {
-                    Ok(b) => b,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "task forwarding lagged");
-                        continue;
-                    }
-                    Err(_) => return,
-                },
-            };
+        while let Some(batch) = next_of(&mut applied, &stop, "task forwarding").await {
             for body in &batch.applied {
                 let json = match body {
                     DownBody::TaskAssigned(t) => device::to_json(t),
@@ -286,18 +275,7 @@ pub fn start(
     let approvals_bus = bus.clone();
     let stop = shutdown.clone();
     tracker.spawn(async move {
-        loop {
-            let request = tokio::select! {
-                () = stop.cancelled() => return,
-                r = asked.recv() => match r {
-                    Ok(r) => r,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "approval requests lagged");
-                        continue;
-                    }
-                    Err(_) => return,
-                },
-            };
+        while let Some(request) = next_of(&mut asked, &stop, "approval requests").await {
             approvals_bus.publish(approvals_topic.clone(), device::to_json(&request));
         }
     });
@@ -329,6 +307,27 @@ pub fn start(
         scans: scans_tx,
         gate,
     })
+}
+
+/// The next message on `rx`, until `stop`; what it lagged behind on is
+/// skipped and logged.
+async fn next_of<T: Clone>(
+    rx: &mut tokio::sync::broadcast::Receiver<T>,
+    stop: &CancellationToken,
+    what: &'static str,
+) -> Option<T> {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            r = rx.recv() => match r {
+                Ok(x) => return Some(x),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, what, "lagged");
+                }
+                Err(_) => return None,
+            },
+        }
+    }
 }
 
 struct Dispatcher {

@@ -579,11 +579,7 @@ async fn mosquitto(bin: &std::path::Path, lan: std::net::SocketAddr, args: &[&st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rogue_lan_client_cannot_drive_or_read_another_lane_and_the_lane_keeps_selling() {
     use storegate_protocol::topic::LanTopic;
-    let (Ok(sub_bin), Ok(pub_bin)) = (which("mosquitto_sub"), which("mosquitto_pub")) else {
-        service_or_skip(
-            "mosquitto_pub / mosquitto_sub (Debian's mosquitto-clients)",
-            false,
-        );
+    let Some((sub_bin, pub_bin)) = mosquitto_clients() else {
         return;
     };
     let mut s = shop("s-rogue", |_| {}).await;
@@ -1063,11 +1059,7 @@ async fn voids_and_returns_against_a_receipt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_mosquitto_client_drives_a_lane() {
-    let (Ok(sub_bin), Ok(pub_bin)) = (which("mosquitto_sub"), which("mosquitto_pub")) else {
-        service_or_skip(
-            "mosquitto_pub / mosquitto_sub (Debian's mosquitto-clients)",
-            false,
-        );
+    let Some((sub_bin, pub_bin)) = mosquitto_clients() else {
         return;
     };
     let s = shop("s-mq", |_| {}).await;
@@ -1167,6 +1159,20 @@ async fn a_plain_mosquitto_client_drives_a_lane() {
     assert_eq!(replies[2]["result"]["change"], 102);
     assert_eq!(replies[3]["id"], "4");
     assert_eq!(replies[3]["result"]["kind"], "sale");
+}
+
+/// `mosquitto_sub` and `mosquitto_pub`, or a loud skip (a failure under CI).
+fn mosquitto_clients() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    match (which("mosquitto_sub"), which("mosquitto_pub")) {
+        (Ok(sub), Ok(publ)) => Some((sub, publ)),
+        _ => {
+            service_or_skip(
+                "mosquitto_pub / mosquitto_sub (Debian's mosquitto-clients)",
+                false,
+            );
+            None
+        }
+    }
 }
 
 fn which(name: &str) -> Result<std::path::PathBuf, ()> {
