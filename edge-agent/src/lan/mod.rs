@@ -38,6 +38,8 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use sha2::Digest as _;
+
 use storegate_broker::{LinkTx, Notification};
 use storegate_protocol::device::{
     self, ApprovalDecision, BusError, DeviceReply, ErrorCode, HealthMsg, PosReply, PosRequest, PosResult,
@@ -414,7 +416,7 @@ impl Dispatcher {
                 let bytes = match msg {
                     LaneMsg::Request(payload) => match device::parse_json::<PosRequest>(&payload) {
                         Ok(req) => {
-                            let digest = access::password_hash(&payload);
+                            let digest: [u8; 32] = sha2::Sha256::digest(&payload).into();
                             if let Some((_, first, bytes)) = replied.iter().find(|(id, _, _)| *id == req.id) {
                                 let bytes = if *first == digest {
                                     metrics::counter!("edge_pos_repeated_requests_total").increment(1);
