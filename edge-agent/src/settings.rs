@@ -41,7 +41,9 @@ pub struct Settings {
     /// Serial barcode scanners.
     pub scanners: Vec<SerialScannerSettings>,
     /// Devices allowed on the LAN bus, each with its credentials
-    /// (`edge-agent device new ID --role till --lane 7` prints one).
+    /// (`edge-agent device new ID --role till --lane 7` prints one; not in
+    /// the printed defaults, so that those entries can be appended).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<DeviceSettings>,
 }
 
@@ -646,6 +648,26 @@ mod tests {
         let back: Settings = toml::from_str(&text).unwrap();
         assert_eq!(back.store_id, s.store_id);
         assert_eq!(back.sync.batch_max_events, s.sync.batch_max_events);
+    }
+
+    #[test]
+    fn a_device_entry_appended_to_the_printed_defaults_loads() {
+        #[derive(Serialize)]
+        struct Entry<'a> {
+            devices: [&'a DeviceSettings; 1],
+        }
+        let entry = DeviceSettings::new("till-7", crate::credential::DeviceRole::Till, &["7"], "pw");
+        let appended = toml::to_string(&Entry { devices: [&entry] }).unwrap();
+        let mut s: Settings = toml::from_str(&format!("{}\n{appended}", Settings::default_toml())).unwrap();
+        s.upstream.insecure_unsigned = true;
+        s.upstream.url = "mqtt://127.0.0.1:1883".into();
+        let v = s.validate().unwrap();
+        assert_eq!(v.devices.len(), 1);
+        assert_eq!(v.devices[0].lanes[0].as_str(), "7");
+        assert_eq!(
+            v.devices[0].password_sha256,
+            crate::credential::password_hash(b"pw")
+        );
     }
 
     #[test]
