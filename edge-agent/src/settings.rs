@@ -90,10 +90,11 @@ pub struct LanSettings {
     /// Where devices connect: the store LAN address in production
     /// (`0.0.0.0:1883`), loopback by default. Port 0 picks a free port.
     pub listen: String,
-    /// Most messages a second one device publishes, sustained; past it the
-    /// bus reads that device more slowly (counted as throttled).
+    /// Most packets a second one device sends over all its connections,
+    /// sustained; past it the bus reads that device more slowly (counted as
+    /// throttled).
     pub device_rate_per_sec: u32,
-    /// Messages one device may publish back to back.
+    /// Packets one device may send back to back.
     pub device_burst: u32,
 }
 

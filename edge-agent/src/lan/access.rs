@@ -40,7 +40,8 @@ pub const MAX_FAILURES: u32 = 10;
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// Connections one device may hold at once.
 pub const MAX_SESSIONS: usize = 4;
-/// Addresses remembered (a flood of addresses forgets the oldest).
+/// (address, username) pairs whose failures are remembered (past it the
+/// oldest is forgotten).
 const MAX_ADDRESSES: usize = 4096;
 
 /// The topics `d` may publish to and subscribe to on `store`'s bus.

@@ -27,8 +27,8 @@
 //!
 //! Bad input never stops the bus: malformed JSON, unknown barcodes and
 //! garbled serial frames each get a clear error and a counter. Everything
-//! is bounded: connections (the broker's `max_connections`), each device's
-//! publish rate (the gate), the dispatcher's inbox ([`INBOX`]), each lane's
+//! is bounded: connections (the gate: 1,000 in all, 4 per device), each
+//! device's packet rate (the gate), the dispatcher's inbox ([`INBOX`]), each lane's
 //! queue ([`LANE_QUEUE`]), the lanes and the device registry (configured
 //! ones only).
 
@@ -75,7 +75,7 @@ pub const LANE_QUEUE: usize = 64;
 pub struct LanConfig {
     /// This store.
     pub store: StoreId,
-    /// Where the embedded broker listens.
+    /// Where devices connect (the gate; the broker itself is on loopback).
     pub listen: SocketAddr,
     /// Scanner device -> the lane its scans go to.
     pub scanner_lanes: HashMap<DeviceId, LaneId>,
@@ -86,7 +86,7 @@ pub struct LanConfig {
     pub lanes: std::collections::HashSet<LaneId>,
     /// The devices allowed on the bus.
     pub devices: Vec<access::DeviceAccess>,
-    /// Each device's publish rate.
+    /// Each device's packet rate, over all its connections.
     pub device_rate: storegate_broker::gate::Rate,
     /// Serial devices (scales and scanners the agent drives itself).
     pub serial: std::collections::HashSet<DeviceId>,
@@ -141,7 +141,7 @@ pub struct Lan {
     pub gate: Arc<storegate_broker::gate::GateStats>,
 }
 
-/// Starts the broker and the dispatcher.
+/// Starts the broker, the gate in front of it and the dispatcher.
 pub fn start(
     cfg: LanConfig,
     ctx: PosCtx,

@@ -894,18 +894,7 @@ async fn risky_lane_operations_wait_for_a_supervisor_and_an_approval_covers_one_
         true
     );
     // That approval does not cover another operation...
-    let no_receipt = |approval| PosOp::ReturnItems {
-        sale_id: None,
-        lines: vec![ReturnItem {
-            sku: Sku::parse("PENCIL").unwrap(),
-            qty: Some(1),
-            grams: None,
-            restock: None,
-        }],
-        refund: RefundMethod::Cash,
-        reason: String::new(),
-        approval,
-    };
+    let no_receipt = |approval| pencil_back(None, approval);
     let (code, msg) = error(s.lane.request(no_receipt(Some(id.clone()))).await.unwrap());
     assert_eq!(code, ErrorCode::ApprovalRequired);
     assert!(msg.contains("no such operation"), "{msg}");
@@ -940,18 +929,7 @@ async fn risky_lane_operations_wait_for_a_supervisor_and_an_approval_covers_one_
     let PosResult::Sale(sale) = ok(s.lane.request(PosOp::Complete).await.unwrap()) else {
         panic!()
     };
-    let one_back = || PosOp::ReturnItems {
-        sale_id: Some(sale.sale_id),
-        lines: vec![ReturnItem {
-            sku: Sku::parse("PENCIL").unwrap(),
-            qty: Some(1),
-            grams: None,
-            restock: None,
-        }],
-        refund: RefundMethod::Cash,
-        reason: String::new(),
-        approval: None,
-    };
+    let one_back = || pencil_back(Some(sale.sale_id), None);
     assert!(matches!(
         ok(s.lane.request(one_back()).await.unwrap()),
         PosResult::Returned(_)
@@ -962,6 +940,22 @@ async fn risky_lane_operations_wait_for_a_supervisor_and_an_approval_covers_one_
         msg.contains("refund of 398 above the store's limit of 300"),
         "{msg}"
     );
+}
+
+/// One pencil back for cash, against `sale_id` if given.
+fn pencil_back(sale_id: Option<storegate_protocol::EventId>, approval: Option<String>) -> PosOp {
+    PosOp::ReturnItems {
+        sale_id,
+        lines: vec![ReturnItem {
+            sku: Sku::parse("PENCIL").unwrap(),
+            qty: Some(1),
+            grams: None,
+            restock: None,
+        }],
+        refund: RefundMethod::Cash,
+        reason: String::new(),
+        approval,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
