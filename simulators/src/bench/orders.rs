@@ -212,6 +212,11 @@ pub struct OrdersFigures {
     pub first_error: Option<String>,
     /// Orders confirmed and awaiting shipment in the database afterwards.
     pub confirmed: i64,
+    /// Statements the database ran while the orders were taken (on a
+    /// cluster that counts them), background workers included.
+    pub statements: Option<crate::pg::Statements>,
+    /// The statements run most often then: calls and text.
+    pub top: Vec<(i64, String)>,
 }
 
 /// Runs the ceiling and the orders on a fresh database of `backend`.
@@ -301,6 +306,7 @@ pub async fn measure(args: &OrdersBenchArgs, backend: &str) -> anyhow::Result<Or
     let (h, a, t) = (http.clone(), api.clone(), token.clone());
     let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
     let fe = first_error.clone();
+    let counting = crate::pg::reset_statements(&url).await;
     let (mut lat, took, failed) = drive(args.clients, args.orders, move |i| {
         let req = h
             .post(format!("{a}/api/v1/orders"))
@@ -330,6 +336,11 @@ pub async fn measure(args: &OrdersBenchArgs, backend: &str) -> anyhow::Result<Or
         }
     })
     .await;
+    let (statements, top) = if counting {
+        (crate::pg::statements(&url).await, crate::pg::top_statements(&url, 25).await)
+    } else {
+        (None, Vec::new())
+    };
     let confirmed: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM orders WHERE kind = 'online' AND status = 'awaiting_shipment'",
     )
@@ -350,6 +361,8 @@ pub async fn measure(args: &OrdersBenchArgs, backend: &str) -> anyhow::Result<Or
         failed,
         first_error,
         confirmed,
+        statements,
+        top,
     })
 }
 
@@ -367,6 +380,7 @@ pub async fn run(args: OrdersBenchArgs) -> anyhow::Result<()> {
         "{:<50} {:>9} {:>9} {:>9} {:>9} {:>7}",
         "", "req/s", "p50 ms", "p99 ms", "max ms", "failed"
     );
+    let _cluster = crate::pg::own_cluster_or_say().await;
     for backend in &args.backends {
         let f = measure(&args, backend).await?;
         println!(
@@ -391,6 +405,15 @@ pub async fn run(args: OrdersBenchArgs) -> anyhow::Result<()> {
             println!("  first failure: {e}");
         }
         println!("  orders confirmed and awaiting shipment: {}", f.confirmed);
+        match f.statements {
+            Some(s) => {
+                println!("  per order: {}; the most frequent:", s.per(args.orders));
+                for (calls, text) in &f.top {
+                    println!("  {:>8.2}  {text}", *calls as f64 / args.orders.max(1) as f64);
+                }
+            }
+            None => println!("  statements per order: not counted (no cluster of the benchmark's own)"),
+        }
     }
     println!();
     println!("Goal (issue 6): >= 2000 orders/s and p99 <= 50 ms on PostgreSQL.");

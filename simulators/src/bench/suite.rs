@@ -107,6 +107,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let dir = tempfile::tempdir()?;
     println!("storegate benchmark suite; each figure next to a ceiling measured in this run\n");
+    let _cluster = crate::pg::own_cluster_or_say().await;
 
     let run = |part: &str| !args.skip.iter().any(|s| s == part);
     if run("edge") {
@@ -284,10 +285,12 @@ async fn orders_row(args: &SuiteArgs, skus: usize, what: &str) -> anyhow::Result
             args.order_clients
         ),
         value: format!(
-            "{:.0} orders/s, p99 {} ms, p50 {} ms",
+            "{:.0} orders/s, p99 {} ms, p50 {} ms; {}",
             f.rate,
             ms(f.lat.p99),
-            ms(f.lat.p50)
+            ms(f.lat.p50),
+            f.statements
+                .map_or_else(|| "statements not counted".to_owned(), |s| s.per(args.orders) + " per order")
         ),
         ceiling: format!(
             "GET /api/v1/auth/me: {:.0} req/s, p99 {} ms",
@@ -391,6 +394,7 @@ async fn catch_up(dir: &Path, args: &SuiteArgs) -> anyhow::Result<Vec<Row>> {
         settings.push(s);
     }
     hub.trust.registry().refresh().await?;
+    let counting = crate::pg::reset_statements(&url).await;
     let start = Instant::now();
     let mut edges = Vec::new();
     let shutdown = CancellationToken::new();
@@ -415,6 +419,11 @@ async fn catch_up(dir: &Path, args: &SuiteArgs) -> anyhow::Result<Vec<Row>> {
         .fetch_one(&hub.db.pool)
         .await?;
     anyhow::ensure!(stored as usize == total, "hub holds {stored} events of {total}");
+    let statements = if counting {
+        crate::pg::statements(&url).await
+    } else {
+        None
+    };
     shutdown.cancel();
     for e in edges {
         e.stopped().await;
@@ -429,7 +438,10 @@ async fn catch_up(dir: &Path, args: &SuiteArgs) -> anyhow::Result<Vec<Row>> {
                 "sync drain edge -> hub (PostgreSQL), {} edges",
                 args.catchup_stores
             ),
-            value: format!("{rate:.0} events/s"),
+            value: format!(
+                "{rate:.0} events/s; {}",
+                statements.map_or_else(|| "statements not counted".to_owned(), |s| s.per(total) + " per event")
+            ),
             ceiling: format!("raw INSERT .. ON CONFLICT DO NOTHING, 500/stmt: {raw_rate:.0} rows/s"),
             ratio: format!("{:.2}", rate / raw_rate),
             goal: ">= 0.5 of raw".into(),
