@@ -44,7 +44,7 @@ pub async fn record_alone(
     }
 }
 
-/// Appends several audit events in one statement, in order.
+/// Appends several audit events of one entity in one statement, in order.
 pub async fn record_many(
     tx: &mut Transaction<'static, Any>,
     actor: &str,
@@ -52,22 +52,54 @@ pub async fn record_many(
     entity_id: &str,
     events: &[(&str, serde_json::Value)],
 ) -> Result<(), sqlx::Error> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let text = crate::sql::values(INSERT, events.len(), 6, "");
+    let rows: Vec<Event<'_>> = events
+        .iter()
+        .map(|(action, detail)| Event {
+            actor,
+            action,
+            entity,
+            entity_id,
+            detail: detail.clone(),
+        })
+        .collect();
+    record_rows(tx, &rows).await
+}
+
+/// An audit event to append.
+#[derive(Debug)]
+pub struct Event<'a> {
+    /// Who.
+    pub actor: &'a str,
+    /// What.
+    pub action: &'a str,
+    /// Entity kind.
+    pub entity: &'a str,
+    /// Entity id.
+    pub entity_id: &'a str,
+    /// Details.
+    pub detail: serde_json::Value,
+}
+
+/// Appends audit events of any entities in one statement, in order.
+pub async fn record_rows(
+    tx: &mut Transaction<'static, Any>,
+    events: &[Event<'_>],
+) -> Result<(), sqlx::Error> {
     let now = now_ms();
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
-    for (action, detail) in events {
-        q = q
-            .bind(now)
-            .bind(crate::sql::text(actor))
-            .bind(*action)
-            .bind(entity)
-            .bind(crate::sql::text(entity_id))
-            .bind(detail.to_string());
+    for chunk in events.chunks(crate::sql::CHUNK) {
+        let text = crate::sql::values(INSERT, chunk.len(), 6, "");
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
+        for e in chunk {
+            q = q
+                .bind(now)
+                .bind(crate::sql::text(e.actor))
+                .bind(e.action)
+                .bind(e.entity)
+                .bind(crate::sql::text(e.entity_id))
+                .bind(e.detail.to_string());
+        }
+        q.execute(&mut **tx).await?;
     }
-    q.execute(&mut **tx).await?;
     Ok(())
 }
 

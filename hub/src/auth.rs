@@ -390,30 +390,29 @@ impl Auth {
             _ => AuthError::Invalid,
         })?;
         let c = data.claims;
-        let revoked: Option<i64> = sqlx::query_scalar("SELECT expires_ms FROM revoked_tokens WHERE jti = $1")
+        // One read: the principal as it is now, and whether this token
+        // was revoked (logged out).
+        let role: Option<String> = match c.kind.as_str() {
+            "user" => sqlx::query_as::<_, (i64, String, i64, i64)>(
+                "SELECT disabled, role, token_epoch, \
+                 (SELECT COUNT(*) FROM revoked_tokens r WHERE r.jti = $2) AS revoked FROM users WHERE id = $1",
+            )
+            .bind(c.sub.as_str())
             .bind(c.jti.as_str())
             .fetch_optional(&db.pool)
-            .await?;
-        if revoked.is_some() {
-            return Err(AuthError::Revoked);
-        }
-        let role: Option<String> = match c.kind.as_str() {
-            "user" => sqlx::query_as::<_, (i64, String, i64)>(
-                "SELECT disabled, role, token_epoch FROM users WHERE id = $1",
+            .await?
+            .filter(|(disabled, _, epoch, revoked)| *disabled == 0 && *epoch == c.ep && *revoked == 0)
+            .map(|(_, role, ..)| role),
+            "api_key" => sqlx::query_as::<_, (Option<i64>, String, i64)>(
+                "SELECT revoked_ms, role, \
+                 (SELECT COUNT(*) FROM revoked_tokens r WHERE r.jti = $2) AS revoked FROM api_keys WHERE id = $1",
             )
             .bind(c.sub.as_str())
+            .bind(c.jti.as_str())
             .fetch_optional(&db.pool)
             .await?
-            .filter(|(disabled, _, epoch)| *disabled == 0 && *epoch == c.ep)
+            .filter(|(key_revoked, _, revoked)| key_revoked.is_none() && *revoked == 0)
             .map(|(_, role, _)| role),
-            "api_key" => sqlx::query_as::<_, (Option<i64>, String)>(
-                "SELECT revoked_ms, role FROM api_keys WHERE id = $1",
-            )
-            .bind(c.sub.as_str())
-            .fetch_optional(&db.pool)
-            .await?
-            .filter(|(revoked, _)| revoked.is_none())
-            .map(|(_, role)| role),
             _ => None,
         };
         let role: Role = role

@@ -141,19 +141,40 @@ pub async fn begin(db: &Db, k: &KeyRef, hash: &str) -> Result<Begin, sqlx::Error
     Ok(Begin::InFlight { resource })
 }
 
-/// Records the resource the request created, inside its transaction.
-pub async fn set_resource(
+/// Records the resource each request created, inside their transaction
+/// (one statement for all).
+pub async fn set_resources(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    k: &KeyRef,
-    resource: &str,
+    done: &[(&KeyRef, &str)],
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE idempotency SET resource = $4 WHERE key = $1 AND principal = $2 AND route = $3")
-        .bind(k.key.as_str())
-        .bind(k.principal.as_str())
-        .bind(k.route.as_str())
-        .bind(resource)
-        .execute(&mut **tx)
-        .await?;
+    for chunk in done.chunks(crate::sql::CHUNK) {
+        let mut pairs = String::new();
+        for i in 0..chunk.len() {
+            let n = i * 4;
+            if i > 0 {
+                pairs.push_str(" UNION ALL ");
+            }
+            pairs.push_str(&format!(
+                "SELECT ${} AS k, ${} AS p, ${} AS r, ${} AS res",
+                n + 1,
+                n + 2,
+                n + 3,
+                n + 4
+            ));
+        }
+        let mut q = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE idempotency SET resource = v.res FROM ({pairs}) AS v \
+             WHERE idempotency.key = v.k AND idempotency.principal = v.p AND idempotency.route = v.r"
+        )));
+        for (k, resource) in chunk {
+            q = q
+                .bind(k.key.as_str())
+                .bind(k.principal.as_str())
+                .bind(k.route.as_str())
+                .bind(*resource);
+        }
+        q.execute(&mut **tx).await?;
+    }
     Ok(())
 }
 

@@ -292,6 +292,8 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Hu
         )),
         timeout: std::time::Duration::from_millis(settings.commerce.provider_timeout_ms),
     };
+    let (groups, group_queue) = orders::queue();
+    let grouped = settings.commerce.order_group_max > 1;
     let commerce = orders::Commerce {
         db: db.clone(),
         payments: payments.clone(),
@@ -299,7 +301,17 @@ pub async fn start(settings: Settings, shutdown: CancellationToken) -> Result<Hu
         currency,
         kick: kick.clone(),
         abort_after_authorize: failpoint("abort_after_authorize"),
+        groups: grouped.then_some(groups),
     };
+    if grouped {
+        tasks.spawn(orders::run_groups(
+            commerce.clone(),
+            group_queue,
+            settings.commerce.order_group_workers,
+            settings.commerce.order_group_max,
+            shutdown.clone(),
+        ));
+    }
     tasks.spawn(payments::rpc_loop(
         payments.clone(),
         rpc_rx,

@@ -199,6 +199,11 @@ pub struct CommerceSettings {
     pub sim_decline_cents: u8,
     /// Weight of a product with no `weight_grams` attribute, for shipping.
     pub default_item_grams: i64,
+    /// Most online orders taken in one group (one transaction for step 1,
+    /// one for confirmation); 1 takes each order alone.
+    pub order_group_max: usize,
+    /// Groups in flight at once.
+    pub order_group_workers: usize,
 }
 
 impl Default for CommerceSettings {
@@ -212,6 +217,8 @@ impl Default for CommerceSettings {
             sim_latency_ms: 0,
             sim_decline_cents: 13,
             default_item_grams: 500,
+            order_group_max: 64,
+            order_group_workers: 2,
         }
     }
 }
@@ -417,6 +424,14 @@ impl Settings {
             return Err(invalid(
                 "commerce.currency",
                 format!("{:?} is not a three-letter ISO code", self.commerce.currency),
+            ));
+        }
+        if !(1..=500).contains(&self.commerce.order_group_max)
+            || !(1..=64).contains(&self.commerce.order_group_workers)
+        {
+            return Err(invalid(
+                "commerce.order_group_max / commerce.order_group_workers",
+                "out of range (1 to 500 orders; 1 to 64 groups in flight)".into(),
             ));
         }
         if self.commerce.saga_lease_ms < 100 || self.commerce.stock_push_interval_ms < 10 {

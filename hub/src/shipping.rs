@@ -282,39 +282,52 @@ fn tracking_number(carrier: &str, id: &str) -> String {
     format!("{prefix}{:012}", h % 1_000_000_000_000)
 }
 
-/// Creates a shipment (status `label_created`).
+/// Creates shipments (status `label_created`), each (order, location it
+/// leaves from, quote); returns their ids. Two statements for all.
 pub async fn create(
-    tx: &mut Transaction<'static, Any>,
-    order_id: &str,
-    from: &str,
-    q: &Quote,
-) -> Result<String, sqlx::Error> {
-    let id = crate::auth::new_id();
+    conn: &mut AnyConnection,
+    new: &[(&str, &str, &Quote)],
+) -> Result<Vec<String>, sqlx::Error> {
+    let ids: Vec<String> = new.iter().map(|_| crate::auth::new_id()).collect();
     let now = now_ms();
     let status = ShipmentStatus::LabelCreated;
-    sqlx::query(
-        "INSERT INTO shipments (id, order_id, carrier, tracking, from_location, status, price_minor, currency, created_ms, updated_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
-    )
-    .bind(id.as_str())
-    .bind(order_id)
-    .bind(q.carrier.as_str())
-    .bind(tracking_number(&q.carrier, &id))
-    .bind(from)
-    .bind(status)
-    .bind(q.price_minor)
-    .bind(q.currency.as_str())
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query("INSERT INTO shipment_events (shipment_id, status, place, at_ms) VALUES ($1, $2, $3, $4)")
-        .bind(id.as_str())
-        .bind(status)
-        .bind(from)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    Ok(id)
+    let rows: Vec<(&String, &(&str, &str, &Quote))> = ids.iter().zip(new).collect();
+    for chunk in rows.chunks(sql::CHUNK) {
+        let text = sql::values(
+            "INSERT INTO shipments (id, order_id, carrier, tracking, from_location, status, price_minor, currency, \
+             created_ms, updated_ms)",
+            chunk.len(),
+            10,
+            "",
+        );
+        let mut q = sqlx::query(AssertSqlSafe(text));
+        for (id, (order_id, from, quote)) in chunk {
+            q = q
+                .bind(id.as_str())
+                .bind(*order_id)
+                .bind(quote.carrier.as_str())
+                .bind(tracking_number(&quote.carrier, id))
+                .bind(*from)
+                .bind(status)
+                .bind(quote.price_minor)
+                .bind(quote.currency.as_str())
+                .bind(now)
+                .bind(now);
+        }
+        q.execute(&mut *conn).await?;
+        let text = sql::values(
+            "INSERT INTO shipment_events (shipment_id, status, place, at_ms)",
+            chunk.len(),
+            4,
+            "",
+        );
+        let mut q = sqlx::query(AssertSqlSafe(text));
+        for (id, (_, from, _)) in chunk {
+            q = q.bind(id.as_str()).bind(status).bind(*from).bind(now);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(ids)
 }
 
 row! {
@@ -331,11 +344,13 @@ row! {
     }
 }
 
-async fn events(conn: &mut AnyConnection, shipment_id: &str) -> Result<Vec<ShipmentEvent>, sqlx::Error> {
-    sqlx::query_as("SELECT status, place, at_ms FROM shipment_events WHERE shipment_id = $1 ORDER BY id")
-        .bind(shipment_id)
-        .fetch_all(conn)
-        .await
+row! {
+    struct EventRow {
+        shipment_id: String,
+        status: ShipmentStatus,
+        place: String,
+        at_ms: i64,
+    }
 }
 
 /// Shipments of an order (or one by id).
@@ -344,19 +359,54 @@ pub async fn list(
     order_id: Option<&str>,
     id: Option<&str>,
 ) -> Result<Vec<ShipmentView>, sqlx::Error> {
-    let rows: Vec<ShipmentRow> = sqlx::query_as(
-        "SELECT id, order_id, carrier, tracking, from_location, status, price_minor, currency, created_ms FROM shipments \
-         WHERE ($1 = '' OR order_id = $1) AND ($2 = '' OR id = $2) ORDER BY created_ms, id LIMIT 100",
-    )
+    let rows: Vec<ShipmentRow> = sqlx::query_as(AssertSqlSafe(format!(
+        "{SELECT} WHERE ($1 = '' OR order_id = $1) AND ($2 = '' OR id = $2) ORDER BY created_ms, id LIMIT 100"
+    )))
     .bind(order_id.unwrap_or(""))
     .bind(id.unwrap_or(""))
     .fetch_all(&db.pool)
     .await?;
-    let mut conn = db.pool.acquire().await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in rows {
-        out.push(ShipmentView {
-            events: events(&mut conn, &r.id).await?,
+    with_events(db, rows).await
+}
+
+const SELECT: &str = "SELECT id, order_id, carrier, tracking, from_location, status, price_minor, currency, created_ms FROM shipments";
+
+/// The shipments of orders `ids`.
+pub async fn for_orders(db: &Db, ids: &[&str]) -> Result<Vec<ShipmentView>, sqlx::Error> {
+    let mut q = sqlx::query_as::<_, ShipmentRow>(AssertSqlSafe(format!(
+        "{SELECT} WHERE order_id IN {} ORDER BY created_ms, id",
+        crate::sql::list(1, ids.len())
+    )));
+    for id in ids {
+        q = q.bind(*id);
+    }
+    let rows = q.fetch_all(&db.pool).await?;
+    with_events(db, rows).await
+}
+
+/// Shipment views with their events (one query for all).
+async fn with_events(db: &Db, rows: Vec<ShipmentRow>) -> Result<Vec<ShipmentView>, sqlx::Error> {
+    let mut events: std::collections::HashMap<String, Vec<ShipmentEvent>> = std::collections::HashMap::new();
+    for chunk in rows.chunks(crate::sql::CHUNK) {
+        let mut q = sqlx::query_as::<_, EventRow>(AssertSqlSafe(format!(
+            "SELECT shipment_id, status, place, at_ms FROM shipment_events WHERE shipment_id IN {} ORDER BY id",
+            crate::sql::list(1, chunk.len())
+        )));
+        for r in chunk {
+            q = q.bind(r.id.as_str());
+        }
+        for e in q.fetch_all(&db.pool).await? {
+            events.entry(e.shipment_id).or_default().push(ShipmentEvent {
+                status: e.status,
+                place: e.place,
+                at_ms: e.at_ms,
+            });
+        }
+    }
+    Ok(rows
+        .into_iter()
+        .map(|r| ShipmentView {
+            events: events.remove(&r.id).unwrap_or_default(),
             id: r.id,
             order_id: r.order_id,
             carrier: r.carrier,
@@ -366,9 +416,15 @@ pub async fn list(
             price_minor: r.price_minor,
             currency: r.currency,
             created_ms: r.created_ms,
-        });
-    }
-    Ok(out)
+        })
+        .collect())
+}
+
+async fn events(conn: &mut AnyConnection, shipment_id: &str) -> Result<Vec<ShipmentEvent>, sqlx::Error> {
+    sqlx::query_as("SELECT status, place, at_ms FROM shipment_events WHERE shipment_id = $1 ORDER BY id")
+        .bind(shipment_id)
+        .fetch_all(conn)
+        .await
 }
 
 /// A shipment that moved.

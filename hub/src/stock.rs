@@ -140,20 +140,25 @@ pub async fn reserve(
     Ok(done)
 }
 
-/// Reserves several lines at one location: one conditional update per
-/// line, then one ledger insert and one dirty mark for all. Returns false
-/// (having changed nothing worth keeping: the caller rolls back) as soon
-/// as one line is short.
+/// Reserves lines (location, SKU, quantity, reference: the order) for
+/// one or many orders: one conditional update per location and SKU (the
+/// lines' quantities summed), then one ledger row per line and one dirty
+/// mark per level. Returns false (having changed nothing worth keeping:
+/// the caller rolls back) as soon as one level is short.
 pub async fn reserve_many(
     conn: &mut AnyConnection,
-    lines: &[(&str, &str, i64)],
-    reference: &str,
+    lines: &[(&str, &str, i64, &str)],
 ) -> Result<bool, sqlx::Error> {
     let now = now_ms();
-    if conn.backend_name() == "PostgreSQL" {
-        return reserve_many_pg(conn, lines, reference, now).await;
+    let mut want: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+    for (location, sku, qty, _) in lines {
+        let w = want.entry((*location, *sku)).or_insert(0);
+        *w = w.saturating_add(*qty);
     }
-    for (location, sku, qty) in lines {
+    if conn.backend_name() == "PostgreSQL" {
+        return reserve_many_pg(conn, &want, lines, now).await;
+    }
+    for ((location, sku), qty) in &want {
         let done = sqlx::query(
             "UPDATE stock_levels SET reserved = reserved + $3, updated_ms = $4 \
              WHERE location = $1 AND sku = $2 AND on_hand - reserved >= $3",
@@ -178,18 +183,18 @@ pub async fn reserve_many(
             "",
         );
         let mut q = sqlx::query(AssertSqlSafe(text));
-        for (location, sku, qty) in chunk {
+        for (location, sku, qty, reference) in chunk {
             q = q
                 .bind(*location)
                 .bind(*sku)
                 .bind(*qty)
                 .bind(MovementKind::Reservation.as_str())
-                .bind(reference)
+                .bind(*reference)
                 .bind(now);
         }
         q.execute(&mut *conn).await?;
     }
-    let pairs: Vec<(&str, &str)> = lines.iter().map(|(l, s, _)| (*l, *s)).collect();
+    let pairs: Vec<(&str, &str)> = want.keys().copied().collect();
     mark_dirty(conn, &pairs).await?;
     Ok(true)
 }
@@ -201,17 +206,13 @@ pub async fn reserve_many(
 /// lost race (the caller rolls back and plans again).
 async fn reserve_many_pg(
     conn: &mut AnyConnection,
-    lines: &[(&str, &str, i64)],
-    reference: &str,
+    want: &BTreeMap<(&str, &str), i64>,
+    lines: &[(&str, &str, i64, &str)],
     now: i64,
 ) -> Result<bool, sqlx::Error> {
-    let mut want: BTreeMap<(&str, &str), i64> = BTreeMap::new();
-    for (location, sku, qty) in lines {
-        *want.entry((*location, *sku)).or_insert(0) += *qty;
-    }
     let mut text = String::from("WITH want (location, sku, qty, ord) AS (VALUES ");
+    let mut n = 2;
     for i in 0..want.len() {
-        let n = 3 + i * 3;
         if i > 0 {
             text.push_str(", ");
         }
@@ -220,23 +221,39 @@ async fn reserve_many_pg(
             n + 1,
             n + 2
         ));
+        n += 3;
+    }
+    text.push_str("), line (location, sku, qty, reference) AS (VALUES ");
+    for i in 0..lines.len() {
+        if i > 0 {
+            text.push_str(", ");
+        }
+        text.push_str(&format!(
+            "(${n}::text, ${}::text, ${}::bigint, ${}::text)",
+            n + 1,
+            n + 2,
+            n + 3
+        ));
+        n += 4;
     }
     text.push_str(
         "), locked AS (SELECT l.location, l.sku, w.qty FROM want w JOIN stock_levels l \
          ON l.location = w.location AND l.sku = w.sku ORDER BY w.ord FOR UPDATE OF l), \
          upd AS (UPDATE stock_levels l SET reserved = l.reserved + k.qty, updated_ms = $1 FROM locked k \
          WHERE l.location = k.location AND l.sku = k.sku AND l.on_hand - l.reserved >= k.qty \
-         RETURNING l.location, l.sku, k.qty), \
+         RETURNING l.location, l.sku), \
          mov AS (INSERT INTO stock_movements (location, sku, delta, kind, reference, created_ms) \
-         SELECT location, sku, qty, 'reservation', $2, $1 FROM upd), \
+         SELECT n.location, n.sku, n.qty, 'reservation', n.reference, $1 FROM line n \
+         JOIN upd u ON u.location = n.location AND u.sku = n.sku), \
          dirty AS (INSERT INTO stock_dirty (location, sku) SELECT location, sku FROM upd ON CONFLICT DO NOTHING) \
          SELECT COUNT(*) FROM upd",
     );
-    let mut q = sqlx::query_scalar::<_, i64>(AssertSqlSafe(text))
-        .bind(now)
-        .bind(reference);
-    for ((location, sku), qty) in &want {
+    let mut q = sqlx::query_scalar::<_, i64>(AssertSqlSafe(text)).bind(now);
+    for ((location, sku), qty) in want {
         q = q.bind(*location).bind(*sku).bind(*qty);
+    }
+    for (location, sku, qty, reference) in lines {
+        q = q.bind(*location).bind(*sku).bind(*qty).bind(*reference);
     }
     match q.fetch_one(&mut *conn).await {
         Ok(n) => Ok(n == want.len() as i64),

@@ -144,12 +144,22 @@ pub async fn upsert(
     Ok(())
 }
 
-/// A location's kind (`store` or `warehouse`), if it exists.
-pub async fn kind(conn: &mut sqlx::AnyConnection, store_id: &str) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT kind FROM stores WHERE store_id = $1")
-        .bind(store_id)
-        .fetch_optional(conn)
-        .await
+/// The kinds of the stores `ids` that exist, by id.
+pub async fn kinds(
+    conn: &mut sqlx::AnyConnection,
+    ids: &[&str],
+) -> Result<std::collections::HashMap<String, String>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(std::collections::HashMap::new());
+    }
+    let mut q = sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(format!(
+        "SELECT store_id, kind FROM stores WHERE store_id IN {}",
+        crate::sql::list(1, ids.len())
+    )));
+    for id in ids {
+        q = q.bind(*id);
+    }
+    Ok(q.fetch_all(conn).await?.into_iter().collect())
 }
 
 /// Records a presence message.

@@ -147,56 +147,106 @@ pub async fn create(
     note: Option<String>,
 ) -> Result<String, sqlx::Error> {
     let id = crate::auth::new_id();
-    create_as(tx, db, &id, store, kind, order_id, lines, note).await?;
+    create_many(
+        tx,
+        db,
+        &[NewTask {
+            id: &id,
+            store,
+            kind,
+            order_id,
+            lines,
+            note,
+        }],
+    )
+    .await?;
     Ok(id)
 }
 
-/// [`create`] with an id chosen by the caller. The store's sync row is
-/// locked last (it serialises with snapshots, and every order for the
-/// location takes it), so call this last in a transaction.
-#[allow(clippy::too_many_arguments)]
-pub async fn create_as(
+/// A task to create, with an id chosen by the caller.
+#[derive(Debug)]
+pub struct NewTask<'a> {
+    /// Its id.
+    pub id: &'a str,
+    /// The store that does it.
+    pub store: &'a str,
+    /// Pick, count...
+    pub kind: TaskKind,
+    /// The order it serves.
+    pub order_id: Option<&'a str>,
+    /// SKUs and quantities.
+    pub lines: &'a [(String, i64)],
+    /// A note for staff.
+    pub note: Option<String>,
+}
+
+/// [`create`] for several tasks: one statement for the rows, then the
+/// stores' sync rows locked in store order (they serialise with snapshots,
+/// and every order for the location takes them: call this last in a
+/// transaction) and each store's tasks queued in one downlink append.
+pub async fn create_many(
     tx: &mut Transaction<'static, Any>,
     db: &Db,
-    id: &str,
-    store: &str,
-    kind: TaskKind,
-    order_id: Option<&str>,
-    lines: &[(String, i64)],
-    note: Option<String>,
+    new: &[NewTask<'_>],
 ) -> Result<(), sqlx::Error> {
+    if new.is_empty() {
+        return Ok(());
+    }
     let now = now_ms();
-    let views: Vec<LineView> = lines
-        .iter()
-        .map(|(sku, qty)| LineView {
-            sku: sku.clone(),
-            qty: *qty,
-            done: 0,
-        })
-        .collect();
-    sqlx::query(
-        "INSERT INTO tasks (id, store_id, kind, order_id, status, lines, created_ms, updated_ms) \
-         VALUES ($1, $2, $3, $4, $7, $5, $6, $6)",
-    )
-    .bind(id)
-    .bind(store)
-    .bind(kind_name(kind))
-    .bind(order_id)
-    .bind(serde_json::to_string(&views).unwrap_or_default())
-    .bind(now)
-    .bind(TaskStatus::Assigned)
-    .execute(&mut **tx)
-    .await?;
-    let snapshot: Option<Option<i64>> = sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT snapshot_ms FROM store_sync WHERE store_id = $1{}",
+    for chunk in new.chunks(sql::CHUNK) {
+        let text = sql::values(
+            "INSERT INTO tasks (id, store_id, kind, order_id, status, lines, created_ms, updated_ms)",
+            chunk.len(),
+            8,
+            "",
+        );
+        let mut q = sqlx::query(AssertSqlSafe(text));
+        for t in chunk {
+            let views: Vec<LineView> = t
+                .lines
+                .iter()
+                .map(|(sku, qty)| LineView {
+                    sku: sku.clone(),
+                    qty: *qty,
+                    done: 0,
+                })
+                .collect();
+            q = q
+                .bind(t.id)
+                .bind(t.store)
+                .bind(kind_name(t.kind))
+                .bind(t.order_id)
+                .bind(TaskStatus::Assigned)
+                .bind(serde_json::to_string(&views).unwrap_or_default())
+                .bind(now)
+                .bind(now);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    let mut stores: Vec<&str> = new.iter().map(|t| t.store).collect();
+    stores.sort_unstable();
+    stores.dedup();
+    let mut q = sqlx::query_as::<_, (String, Option<i64>)>(AssertSqlSafe(format!(
+        "SELECT store_id, snapshot_ms FROM store_sync WHERE store_id IN {} ORDER BY store_id{}",
+        sql::list(1, stores.len()),
         db.for_update()
-    )))
-    .bind(store)
-    .fetch_optional(&mut **tx)
-    .await?;
-    if matches!(snapshot, Some(Some(_))) {
-        let task = task_body(id, kind, order_id, lines, note);
-        crate::downlink::enqueue(tx, db, store, &[DownBody::TaskAssigned(task)]).await?;
+    )));
+    for s in &stores {
+        q = q.bind(*s);
+    }
+    let snapshotted: Vec<String> = q
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .filter_map(|(store, snapshot)| snapshot.map(|_| store))
+        .collect();
+    for store in &snapshotted {
+        let bodies: Vec<DownBody> = new
+            .iter()
+            .filter(|t| t.store == store)
+            .map(|t| DownBody::TaskAssigned(task_body(t.id, t.kind, t.order_id, t.lines, t.note.clone())))
+            .collect();
+        crate::downlink::enqueue(tx, db, store, &bodies).await?;
     }
     Ok(())
 }
@@ -351,11 +401,10 @@ async fn query(
     after: &str,
     limit: i64,
 ) -> Result<Vec<TaskView>, sqlx::Error> {
-    let rows: Vec<TaskRow> = sqlx::query_as(
-        "SELECT id, store_id, kind, order_id, status, lines, created_ms, updated_ms FROM tasks \
-         WHERE ($1 = '' OR store_id = $1) AND ($2 = '' OR status = $2) AND ($3 = '' OR order_id = $3) AND id > $4 \
-         AND ($6 = '' OR id = $6) ORDER BY id LIMIT $5",
-    )
+    let rows: Vec<TaskRow> = sqlx::query_as(AssertSqlSafe(format!(
+        "{SELECT} WHERE ($1 = '' OR store_id = $1) AND ($2 = '' OR status = $2) AND ($3 = '' OR order_id = $3) \
+         AND id > $4 AND ($6 = '' OR id = $6) ORDER BY id LIMIT $5"
+    )))
     .bind(store.unwrap_or(""))
     .bind(status.map_or("", TaskStatus::as_str))
     .bind(order_id.unwrap_or(""))
@@ -364,8 +413,25 @@ async fn query(
     .bind(id.unwrap_or(""))
     .fetch_all(&db.pool)
     .await?;
-    Ok(rows
-        .into_iter()
+    Ok(views(rows))
+}
+
+const SELECT: &str = "SELECT id, store_id, kind, order_id, status, lines, created_ms, updated_ms FROM tasks";
+
+/// The tasks of orders `ids`, by id.
+pub async fn for_orders(db: &Db, ids: &[&str]) -> Result<Vec<TaskView>, sqlx::Error> {
+    let mut q = sqlx::query_as::<_, TaskRow>(AssertSqlSafe(format!(
+        "{SELECT} WHERE order_id IN {} ORDER BY id",
+        crate::sql::list(1, ids.len())
+    )));
+    for id in ids {
+        q = q.bind(*id);
+    }
+    Ok(views(q.fetch_all(&db.pool).await?))
+}
+
+fn views(rows: Vec<TaskRow>) -> Vec<TaskView> {
+    rows.into_iter()
         .map(|r| TaskView {
             lines: serde_json::from_str(&r.lines).unwrap_or_default(),
             id: r.id,
@@ -376,5 +442,5 @@ async fn query(
             created_ms: r.created_ms,
             updated_ms: r.updated_ms,
         })
-        .collect())
+        .collect()
 }

@@ -149,7 +149,10 @@ impl Drop for OwnCluster {
 pub async fn own_cluster_or_say() -> Option<OwnCluster> {
     match OwnCluster::start().await {
         Ok(c) => {
-            println!("PostgreSQL: a cluster of the benchmark's own at {} (pg_stat_statements loaded)", c.url);
+            println!(
+                "PostgreSQL: a cluster of the benchmark's own at {} (pg_stat_statements loaded)",
+                c.url
+            );
             c.use_for_scratch();
             Some(c)
         }

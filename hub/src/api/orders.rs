@@ -195,7 +195,7 @@ pub async fn create_order(
         async || {
             let r = s
                 .commerce
-                .create_order(&who, customer.as_deref(), &input, Some(&k))
+                .place(&who, customer.as_deref(), &input, Some(&k))
                 .await;
             order_parts(r)
         },

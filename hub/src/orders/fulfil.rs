@@ -116,7 +116,7 @@ impl Commerce {
 /// The goods of an order's lines at `location` leave: their reservation
 /// becomes a `fulfilment` movement and the payment is captured.
 async fn goods_leave(conn: &mut AnyConnection, order_id: &str, location: &str) -> Result<(), sqlx::Error> {
-    for l in repo::pick_lines(conn, order_id).await? {
+    for l in repo::pick_lines(conn, &[order_id]).await? {
         if l.location.as_deref() == Some(location) {
             stock::fulfil(conn, location, &l.sku, l.qty, order_id).await?;
         }

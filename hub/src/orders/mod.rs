@@ -1,8 +1,10 @@
 //! Orders: store sales (written by ingestion) and online orders (the API),
 //! one model with lines, totals, status history and payments.
 //!
-//! - [`place`](Commerce::create_order): step 1 of the saga (validate,
-//!   allocate, price, reserve).
+//! - `place`: step 1 of the saga (validate, allocate, price, reserve),
+//!   for one order or a group.
+//! - `group`: orders in groups ([`Commerce::place`]): one transaction for
+//!   step 1 and one for confirmation, for every order that queued meanwhile.
 //! - `saga`: the saga's steps after that, and the worker that resumes
 //!   sagas whose runner died.
 //! - `fulfil`: what happens after confirmation: cancels, shipment events,
@@ -12,6 +14,9 @@
 //!   request checks) and [`crate::domain::allocation`].
 //!
 //! # The online order saga (durable in `sagas`)
+//!
+//! Orders are taken in groups (`group`): the steps below run for every
+//! order of a group at once, each step one transaction for the group.
 //!
 //! 1. **create + reserve** (one transaction): the order, its lines, its
 //!    history, the reservations at the allocated location(s), and the saga
@@ -34,6 +39,7 @@
 //! confirms the pick task (collect) or a shipment first leaves (ship).
 
 mod fulfil;
+mod group;
 mod place;
 mod repo;
 mod saga;
@@ -43,6 +49,7 @@ use storegate_protocol::Currency;
 use utoipa::ToSchema;
 
 pub use self::fulfil::on_task_update;
+pub use self::group::{Groups, Queue, queue, run as run_groups};
 pub(crate) use self::repo::void_store_sales;
 pub use self::repo::{get, list, rules, save_rules};
 pub use self::saga::{resume_expired, worker};
@@ -67,6 +74,8 @@ pub struct Commerce {
     pub kick: crate::downlink::Kick,
     /// Test failpoint: abort the process right after a saga's authorisation.
     pub abort_after_authorize: bool,
+    /// The queue of order groups, if orders are taken in groups.
+    pub groups: Option<Groups>,
 }
 
 impl Commerce {

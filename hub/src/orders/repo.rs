@@ -58,14 +58,14 @@ pub(super) async fn availability(
 }
 
 /// A new online order's row.
-pub(super) struct NewOrder<'a> {
-    pub id: &'a str,
-    pub customer: Option<&'a str>,
+pub(super) struct NewOrder {
+    pub id: String,
+    pub customer: Option<String>,
     /// The location, if every line comes from one.
-    pub location: Option<&'a str>,
+    pub location: Option<String>,
     pub fulfilment: Fulfilment,
-    pub region: Option<&'a str>,
-    pub currency: &'a str,
+    pub region: Option<String>,
+    pub currency: String,
     pub subtotal: i64,
     pub discount: i64,
     pub tax: i64,
@@ -73,50 +73,66 @@ pub(super) struct NewOrder<'a> {
     pub total: i64,
     pub allow_split: bool,
     pub now: i64,
+    pub lines: Vec<NewLine>,
+    /// The note of its `reserved` history entry.
+    pub note: String,
 }
 
 /// A new order line.
-pub(super) struct NewLine<'a> {
-    pub sku: &'a Sku,
+pub(super) struct NewLine {
+    pub sku: Sku,
     pub qty: i64,
     pub unit_price: i64,
     pub total: i64,
     pub tax: i64,
-    pub location: &'a str,
+    pub location: String,
     pub discount: i64,
     pub promotion_id: Option<String>,
 }
 
-/// Writes an online order `reserved`, its lines, and its first history
-/// (`created`, `reserved` with `note`).
-pub(super) async fn insert_online(
-    conn: &mut AnyConnection,
-    o: &NewOrder<'_>,
-    lines: &[NewLine<'_>],
-    note: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO orders (id, kind, status, customer_id, location, fulfilment, ship_region, currency, subtotal_minor, \
-         discount_minor, tax_minor, shipping_minor, total_minor, allow_split, created_ms, updated_ms) \
-         VALUES ($1, 'online', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)",
-    )
-    .bind(o.id)
-    .bind(OrderStatus::Reserved)
-    .bind(o.customer)
-    .bind(o.location)
-    .bind(o.fulfilment)
-    .bind(o.region)
-    .bind(o.currency)
-    .bind(o.subtotal)
-    .bind(o.discount)
-    .bind(o.tax)
-    .bind(o.shipping)
-    .bind(o.total)
-    .bind(i64::from(o.allow_split))
-    .bind(o.now)
-    .execute(&mut *conn)
-    .await?;
-    for (c, chunk) in lines.chunks(sql::CHUNK).enumerate() {
+/// Writes online orders `reserved`, their lines, and their first history
+/// (`created`, `reserved` with their note): three statements for all.
+pub(super) async fn insert_online(conn: &mut AnyConnection, orders: &[NewOrder]) -> Result<(), sqlx::Error> {
+    for chunk in orders.chunks(sql::CHUNK) {
+        let text = sql::values(
+            "INSERT INTO orders (id, kind, status, customer_id, location, fulfilment, ship_region, currency, subtotal_minor, \
+             discount_minor, tax_minor, shipping_minor, total_minor, allow_split, created_ms, updated_ms)",
+            chunk.len(),
+            16,
+            "",
+        );
+        let mut q = sqlx::query(AssertSqlSafe(text));
+        for o in chunk {
+            q = q
+                .bind(o.id.as_str())
+                .bind("online")
+                .bind(OrderStatus::Reserved)
+                .bind(o.customer.clone())
+                .bind(o.location.clone())
+                .bind(o.fulfilment)
+                .bind(o.region.clone())
+                .bind(o.currency.as_str())
+                .bind(o.subtotal)
+                .bind(o.discount)
+                .bind(o.tax)
+                .bind(o.shipping)
+                .bind(o.total)
+                .bind(i64::from(o.allow_split))
+                .bind(o.now)
+                .bind(o.now);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    let lines: Vec<(&str, i64, &NewLine)> = orders
+        .iter()
+        .flat_map(|o| {
+            o.lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (o.id.as_str(), i as i64 + 1, l))
+        })
+        .collect();
+    for chunk in lines.chunks(sql::CHUNK) {
         let text = sql::values(
             "INSERT INTO order_lines (order_id, line_no, sku, qty, unit_price_minor, total_minor, tax_minor, location, \
              discount_minor, promotion_id)",
@@ -125,47 +141,51 @@ pub(super) async fn insert_online(
             "",
         );
         let mut q = sqlx::query(AssertSqlSafe(text));
-        for (i, l) in chunk.iter().enumerate() {
+        for (id, no, l) in chunk {
             q = q
-                .bind(o.id)
-                .bind((c * sql::CHUNK + i) as i64 + 1)
+                .bind(*id)
+                .bind(*no)
                 .bind(l.sku.as_str())
                 .bind(l.qty)
                 .bind(l.unit_price)
                 .bind(l.total)
                 .bind(l.tax)
-                .bind(l.location)
+                .bind(l.location.as_str())
                 .bind(l.discount)
                 .bind(l.promotion_id.clone());
         }
         q.execute(&mut *conn).await?;
     }
-    history(
-        conn,
-        o.id,
-        &[(OrderStatus::Created, ""), (OrderStatus::Reserved, note)],
-        o.now,
-    )
-    .await
+    let entries: Vec<(&str, OrderStatus, &str, i64)> = orders
+        .iter()
+        .flat_map(|o| {
+            [
+                (o.id.as_str(), OrderStatus::Created, "", o.now),
+                (o.id.as_str(), OrderStatus::Reserved, o.note.as_str(), o.now),
+            ]
+        })
+        .collect();
+    history(conn, &entries).await
 }
 
+/// History entries: (order, status, note, when), in order.
 async fn history(
     conn: &mut AnyConnection,
-    order_id: &str,
-    entries: &[(OrderStatus, &str)],
-    at: i64,
+    entries: &[(&str, OrderStatus, &str, i64)],
 ) -> Result<(), sqlx::Error> {
-    let text = sql::values(
-        "INSERT INTO order_status_history (order_id, status, at_ms, note)",
-        entries.len(),
-        4,
-        "",
-    );
-    let mut q = sqlx::query(AssertSqlSafe(text));
-    for (status, note) in entries {
-        q = q.bind(order_id).bind(*status).bind(at).bind(sql::text(note));
+    for chunk in entries.chunks(sql::CHUNK) {
+        let text = sql::values(
+            "INSERT INTO order_status_history (order_id, status, at_ms, note)",
+            chunk.len(),
+            4,
+            "",
+        );
+        let mut q = sqlx::query(AssertSqlSafe(text));
+        for (order_id, status, note, at) in chunk {
+            q = q.bind(*order_id).bind(*status).bind(*at).bind(sql::text(note));
+        }
+        q.execute(&mut *conn).await?;
     }
-    q.execute(conn).await?;
     Ok(())
 }
 
@@ -177,24 +197,45 @@ pub(super) async fn set_status(
     to: OrderStatus,
     note: &str,
 ) -> Result<bool, sqlx::Error> {
+    Ok(!set_status_many(conn, &[order_id], to, note).await?.is_empty())
+}
+
+/// Moves each of `ids` to `to` (with a history entry) if its status may
+/// become `to`; returns those that moved. Two statements for all.
+pub(super) async fn set_status_many(
+    conn: &mut AnyConnection,
+    ids: &[&str],
+    to: OrderStatus,
+    note: &str,
+) -> Result<Vec<String>, sqlx::Error> {
     let from = OrderStatus::sources(to);
     let now = now_ms();
-    let mut q = sqlx::query(AssertSqlSafe(format!(
-        "UPDATE orders SET status = $1, updated_ms = $2 WHERE id = $3 AND status IN {}",
-        sql::list(4, from.len())
-    )))
-    .bind(to)
-    .bind(now)
-    .bind(order_id);
-    for f in from {
-        q = q.bind(f);
+    let mut moved = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(sql::CHUNK) {
+        let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(format!(
+            "UPDATE orders SET status = $1, updated_ms = $2 WHERE status IN {} AND id IN {} RETURNING id",
+            sql::list(3, from.len()),
+            sql::list(3 + from.len(), chunk.len())
+        )))
+        .bind(to)
+        .bind(now);
+        for f in &from {
+            q = q.bind(f);
+        }
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        moved.extend(q.fetch_all(&mut *conn).await?);
     }
-    if q.execute(&mut *conn).await?.rows_affected() != 1 {
-        tracing::warn!(order_id, to = %to, "order not moved: its status does not lead there");
-        return Ok(false);
+    for id in ids {
+        if !moved.iter().any(|m| m == id) {
+            tracing::warn!(order_id = id, to = %to, "order not moved: its status does not lead there");
+        }
     }
-    history(conn, order_id, &[(to, note)], now).await?;
-    Ok(true)
+    let entries: Vec<(&str, OrderStatus, &str, i64)> =
+        moved.iter().map(|id| (id.as_str(), to, note, now)).collect();
+    history(conn, &entries).await?;
+    Ok(moved)
 }
 
 /// Store sales voided at the till (`completed` → `voided`).
@@ -212,7 +253,11 @@ pub(crate) async fn void_store_sales(conn: &mut AnyConnection, ids: &[String]) -
         .rows_affected()
             == 1;
         if moved {
-            history(conn, id, &[(OrderStatus::Voided, "voided at the till")], now_ms()).await?;
+            history(
+                conn,
+                &[(id.as_str(), OrderStatus::Voided, "voided at the till", now_ms())],
+            )
+            .await?;
         }
     }
     Ok(())
@@ -261,63 +306,87 @@ pub(super) async fn total(conn: &mut AnyConnection, order_id: &str) -> Result<To
 row! {
     /// A line as fulfilment needs it.
     pub(super) struct PickLine {
+        pub order_id: String,
         pub sku: String,
         pub qty: i64,
         pub location: Option<String>,
     }
 }
 
-/// An order's lines, with its fulfilment and region.
-pub(super) async fn pick_lines(
-    conn: &mut AnyConnection,
-    order_id: &str,
-) -> Result<Vec<PickLine>, sqlx::Error> {
-    sqlx::query_as("SELECT sku, qty, location FROM order_lines WHERE order_id = $1 ORDER BY line_no")
-        .bind(order_id)
-        .fetch_all(conn)
-        .await
+/// The lines of `ids`, by order and line number.
+pub(super) async fn pick_lines(conn: &mut AnyConnection, ids: &[&str]) -> Result<Vec<PickLine>, sqlx::Error> {
+    let mut out = Vec::new();
+    for chunk in ids.chunks(sql::CHUNK) {
+        let mut q = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT order_id, sku, qty, location FROM order_lines WHERE order_id IN {} ORDER BY order_id, line_no",
+            sql::list(1, chunk.len())
+        )));
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        out.extend(q.fetch_all(&mut *conn).await?);
+    }
+    Ok(out)
 }
 
 row! {
     /// How an order ships.
     pub(super) struct ShipTo {
+        pub id: String,
         pub fulfilment: Option<Fulfilment>,
         pub ship_region: Option<String>,
     }
 }
 
-/// How an order ships.
-pub(super) async fn ship_to(conn: &mut AnyConnection, order_id: &str) -> Result<ShipTo, sqlx::Error> {
-    sqlx::query_as("SELECT fulfilment, ship_region FROM orders WHERE id = $1")
-        .bind(order_id)
-        .fetch_one(conn)
-        .await
+/// How each of `ids` ships.
+pub(super) async fn ship_to(conn: &mut AnyConnection, ids: &[&str]) -> Result<Vec<ShipTo>, sqlx::Error> {
+    let mut out = Vec::new();
+    for chunk in ids.chunks(sql::CHUNK) {
+        let mut q = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT id, fulfilment, ship_region FROM orders WHERE id IN {}",
+            sql::list(1, chunk.len())
+        )));
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        out.extend(q.fetch_all(&mut *conn).await?);
+    }
+    Ok(out)
 }
 
-/// Writes an order's saga at `authorize`, leased until `lease_until`.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn insert_saga(
-    conn: &mut AnyConnection,
-    order_id: &str,
-    lease_until: i64,
-    token: &str,
-    last4: &str,
-    method: PaymentMethod,
-    now: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO sagas (order_id, step, attempts, lease_until_ms, card_token, card_last4, method, updated_ms) \
-         VALUES ($1, $2, 0, $3, $4, $5, $6, $7)",
-    )
-    .bind(order_id)
-    .bind(SagaStep::Authorize)
-    .bind(lease_until)
-    .bind(token)
-    .bind(last4)
-    .bind(method)
-    .bind(now)
-    .execute(conn)
-    .await?;
+/// A new saga at `authorize`.
+pub(super) struct NewSaga<'a> {
+    pub order_id: &'a str,
+    pub lease_until: i64,
+    pub token: &'a str,
+    pub last4: &'a str,
+    pub method: PaymentMethod,
+    pub now: i64,
+}
+
+/// Writes sagas at `authorize`, each leased to the request running it.
+pub(super) async fn insert_sagas(conn: &mut AnyConnection, sagas: &[NewSaga<'_>]) -> Result<(), sqlx::Error> {
+    for chunk in sagas.chunks(sql::CHUNK) {
+        let text = sql::values(
+            "INSERT INTO sagas (order_id, step, attempts, lease_until_ms, card_token, card_last4, method, updated_ms)",
+            chunk.len(),
+            8,
+            "",
+        );
+        let mut q = sqlx::query(AssertSqlSafe(text));
+        for s in chunk {
+            q = q
+                .bind(s.order_id)
+                .bind(SagaStep::Authorize)
+                .bind(0i64)
+                .bind(s.lease_until)
+                .bind(s.token)
+                .bind(s.last4)
+                .bind(s.method)
+                .bind(s.now);
+        }
+        q.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
@@ -372,6 +441,33 @@ pub(super) async fn move_saga(
         q = q.bind(f);
     }
     Ok(q.execute(conn).await?.rows_affected() == 1)
+}
+
+/// Moves the sagas of `ids` to `done` where their step allows it,
+/// recording each order's payment (its key); returns the
+/// orders whose saga moved.
+pub(super) async fn finish_sagas(conn: &mut AnyConnection, ids: &[&str]) -> Result<Vec<String>, sqlx::Error> {
+    let from = SagaStep::sources(SagaStep::Done);
+    let mut moved = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(sql::CHUNK) {
+        let mut q = sqlx::query_scalar::<_, String>(AssertSqlSafe(format!(
+            "UPDATE sagas SET step = $1, payment_id = $2 || order_id, updated_ms = $3 \
+             WHERE step IN {} AND order_id IN {} RETURNING order_id",
+            sql::list(4, from.len()),
+            sql::list(4 + from.len(), chunk.len())
+        )))
+        .bind(SagaStep::Done)
+        .bind(super::saga::PAYMENT_KEY_PREFIX)
+        .bind(now_ms());
+        for f in &from {
+            q = q.bind(f);
+        }
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        moved.extend(q.fetch_all(&mut *conn).await?);
+    }
+    Ok(moved)
 }
 
 /// Counts a failed authorisation and leases the saga until `retry_at`.
@@ -452,6 +548,7 @@ row! {
 
 row! {
     struct LineRow {
+        order_id: String,
         line_no: i64,
         sku: String,
         qty: i64,
@@ -466,6 +563,7 @@ row! {
 
 row! {
     struct HistoryRow {
+        order_id: String,
         status: OrderStatus,
         at_ms: i64,
         note: String,
@@ -474,26 +572,44 @@ row! {
 
 /// One order with its lines, history, payments, shipments and tasks.
 pub async fn get(db: &Db, id: &str) -> Result<Option<OrderView>, sqlx::Error> {
-    let row: Option<OrderRow> = sqlx::query_as(
+    Ok(get_many(db, &[id]).await?.pop())
+}
+
+/// Orders with their lines, history, payments, shipments and tasks, in
+/// the order of `ids` (missing ones left out): seven statements for all.
+pub async fn get_many(db: &Db, ids: &[&str]) -> Result<Vec<OrderView>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut conn = db.pool.acquire().await?;
+    let list = sql::list(1, ids.len());
+    let bind_all = |text: String| {
+        let mut q = sqlx::query(AssertSqlSafe(text));
+        for id in ids {
+            q = q.bind(*id);
+        }
+        q
+    };
+    use sqlx::FromRow as _;
+    let rows: Vec<OrderRow> = bind_all(format!(
         "SELECT id, kind, status, customer_id, location, fulfilment, ship_region, currency, subtotal_minor, discount_minor, \
-         tax_minor, shipping_minor, total_minor, store_id, sale_id, created_ms, updated_ms FROM orders WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(&db.pool)
-    .await?;
-    let Some(r) = row else { return Ok(None) };
-    let lines = if r.kind == "store" {
-        store_sale_lines(db, r.sale_id.as_deref()).await?
-    } else {
-        sqlx::query_as::<_, LineRow>(
-            "SELECT line_no, sku, qty, unit_price_minor, total_minor, tax_minor, location, discount_minor, promotion_id \
-             FROM order_lines WHERE order_id = $1 ORDER BY line_no",
-        )
-        .bind(id)
-        .fetch_all(&db.pool)
-        .await?
-        .into_iter()
-        .map(|l| LineView {
+         tax_minor, shipping_minor, total_minor, store_id, sale_id, created_ms, updated_ms FROM orders WHERE id IN {list}"
+    ))
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(OrderRow::from_row)
+    .collect::<Result<_, _>>()?;
+    let mut lines: BTreeMap<String, Vec<LineView>> = BTreeMap::new();
+    for r in bind_all(format!(
+        "SELECT order_id, line_no, sku, qty, unit_price_minor, total_minor, tax_minor, location, discount_minor, promotion_id \
+         FROM order_lines WHERE order_id IN {list} ORDER BY order_id, line_no"
+    ))
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        let l = LineRow::from_row(&r)?;
+        lines.entry(l.order_id).or_default().push(LineView {
             line_no: l.line_no,
             sku: l.sku,
             qty: l.qty,
@@ -503,45 +619,71 @@ pub async fn get(db: &Db, id: &str) -> Result<Option<OrderView>, sqlx::Error> {
             location: l.location,
             discount_minor: l.discount_minor,
             promotion_id: l.promotion_id,
-        })
-        .collect()
-    };
-    let history = sqlx::query_as::<_, HistoryRow>(
-        "SELECT status, at_ms, note FROM order_status_history WHERE order_id = $1 ORDER BY id",
-    )
-    .bind(id)
-    .fetch_all(&db.pool)
+        });
+    }
+    let mut history: BTreeMap<String, Vec<HistoryView>> = BTreeMap::new();
+    for r in bind_all(format!(
+        "SELECT order_id, status, at_ms, note FROM order_status_history WHERE order_id IN {list} ORDER BY id"
+    ))
+    .fetch_all(&mut *conn)
     .await?
-    .into_iter()
-    .map(|h| HistoryView {
-        status: h.status,
-        at_ms: h.at_ms,
-        note: h.note,
-    })
-    .collect();
-    Ok(Some(OrderView {
-        payments: payments::list(db, Some(id), None, "", 100).await?,
-        shipments: shipping::list(db, Some(id), None).await?,
-        tasks: tasks::list(db, None, None, Some(id), "", 100).await?,
-        id: r.id,
-        kind: r.kind,
-        status: r.status,
-        customer_id: r.customer_id,
-        location: r.location,
-        fulfilment: r.fulfilment,
-        ship_region: r.ship_region,
-        currency: r.currency,
-        subtotal_minor: r.subtotal_minor,
-        discount_minor: r.discount_minor,
-        tax_minor: r.tax_minor,
-        shipping_minor: r.shipping_minor,
-        total_minor: r.total_minor,
-        store_id: r.store_id,
-        lines,
-        history,
-        created_ms: r.created_ms,
-        updated_ms: r.updated_ms,
-    }))
+    {
+        let h = HistoryRow::from_row(&r)?;
+        history.entry(h.order_id).or_default().push(HistoryView {
+            status: h.status,
+            at_ms: h.at_ms,
+            note: h.note,
+        });
+    }
+    drop(conn);
+    let mut payments = by_order(payments::for_orders(db, ids).await?, |p| p.order_id.clone());
+    let mut shipments = by_order(shipping::for_orders(db, ids).await?, |s| Some(s.order_id.clone()));
+    let mut tasks = by_order(tasks::for_orders(db, ids).await?, |t| t.order_id.clone());
+    let mut by_id: BTreeMap<String, OrderRow> = rows.into_iter().map(|r| (r.id.clone(), r)).collect();
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let Some(r) = by_id.remove(*id) else { continue };
+        let lines = if r.kind == "store" {
+            store_sale_lines(db, r.sale_id.as_deref()).await?
+        } else {
+            lines.remove(*id).unwrap_or_default()
+        };
+        out.push(OrderView {
+            payments: payments.remove(*id).unwrap_or_default(),
+            shipments: shipments.remove(*id).unwrap_or_default(),
+            tasks: tasks.remove(*id).unwrap_or_default(),
+            history: history.remove(*id).unwrap_or_default(),
+            lines,
+            id: r.id,
+            kind: r.kind,
+            status: r.status,
+            customer_id: r.customer_id,
+            location: r.location,
+            fulfilment: r.fulfilment,
+            ship_region: r.ship_region,
+            currency: r.currency,
+            subtotal_minor: r.subtotal_minor,
+            discount_minor: r.discount_minor,
+            tax_minor: r.tax_minor,
+            shipping_minor: r.shipping_minor,
+            total_minor: r.total_minor,
+            store_id: r.store_id,
+            created_ms: r.created_ms,
+            updated_ms: r.updated_ms,
+        });
+    }
+    Ok(out)
+}
+
+/// Items grouped by the order they belong to, in their order.
+fn by_order<T>(items: Vec<T>, order_of: impl Fn(&T) -> Option<String>) -> BTreeMap<String, Vec<T>> {
+    let mut out: BTreeMap<String, Vec<T>> = BTreeMap::new();
+    for x in items {
+        if let Some(o) = order_of(&x) {
+            out.entry(o).or_default().push(x);
+        }
+    }
+    out
 }
 
 /// A store sale's lines, from its event (the hub keeps no line rows for

@@ -14,12 +14,15 @@ use super::repo;
 use crate::db::now_ms;
 use crate::domain::order::{Fulfilment, NotAuthorized, OrderStatus, SagaMove, SagaStep, after_failure};
 use crate::domain::payment::{PaymentMethod, PaymentStatus};
-use crate::payments::{self, AuthOutcome, NewPayment};
+use crate::payments::{self, AuthOutcome, NewPayment, ProviderError};
 use crate::{audit, catalog, shipping, stock, tasks};
+
+/// What an online order's payment key starts with.
+pub(super) const PAYMENT_KEY_PREFIX: &str = "order-";
 
 /// The payment key of an online order (the provider's idempotency key).
 pub(super) fn payment_key(order_id: &str) -> String {
-    format!("order-{order_id}")
+    format!("{PAYMENT_KEY_PREFIX}{order_id}")
 }
 
 /// Why a saga compensates.
@@ -51,7 +54,7 @@ impl Commerce {
         };
         match s.step {
             SagaStep::Authorize if s.method == PaymentMethod::GiftCard => {
-                self.confirm(order_id, &card, None).await
+                self.confirm_gift(order_id, &card).await
             }
             SagaStep::Authorize => {
                 let outcome = self
@@ -62,29 +65,7 @@ impl Commerce {
                     tracing::error!(order_id, "failpoint abort_after_authorize: aborting");
                     std::process::abort();
                 }
-                let (how, why) = match outcome {
-                    Ok(AuthOutcome::Authorized { id, code }) => {
-                        return self.confirm(order_id, &card, Some((id, code))).await;
-                    }
-                    Ok(AuthOutcome::Declined { reason }) => {
-                        (NotAuthorized::Declined, format!("payment declined: {reason}"))
-                    }
-                    Err(e) => {
-                        tracing::warn!(order_id, error = %e, attempt = s.attempts + 1, "authorisation failed");
-                        (
-                            NotAuthorized::NoAnswer,
-                            format!("payment provider failed {} times: {e}", s.attempts + 1),
-                        )
-                    }
-                };
-                match after_failure(how, s.attempts) {
-                    SagaMove::Compensate { void } => {
-                        self.compensate(order_id, Ending::Failed, &why, void).await
-                    }
-                    SagaMove::Retry { after_secs } => {
-                        repo::saga_retry_at(&self.db, order_id, now_ms() + 1_000 * after_secs).await
-                    }
-                }
+                self.after_authorize(order_id, &card, s.attempts, outcome).await
             }
             SagaStep::Compensate => {
                 self.compensate(order_id, Ending::Cancelled, "cancelled", true)
@@ -94,145 +75,275 @@ impl Commerce {
         }
     }
 
-    /// Step 3: the payment row, `confirmed`, then shipments and pick tasks,
-    /// conditional on the saga still being at `authorize`.
-    async fn confirm(
+    /// Step 2's outcome: confirm, compensate, or retry later (`attempts`
+    /// failed before this one).
+    pub(super) async fn after_authorize(
         &self,
         order_id: &str,
         card: &Card<'_>,
-        auth: Option<(String, String)>,
+        attempts: i64,
+        outcome: Result<AuthOutcome, ProviderError>,
     ) -> Result<(), sqlx::Error> {
-        let gift = auth.is_none();
+        let (how, why) = match outcome {
+            Ok(AuthOutcome::Authorized { id, code }) => {
+                return self
+                    .confirm(&[Authorised {
+                        order_id,
+                        card,
+                        id,
+                        code,
+                    }])
+                    .await;
+            }
+            Ok(AuthOutcome::Declined { reason }) => {
+                (NotAuthorized::Declined, format!("payment declined: {reason}"))
+            }
+            Err(e) => {
+                tracing::warn!(order_id, error = %e, attempt = attempts + 1, "authorisation failed");
+                (
+                    NotAuthorized::NoAnswer,
+                    format!("payment provider failed {} times: {e}", attempts + 1),
+                )
+            }
+        };
+        match after_failure(how, attempts) {
+            SagaMove::Compensate { void } => self.compensate(order_id, Ending::Failed, &why, void).await,
+            SagaMove::Retry { after_secs } => {
+                repo::saga_retry_at(&self.db, order_id, now_ms() + 1_000 * after_secs).await
+            }
+        }
+    }
+
+    /// Step 3 for card orders the provider authorised, all in one
+    /// transaction: each payment row, `confirmed`, then shipments and pick
+    /// tasks; conditional on each saga still being at `authorize`.
+    pub(super) async fn confirm(&self, done: &[Authorised<'_>]) -> Result<(), sqlx::Error> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.db.begin().await?;
+        let ids: Vec<&str> = done.iter().map(|a| a.order_id).collect();
+        let moved = repo::finish_sagas(&mut tx, &ids).await?;
+        let mut rows = Vec::with_capacity(done.len());
+        let mut confirmed = Vec::with_capacity(done.len());
+        for a in done {
+            if moved.iter().any(|m| m == a.order_id) {
+                rows.push(a.card.row(
+                    a.order_id,
+                    PaymentStatus::Authorized,
+                    Some(a.id.clone()),
+                    a.code.clone(),
+                    0,
+                    false,
+                ));
+                confirmed.push((a.order_id, a.card.amount, PaymentMethod::Card));
+            } else if !payments::key_exists(&mut tx, a.card.key).await? {
+                // Cancelled (or done by another worker) meanwhile. An
+                // authorisation we hold but nobody recorded must be released.
+                rows.push(a.card.row(
+                    a.order_id,
+                    PaymentStatus::VoidPending,
+                    Some(a.id.clone()),
+                    a.code.clone(),
+                    0,
+                    false,
+                ));
+            }
+        }
+        payments::upsert_rows(&mut tx, &rows).await?;
+        let stores = self.fulfil(&mut tx, &confirmed).await?;
+        tx.commit().await?;
+        metrics::counter!("hub_orders_total", "step" => "confirmed").increment(confirmed.len() as u64);
+        self.kick_all(stores);
+        Ok(())
+    }
+
+    /// Step 3 for a gift card: the balance debited in the same transaction
+    /// as the confirmation (a short balance fails the order).
+    async fn confirm_gift(&self, order_id: &str, card: &Card<'_>) -> Result<(), sqlx::Error> {
         let mut tx = self.db.begin().await?;
         if !repo::move_saga(&mut tx, order_id, SagaStep::Done, Some(card.key), false).await? {
-            // Cancelled (or done by another worker) meanwhile. An
-            // authorisation we hold but nobody recorded must be released.
-            if !payments::key_exists(&mut tx, card.key).await?
-                && let Some((id, code)) = auth
-            {
-                payments::upsert_rows(
-                    &mut tx,
-                    &[card.row(order_id, PaymentStatus::VoidPending, Some(id), code, 0, false)],
-                )
-                .await?;
-            }
             return tx.commit().await;
         }
-        let method = if gift {
-            PaymentMethod::GiftCard
-        } else {
-            PaymentMethod::Card
-        };
-        let row = match auth {
-            Some((id, code)) => card.row(order_id, PaymentStatus::Authorized, Some(id), code, 0, false),
-            None => match payments::gift_card_debit(&mut tx, card.token, card.amount).await? {
-                Ok(()) => card.row(
+        if let Err(reason) = payments::gift_card_debit(&mut tx, card.token, card.amount).await? {
+            drop(tx);
+            return self
+                .compensate(
                     order_id,
-                    PaymentStatus::Authorized,
-                    Some(format!("gift-{}", card.key)),
-                    "GIFT".into(),
-                    card.amount.minor,
-                    true,
-                ),
-                Err(reason) => {
-                    drop(tx);
-                    return self
-                        .compensate(
-                            order_id,
-                            Ending::Failed,
-                            &format!("payment declined: {reason}"),
-                            false,
-                        )
-                        .await;
-                }
-            },
-        };
+                    Ending::Failed,
+                    &format!("payment declined: {reason}"),
+                    false,
+                )
+                .await;
+        }
+        let row = card.row(
+            order_id,
+            PaymentStatus::Authorized,
+            Some(format!("gift-{}", card.key)),
+            "GIFT".into(),
+            card.amount.minor,
+            true,
+        );
         payments::upsert_rows(&mut tx, &[row]).await?;
-        let mut events = vec![(
-            "payment_authorized",
-            serde_json::json!({"amount": card.amount.minor, "method": method}),
-        )];
-        // Fulfil: group lines by location.
-        let mut groups: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
-        for l in repo::pick_lines(&mut tx, order_id).await? {
+        let stores = self
+            .fulfil(&mut tx, &[(order_id, card.amount, PaymentMethod::GiftCard)])
+            .await?;
+        tx.commit().await?;
+        metrics::counter!("hub_orders_total", "step" => "confirmed").increment(1);
+        self.kick_all(stores);
+        Ok(())
+    }
+
+    /// Fulfils paid orders (order, amount, how paid): their lines grouped
+    /// by location, a shipment per location (ship) at the cheapest quote,
+    /// `confirmed` then `awaiting_shipment` or `picking`, the audit trail,
+    /// and last a pick task per location. Returns the locations told.
+    async fn fulfil(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        paid: &[(&str, Money, PaymentMethod)],
+    ) -> Result<Vec<String>, sqlx::Error> {
+        if paid.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = paid.iter().map(|(id, ..)| *id).collect();
+        let mut groups: BTreeMap<String, BTreeMap<String, Vec<(String, i64)>>> = BTreeMap::new();
+        for l in repo::pick_lines(tx, &ids).await? {
             groups
+                .entry(l.order_id)
+                .or_default()
                 .entry(l.location.unwrap_or_default())
                 .or_default()
                 .push((l.sku, l.qty));
         }
-        let ship_to = repo::ship_to(&mut tx, order_id).await?;
-        let fulfilment = ship_to.fulfilment.unwrap_or(Fulfilment::Ship);
-        if fulfilment == Fulfilment::Ship
-            && let Some(region) = &ship_to.ship_region
-        {
-            for (loc, lines) in &groups {
-                let grams = self.grams(&mut tx, lines).await?;
-                let q = shipping::quote(&mut tx, region, grams).await?;
-                if let Some(best) = q
-                    .into_iter()
-                    .find(|q| q.currency == card.amount.currency.as_str())
+        let ship_to: BTreeMap<String, repo::ShipTo> = repo::ship_to(tx, &ids)
+            .await?
+            .into_iter()
+            .map(|s| (s.id.clone(), s))
+            .collect();
+        let skus: Vec<&str> = groups
+            .values()
+            .flat_map(|g| g.values().flatten().map(|(s, _)| s.as_str()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let products: BTreeMap<String, catalog::ProductView> = catalog::products_lite(tx, &skus)
+            .await?
+            .into_iter()
+            .map(|p| (p.sku.clone(), p))
+            .collect();
+        let default = self.settings.default_item_grams;
+        let fulfilment_of = |id: &str| {
+            ship_to
+                .get(id)
+                .and_then(|s| s.fulfilment)
+                .unwrap_or(Fulfilment::Ship)
+        };
+        // Shipments: the cheapest quote in the payment's currency.
+        let mut quotes: BTreeMap<(String, i64), Vec<shipping::Quote>> = BTreeMap::new();
+        let mut to_ship: Vec<(&str, &str, shipping::Quote)> = Vec::new();
+        for (id, amount, _) in paid {
+            let region = ship_to.get(*id).and_then(|s| s.ship_region.as_deref());
+            let (Fulfilment::Ship, Some(region)) = (fulfilment_of(id), region) else {
+                continue;
+            };
+            for (loc, lines) in groups.get(*id).into_iter().flatten() {
+                let grams = lines
+                    .iter()
+                    .map(|(sku, qty)| {
+                        products
+                            .get(sku)
+                            .map_or(default, |p| p.unit_grams(default))
+                            .saturating_mul(*qty)
+                    })
+                    .fold(0i64, i64::saturating_add);
+                let key = (region.to_owned(), grams);
+                if !quotes.contains_key(&key) {
+                    let q = shipping::quote(tx, region, grams).await?;
+                    quotes.insert(key.clone(), q);
+                }
+                if let Some(best) = quotes[&key]
+                    .iter()
+                    .find(|q| q.currency == amount.currency.as_str())
                 {
-                    let id = shipping::create(&mut tx, order_id, loc, &best).await?;
-                    events.push((
-                        "shipment_created",
-                        serde_json::json!({"shipment": id, "carrier": best.carrier, "from": loc}),
-                    ));
+                    to_ship.push((id, loc, best.clone()));
                 }
             }
         }
-        repo::set_status(&mut tx, order_id, OrderStatus::Confirmed, "payment authorised").await?;
-        repo::set_status(&mut tx, order_id, fulfilment.after_confirmed(), "").await?;
-        // Last: the pick tasks (they lock each location's sync row, which
-        // every order for that location takes: hold it for the least time).
-        let task_ids: Vec<String> = groups.keys().map(|_| crate::auth::new_id()).collect();
-        let listed: Vec<serde_json::Value> = groups
-            .keys()
-            .zip(&task_ids)
-            .map(|(loc, task)| serde_json::json!({"task": task, "location": loc}))
-            .collect();
-        events.push(("pick_tasks_created", serde_json::json!({ "tasks": listed })));
-        audit::record_many(&mut tx, "hub:saga", "order", order_id, &events).await?;
-        let note = match fulfilment {
-            Fulfilment::Collect => "click and collect: pick and hold for the customer",
-            Fulfilment::Ship => "pick for shipment",
-        };
-        for ((loc, lines), task) in groups.iter().zip(&task_ids) {
-            tasks::create_as(
-                &mut tx,
-                &self.db,
-                task,
-                loc,
-                TaskKind::Pick,
-                Some(order_id),
-                lines,
-                Some(note.into()),
-            )
-            .await?;
+        let new: Vec<(&str, &str, &shipping::Quote)> = to_ship.iter().map(|(o, l, q)| (*o, *l, q)).collect();
+        let shipment_ids = shipping::create(tx, &new).await?;
+        repo::set_status_many(tx, &ids, OrderStatus::Confirmed, "payment authorised").await?;
+        for f in [Fulfilment::Ship, Fulfilment::Collect] {
+            let these: Vec<&str> = ids.iter().copied().filter(|id| fulfilment_of(id) == f).collect();
+            if !these.is_empty() {
+                repo::set_status_many(tx, &these, f.after_confirmed(), "").await?;
+            }
         }
-        tx.commit().await?;
-        metrics::counter!("hub_orders_total", "step" => "confirmed").increment(1);
-        self.kick_all(groups.keys());
-        Ok(())
-    }
-
-    async fn grams(
-        &self,
-        conn: &mut sqlx::Transaction<'static, sqlx::Any>,
-        lines: &[(String, i64)],
-    ) -> Result<i64, sqlx::Error> {
-        let skus: Vec<&str> = lines.iter().map(|(s, _)| s.as_str()).collect();
-        let products = catalog::products_lite(conn, &skus).await?;
-        let default = self.settings.default_item_grams;
-        Ok(lines
+        // The audit trail, and last the pick tasks (they lock each
+        // location's sync row, which every order for that location takes:
+        // hold it for the least time).
+        let mut task_ids: Vec<(&str, &str, String)> = Vec::new();
+        for id in &ids {
+            for loc in groups.get(*id).into_iter().flat_map(BTreeMap::keys) {
+                task_ids.push((id, loc, crate::auth::new_id()));
+            }
+        }
+        let mut events = Vec::new();
+        for (id, amount, method) in paid {
+            events.push(audit::Event {
+                actor: "hub:saga",
+                action: "payment_authorized",
+                entity: "order",
+                entity_id: id,
+                detail: serde_json::json!({"amount": amount.minor, "method": method}),
+            });
+            for ((o, loc, q), shipment) in to_ship.iter().zip(&shipment_ids) {
+                if o == id {
+                    events.push(audit::Event {
+                        actor: "hub:saga",
+                        action: "shipment_created",
+                        entity: "order",
+                        entity_id: id,
+                        detail: serde_json::json!({"shipment": shipment, "carrier": q.carrier, "from": loc}),
+                    });
+                }
+            }
+            let listed: Vec<serde_json::Value> = task_ids
+                .iter()
+                .filter(|(o, ..)| o == id)
+                .map(|(_, loc, task)| serde_json::json!({"task": task, "location": loc}))
+                .collect();
+            events.push(audit::Event {
+                actor: "hub:saga",
+                action: "pick_tasks_created",
+                entity: "order",
+                entity_id: id,
+                detail: serde_json::json!({ "tasks": listed }),
+            });
+        }
+        audit::record_rows(tx, &events).await?;
+        let new_tasks: Vec<tasks::NewTask<'_>> = task_ids
             .iter()
-            .map(|(sku, qty)| {
-                products
-                    .iter()
-                    .find(|p| &p.sku == sku)
-                    .map_or(default, |p| p.unit_grams(default))
-                    .saturating_mul(*qty)
+            .map(|(id, loc, task)| tasks::NewTask {
+                id: task,
+                store: loc,
+                kind: TaskKind::Pick,
+                order_id: Some(id),
+                lines: &groups[*id][*loc],
+                note: Some(
+                    match fulfilment_of(id) {
+                        Fulfilment::Collect => "click and collect: pick and hold for the customer",
+                        Fulfilment::Ship => "pick for shipment",
+                    }
+                    .into(),
+                ),
             })
-            .sum())
+            .collect();
+        tasks::create_many(tx, &self.db, &new_tasks).await?;
+        let mut stores: Vec<String> = task_ids.iter().map(|(_, loc, _)| (*loc).to_owned()).collect();
+        stores.sort_unstable();
+        stores.dedup();
+        Ok(stores)
     }
 
     /// Releases everything an order holds and ends it (`failed` or
@@ -309,16 +420,26 @@ impl Commerce {
     }
 }
 
+/// An order the provider authorised: step 3 confirms it.
+pub(super) struct Authorised<'a> {
+    pub order_id: &'a str,
+    pub card: &'a Card<'a>,
+    /// The provider's authorisation id.
+    pub id: String,
+    /// Its approval code.
+    pub code: String,
+}
+
 /// The card (or gift card) a saga charges.
-struct Card<'a> {
-    key: &'a str,
-    token: &'a str,
-    last4: &'a str,
-    amount: Money,
+pub(super) struct Card<'a> {
+    pub key: &'a str,
+    pub token: &'a str,
+    pub last4: &'a str,
+    pub amount: Money,
 }
 
 impl Card<'_> {
-    fn row(
+    pub(super) fn row(
         &self,
         order_id: &str,
         status: PaymentStatus,

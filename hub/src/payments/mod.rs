@@ -40,7 +40,7 @@ pub use self::provider::{
     AuthOutcome, CaptureOutcome, PaymentProvider, ProviderError, ProviderFuture, SimProvider,
 };
 pub use self::repo::{
-    add_refunded, exceptions, get, gift_card, gift_card_credit, gift_card_debit,
+    add_refunded, exceptions, for_orders, get, gift_card, gift_card_credit, gift_card_debit,
     hash_stored_gift_card_tokens, issued, key_exists, list, record_declined_order, sale_tenders, tombstone,
     transition, transition_at_store, upsert_rows,
 };

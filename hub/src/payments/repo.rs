@@ -121,6 +121,22 @@ pub async fn list(
 }
 
 /// Whether a payment with this key exists.
+/// The payments of orders `ids`, by id.
+pub async fn for_orders(db: &Db, ids: &[&str]) -> Result<Vec<PaymentView>, sqlx::Error> {
+    let mut q = sqlx::query_as::<_, PaymentRow>(AssertSqlSafe(format!(
+        "{SELECT} WHERE order_id IN {} ORDER BY id",
+        sql::list(1, ids.len())
+    )));
+    for id in ids {
+        q = q.bind(*id);
+    }
+    Ok(q.fetch_all(&db.pool)
+        .await?
+        .into_iter()
+        .map(PaymentRow::view)
+        .collect())
+}
+
 pub async fn key_exists(conn: &mut AnyConnection, key: &str) -> Result<bool, sqlx::Error> {
     Ok(
         sqlx::query_scalar::<_, String>("SELECT id FROM payments WHERE payment_key = $1")

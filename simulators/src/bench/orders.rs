@@ -337,7 +337,10 @@ pub async fn measure(args: &OrdersBenchArgs, backend: &str) -> anyhow::Result<Or
     })
     .await;
     let (statements, top) = if counting {
-        (crate::pg::statements(&url).await, crate::pg::top_statements(&url, 25).await)
+        (
+            crate::pg::statements(&url).await,
+            crate::pg::top_statements(&url, 40).await,
+        )
     } else {
         (None, Vec::new())
     };

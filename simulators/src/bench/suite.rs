@@ -289,8 +289,10 @@ async fn orders_row(args: &SuiteArgs, skus: usize, what: &str) -> anyhow::Result
             f.rate,
             ms(f.lat.p99),
             ms(f.lat.p50),
-            f.statements
-                .map_or_else(|| "statements not counted".to_owned(), |s| s.per(args.orders) + " per order")
+            f.statements.map_or_else(
+                || "statements not counted".to_owned(),
+                |s| s.per(args.orders) + " per order"
+            )
         ),
         ceiling: format!(
             "GET /api/v1/auth/me: {:.0} req/s, p99 {} ms",
@@ -440,7 +442,10 @@ async fn catch_up(dir: &Path, args: &SuiteArgs) -> anyhow::Result<Vec<Row>> {
             ),
             value: format!(
                 "{rate:.0} events/s; {}",
-                statements.map_or_else(|| "statements not counted".to_owned(), |s| s.per(total) + " per event")
+                statements.map_or_else(
+                    || "statements not counted".to_owned(),
+                    |s| s.per(total) + " per event"
+                )
             ),
             ceiling: format!("raw INSERT .. ON CONFLICT DO NOTHING, 500/stmt: {raw_rate:.0} rows/s"),
             ratio: format!("{:.2}", rate / raw_rate),
