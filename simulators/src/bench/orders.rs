@@ -42,6 +42,13 @@ pub struct OrdersBenchArgs {
     /// Databases: postgres, sqlite.
     #[arg(long, value_delimiter = ',', default_value = "postgres")]
     pub backends: Vec<String>,
+    /// Most orders in one group (`commerce.order_group_max`; 1 places
+    /// each order alone).
+    #[arg(long, default_value_t = 64)]
+    pub group_max: usize,
+    /// Groups in flight (`commerce.order_group_workers`).
+    #[arg(long, default_value_t = 2)]
+    pub group_workers: usize,
 }
 
 const EMAIL: &str = "bench@example.com";
@@ -233,6 +240,8 @@ pub async fn measure(args: &OrdersBenchArgs, backend: &str) -> anyhow::Result<Or
     };
     settings.database.url = url.clone();
     settings.database.max_connections = args.connections;
+    settings.commerce.order_group_max = args.group_max;
+    settings.commerce.order_group_workers = args.group_workers;
     // Every order is paid: no decline by amount (prices vary by product).
     settings.commerce.sim_decline_cents = 100;
     settings.broker.listen = "127.0.0.1:0".into();
