@@ -30,6 +30,16 @@ pub enum DbKind {
 pub struct Db {
     /// Connections.
     pub pool: AnyPool,
+    /// Connections whose commits do not wait for the disk (PostgreSQL's
+    /// `synchronous_commit = off`; on SQLite, the same pool as `pool`).
+    /// Only for records whose loss in a crash of the database server is
+    /// harmless, and which every later durable commit makes durable too
+    /// (the server's log is written in order): an Idempotency-Key's claim
+    /// (lost, the request never happened) and its stored answer (lost, the
+    /// answer is read again from what the request created), and the
+    /// simulated payment provider's bookkeeping. Never money, stock or
+    /// orders.
+    pub relaxed: AnyPool,
     /// SQLite or PostgreSQL.
     pub kind: DbKind,
 }
@@ -159,7 +169,16 @@ impl Db {
         } else {
             url.to_owned()
         };
-        let pool = AnyPoolOptions::new()
+        let pool = Self::pool(kind, &url, max_connections, false).await?;
+        let relaxed = match kind {
+            DbKind::Sqlite => pool.clone(),
+            DbKind::Postgres => Self::pool(kind, &url, (max_connections / 2).max(2), true).await?,
+        };
+        Ok(Db { pool, relaxed, kind })
+    }
+
+    async fn pool(kind: DbKind, url: &str, max_connections: u32, relaxed: bool) -> Result<AnyPool, DbError> {
+        AnyPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(30))
             .after_connect(move |conn, _| {
@@ -168,17 +187,18 @@ impl Db {
                         conn.execute("PRAGMA journal_mode = WAL").await?;
                         conn.execute("PRAGMA synchronous = FULL").await?;
                         conn.execute("PRAGMA busy_timeout = 30000").await?;
+                    } else if relaxed {
+                        conn.execute("SET synchronous_commit = off").await?;
                     }
                     Ok(())
                 })
             })
-            .connect(&url)
+            .connect(url)
             .await
             .map_err(|source| DbError::Connect {
-                url: redact(&url),
+                url: redact(url),
                 source,
-            })?;
-        Ok(Db { pool, kind })
+            })
     }
 
     /// Brings the schema up to date.

@@ -83,7 +83,7 @@ pub async fn begin(db: &Db, k: &KeyRef, hash: &str) -> Result<Begin, sqlx::Error
     .bind(k.route.as_str())
     .bind(hash)
     .bind(now)
-    .execute(&db.pool)
+    .execute(&db.relaxed)
     .await?
     .rows_affected()
         == 1;
@@ -188,7 +188,7 @@ pub async fn finish(db: &Db, k: &KeyRef, status: u16, body: &str) -> Result<(), 
         .bind(k.key.as_str())
         .bind(k.principal.as_str())
         .bind(k.route.as_str())
-        .execute(&db.pool)
+        .execute(&db.relaxed)
         .await?;
         return Ok(());
     }
@@ -200,7 +200,7 @@ pub async fn finish(db: &Db, k: &KeyRef, status: u16, body: &str) -> Result<(), 
     .bind(k.route.as_str())
     .bind(i64::from(status))
     .bind(body)
-    .execute(&db.pool)
+    .execute(&db.relaxed)
     .await?;
     Ok(())
 }
