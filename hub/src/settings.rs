@@ -202,7 +202,8 @@ pub struct CommerceSettings {
     /// Most online orders taken in one group (one transaction for step 1,
     /// one for confirmation); 1 takes each order alone.
     pub order_group_max: usize,
-    /// Groups in flight at once.
+    /// Groups in flight at once (one in step 1, the others waiting for the
+    /// provider or confirming).
     pub order_group_workers: usize,
 }
 
@@ -218,7 +219,7 @@ impl Default for CommerceSettings {
             sim_decline_cents: 13,
             default_item_grams: 500,
             order_group_max: 64,
-            order_group_workers: 2,
+            order_group_workers: 4,
         }
     }
 }

@@ -18,16 +18,20 @@
 //! or its transaction fails, each of its orders is placed alone instead
 //! (planned again, as a single order would be).
 //!
-//! While one group is being written, the next one queues, so the groups
-//! grow with the load: one request alone is a group of one.
+//! Step 1 runs for one group at a time: while it is written, the next
+//! group queues, so the groups grow with the load (one request alone is a
+//! group of one). The rest of each group (the provider, confirmation,
+//! answers) runs in a task of its own, up to
+//! `commerce.order_group_workers` groups at once, so a slow provider does
+//! not hold up the next group's step 1.
 
 use std::sync::Arc;
 
 use storegate_protocol::Money;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::place::Request;
+use super::place::{Outcomes, Request};
 use super::repo;
 use super::saga::{Authorised, Card, payment_key};
 use super::{Commerce, Created, OrderError, OrderInput};
@@ -109,47 +113,24 @@ impl Commerce {
         answer.await.unwrap_or_else(|_| Err(stopping()))
     }
 
-    /// Places one group (see the module docs) and answers each request.
-    async fn run_group(&self, jobs: Vec<Job>) {
-        let (replies, jobs): (Vec<_>, Vec<_>) = jobs
-            .into_iter()
-            .map(|j| {
-                let Job {
-                    actor,
-                    customer,
-                    allow_split,
-                    valid,
-                    idem,
-                    reply,
-                } = j;
-                (reply, (actor, customer, allow_split, valid, idem))
-            })
-            .unzip();
-        let reqs: Vec<Request<'_>> = jobs
-            .iter()
-            .map(|(actor, customer, allow_split, valid, idem)| Request {
-                actor,
-                customer: customer.as_deref(),
-                allow_split: *allow_split,
-                valid,
-                idem: idem.as_ref(),
-            })
-            .collect();
-        let answers = self.place_group(&reqs).await;
-        for (reply, answer) in replies.into_iter().zip(answers) {
-            // A caller that went away (its request cancelled) finds its
-            // order through its Idempotency-Key.
-            let _ = reply.send(answer);
+    /// Step 1 of a group.
+    async fn reserve_group(&self, jobs: &[Owned]) -> Result<Outcomes, OrderError> {
+        let reqs = requests(jobs);
+        match repo::rules(&self.db).await {
+            Ok(rules) => self.reserve(&reqs, &rules).await,
+            Err(e) => Err(e.into()),
         }
     }
 
-    /// The answers of a group, in order.
-    async fn place_group(&self, reqs: &[Request<'_>]) -> Vec<Result<Created, OrderError>> {
-        let outcomes = match repo::rules(&self.db).await {
-            Ok(rules) => self.reserve(reqs, &rules).await,
-            Err(e) => Err(e.into()),
-        };
-        let outcomes = match outcomes {
+    /// The rest of a group after step 1: its sagas and its answers, in
+    /// order. A group whose step 1 failed places each order alone.
+    async fn finish_group(
+        &self,
+        jobs: &[Owned],
+        step1: Result<Outcomes, OrderError>,
+    ) -> Vec<Result<Created, OrderError>> {
+        let reqs = requests(jobs);
+        let outcomes = match step1 {
             Ok(o) => o,
             Err(e) => {
                 if matches!(e, OrderError::Raced) {
@@ -164,7 +145,7 @@ impl Commerce {
         metrics::histogram!("hub_order_group_size").record(reqs.len() as f64);
         let placed: Vec<(&str, &Valid, i64)> = outcomes
             .iter()
-            .zip(reqs)
+            .zip(&reqs)
             .filter_map(|(o, r)| o.as_ref().ok().map(|(id, total)| (id.as_str(), r.valid, *total)))
             .collect();
         let failed = self.saga_group(&placed).await;
@@ -275,45 +256,71 @@ fn stopping() -> OrderError {
     OrderError::Db(sqlx::Error::PoolClosed)
 }
 
-/// Runs `workers` group workers on `queue` until `shutdown`.
-pub async fn run(c: Commerce, queue: Queue, workers: usize, max: usize, shutdown: CancellationToken) {
-    let queue = Arc::new(Mutex::new(queue.0));
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..workers.max(1) {
-        set.spawn(worker(c.clone(), queue.clone(), max.max(1), shutdown.clone()));
-    }
-    while set.join_next().await.is_some() {}
+/// A request's data, owned by its group.
+type Owned = (String, Option<String>, bool, Valid, Option<KeyRef>);
+
+fn requests(jobs: &[Owned]) -> Vec<Request<'_>> {
+    jobs.iter()
+        .map(|(actor, customer, allow_split, valid, idem)| Request {
+            actor,
+            customer: customer.as_deref(),
+            allow_split: *allow_split,
+            valid,
+            idem: idem.as_ref(),
+        })
+        .collect()
 }
 
-async fn worker(
-    c: Commerce,
-    queue: Arc<Mutex<mpsc::Receiver<Job>>>,
-    max: usize,
-    shutdown: CancellationToken,
-) {
+/// Takes groups off `queue` until `shutdown`: step 1 of one group at a
+/// time (what queues meanwhile is the next group), the rest of each group
+/// in a task of its own, at most `in_flight` groups at once. At shutdown
+/// the groups in flight finish.
+pub async fn run(c: Commerce, queue: Queue, in_flight: usize, max: usize, shutdown: CancellationToken) {
+    let permits = Arc::new(Semaphore::new(in_flight.max(1)));
+    let mut rx = queue.0;
+    let mut running = tokio::task::JoinSet::new();
     loop {
-        let jobs = {
-            let mut rx = queue.lock().await;
-            let first = tokio::select! {
-                () = shutdown.cancelled() => return,
-                j = rx.recv() => match j {
-                    Some(j) => j,
-                    None => return,
-                },
-            };
-            let mut lines = first.valid.lines.len();
-            let mut jobs = vec![first];
-            while jobs.len() < max && lines < MAX_GROUP_LINES {
-                match rx.try_recv() {
-                    Ok(j) => {
-                        lines += j.valid.lines.len();
-                        jobs.push(j);
-                    }
-                    Err(_) => break,
-                }
-            }
-            jobs
+        while running.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
         };
-        c.run_group(jobs).await;
+        let first = tokio::select! {
+            () = shutdown.cancelled() => break,
+            j = rx.recv() => match j {
+                Some(j) => j,
+                None => break,
+            },
+        };
+        let mut lines = first.valid.lines.len();
+        let mut taken = vec![first];
+        while taken.len() < max.max(1) && lines < MAX_GROUP_LINES {
+            match rx.try_recv() {
+                Ok(j) => {
+                    lines += j.valid.lines.len();
+                    taken.push(j);
+                }
+                Err(_) => break,
+            }
+        }
+        let (replies, jobs): (Vec<_>, Vec<Owned>) = taken
+            .into_iter()
+            .map(|j| (j.reply, (j.actor, j.customer, j.allow_split, j.valid, j.idem)))
+            .unzip();
+        let step1 = c.reserve_group(&jobs).await;
+        let c = c.clone();
+        running.spawn(async move {
+            let answers = c.finish_group(&jobs, step1).await;
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                // A caller that went away (its request cancelled) finds its
+                // order through its Idempotency-Key.
+                let _ = reply.send(answer);
+            }
+            drop(permit);
+        });
     }
+    while running.join_next().await.is_some() {}
 }

@@ -47,7 +47,7 @@ pub struct OrdersBenchArgs {
     #[arg(long, default_value_t = 64)]
     pub group_max: usize,
     /// Groups in flight (`commerce.order_group_workers`).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 4)]
     pub group_workers: usize,
 }
 

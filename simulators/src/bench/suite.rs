@@ -277,7 +277,7 @@ async fn orders_row(args: &SuiteArgs, skus: usize, what: &str) -> anyhow::Result
         connections: 24,
         backends: vec!["postgres".into()],
         group_max: 64,
-        group_workers: 2,
+        group_workers: 4,
     };
     let f = super::orders::measure(&o, "postgres").await?;
     anyhow::ensure!(f.failed == 0, "orders failed: {:?}", f.first_error);
