@@ -434,6 +434,12 @@ async fn catch_up(dir: &Path, args: &SuiteArgs) -> anyhow::Result<Vec<Row>> {
     } else {
         None
     };
+    if statements.is_some() {
+        println!("      the statements run most often, per event:");
+        for (calls, text) in crate::pg::top_statements(&url, 12).await {
+            println!("      {:>8.4}  {text}", calls as f64 / total.max(1) as f64);
+        }
+    }
     shutdown.cancel();
     for e in edges {
         e.stopped().await;
