@@ -190,14 +190,13 @@ pub struct Statements {
 }
 
 impl Statements {
-    /// Per `n` units of work, e.g. "12.3 (4.1 BEGIN/COMMIT)".
+    /// Per `n` units of work, e.g. "12.3 statements (4.1 of them
+    /// BEGIN/COMMIT)" (more decimals below one).
     pub fn per(&self, n: usize) -> String {
         let n = n.max(1) as f64;
-        let mut s = format!(
-            "{:.1} statements ({:.1} of them BEGIN/COMMIT)",
-            self.all as f64 / n,
-            self.transaction as f64 / n
-        );
+        let (all, tx) = (self.all as f64 / n, self.transaction as f64 / n);
+        let digits = if all < 1.0 { 3 } else { 1 };
+        let mut s = format!("{all:.digits$} statements ({tx:.digits$} of them BEGIN/COMMIT)");
         if self.evicted > 0 {
             s.push_str(", undercounted: entries evicted");
         }
