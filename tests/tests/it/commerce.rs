@@ -142,6 +142,85 @@ both_backends!(
 );
 
 both_backends!(
+    concurrent_orders_are_placed_in_groups_and_a_bad_order_spoils_none_of_its_group,
+    |backend: Backend| async move {
+        let Some(hub) = spawn_hub(backend).await else {
+            return;
+        };
+        let (admin, client) = seed(&hub).await;
+        receive(&admin, "w1", "P1", 100).await;
+
+        // 40 at once: 34 good, 3 naming a product that does not exist,
+        // 3 whose card is declined.
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let client = client.clone();
+            let body = match i % 13 {
+                5 => order("NOPE", 1, "tok_visa"),
+                9 => order("P1", 1, "decline_card"),
+                _ => order("P1", 1, "tok_visa"),
+            };
+            tasks.push(tokio::spawn(async move {
+                (
+                    i,
+                    body.clone(),
+                    place(&client, &format!("group-{i}"), &body).await,
+                )
+            }));
+        }
+        let mut confirmed = Vec::new();
+        for t in tasks {
+            let (i, body, a) = t.await.unwrap();
+            match i % 13 {
+                5 => {
+                    assert_eq!(a.status, 422, "{}", a.body);
+                    assert!(
+                        a.body["error"]["message"].as_str().unwrap().contains("NOPE"),
+                        "{}",
+                        a.body
+                    );
+                }
+                9 => assert_eq!(a.status, 402, "{}", a.body),
+                _ => {
+                    assert_eq!(a.status, 201, "{}", a.body);
+                    assert_eq!(a.body["status"], "awaiting_shipment", "{}", a.body);
+                    assert_eq!(a.body["payments"][0]["status"], "authorized", "{}", a.body);
+                    assert_eq!(a.body["shipments"].as_array().unwrap().len(), 1, "{}", a.body);
+                    assert_eq!(a.body["tasks"].as_array().unwrap().len(), 1, "{}", a.body);
+                    confirmed.push((i, body, a.body["id"].as_str().unwrap().to_owned()));
+                }
+            }
+        }
+        assert_eq!(confirmed.len(), 34);
+        // Reserved for the confirmed orders only: the declined ones released theirs.
+        assert_eq!(level(&admin, "w1", "P1").await, (100, 34));
+        // A retry with the same key answers the same order.
+        let (i, body, id) = &confirmed[0];
+        let again = place(&client, &format!("group-{i}"), body).await;
+        assert_eq!(again.status, 201, "{}", again.body);
+        assert_eq!(again.body["id"].as_str(), Some(id.as_str()));
+        verify_ledger(&admin).await;
+        // Some group held more than one order.
+        let metrics = crate::hub_ingest::metrics(&hub).await;
+        let value = |name: &str| -> f64 {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing from\n{metrics}"))
+        };
+        let (sum, count) = (
+            value("hub_order_group_size_sum"),
+            value("hub_order_group_size_count"),
+        );
+        assert!(
+            count >= 1.0 && sum > count,
+            "groups: {count}, orders in them: {sum}"
+        );
+        hub.stop().await;
+    }
+);
+
+both_backends!(
     a_shipment_in_trouble_before_it_left_books_its_goods_once_when_it_leaves,
     |backend: Backend| async move {
         let Some(hub) = spawn_hub(backend).await else {
