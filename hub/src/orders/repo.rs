@@ -313,12 +313,21 @@ row! {
     }
 }
 
-/// The lines of `ids`, by order and line number.
-pub(super) async fn pick_lines(conn: &mut AnyConnection, ids: &[&str]) -> Result<Vec<PickLine>, sqlx::Error> {
+/// Rows of `select` (which ends in `IN`) for `ids`, then `then` (an
+/// `ORDER BY`, or nothing): one statement per 500 ids.
+async fn for_ids<T>(
+    conn: &mut AnyConnection,
+    select: &str,
+    ids: &[&str],
+    then: &str,
+) -> Result<Vec<T>, sqlx::Error>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+{
     let mut out = Vec::new();
     for chunk in ids.chunks(sql::CHUNK) {
         let mut q = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT order_id, sku, qty, location FROM order_lines WHERE order_id IN {} ORDER BY order_id, line_no",
+            "{select} {}{then}",
             sql::list(1, chunk.len())
         )));
         for id in chunk {
@@ -327,6 +336,17 @@ pub(super) async fn pick_lines(conn: &mut AnyConnection, ids: &[&str]) -> Result
         out.extend(q.fetch_all(&mut *conn).await?);
     }
     Ok(out)
+}
+
+/// The lines of `ids`, by order and line number.
+pub(super) async fn pick_lines(conn: &mut AnyConnection, ids: &[&str]) -> Result<Vec<PickLine>, sqlx::Error> {
+    for_ids(
+        conn,
+        "SELECT order_id, sku, qty, location FROM order_lines WHERE order_id IN",
+        ids,
+        " ORDER BY order_id, line_no",
+    )
+    .await
 }
 
 row! {
@@ -340,18 +360,13 @@ row! {
 
 /// How each of `ids` ships.
 pub(super) async fn ship_to(conn: &mut AnyConnection, ids: &[&str]) -> Result<Vec<ShipTo>, sqlx::Error> {
-    let mut out = Vec::new();
-    for chunk in ids.chunks(sql::CHUNK) {
-        let mut q = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT id, fulfilment, ship_region FROM orders WHERE id IN {}",
-            sql::list(1, chunk.len())
-        )));
-        for id in chunk {
-            q = q.bind(*id);
-        }
-        out.extend(q.fetch_all(&mut *conn).await?);
-    }
-    Ok(out)
+    for_ids(
+        conn,
+        "SELECT id, fulfilment, ship_region FROM orders WHERE id IN",
+        ids,
+        "",
+    )
+    .await
 }
 
 /// A new saga at `authorize`.
