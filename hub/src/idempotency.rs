@@ -148,20 +148,14 @@ pub async fn set_resources(
     done: &[(&KeyRef, &str)],
 ) -> Result<(), sqlx::Error> {
     for chunk in done.chunks(crate::sql::CHUNK) {
-        let mut pairs = String::new();
-        for i in 0..chunk.len() {
-            let n = i * 4;
-            if i > 0 {
-                pairs.push_str(" UNION ALL ");
-            }
-            pairs.push_str(&format!(
-                "SELECT ${} AS k, ${} AS p, ${} AS r, ${} AS res",
-                n + 1,
-                n + 2,
-                n + 3,
-                n + 4
-            ));
-        }
+        let pairs = crate::sql::placeholders(
+            1,
+            chunk.len(),
+            &[" AS k", " AS p", " AS r", " AS res"],
+            "SELECT ",
+            "",
+            " UNION ALL ",
+        );
         let mut q = sqlx::query(AssertSqlSafe(format!(
             "UPDATE idempotency SET resource = v.res FROM ({pairs}) AS v \
              WHERE idempotency.key = v.k AND idempotency.principal = v.p AND idempotency.route = v.r"

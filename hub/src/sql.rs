@@ -142,6 +142,31 @@ pub fn list(from: usize, count: usize) -> String {
     s
 }
 
+/// `rows` groups of placeholders from `$first`, one per entry of `cols`,
+/// each followed by that entry (a cast such as `::text`, an alias such as
+/// ` AS k`); each group between `open` and `close`, groups joined by `sep`.
+/// `placeholders(2, 2, &["::text", ""], "(", ")", ", ")` is
+/// `($2::text, $3), ($4::text, $5)`.
+pub fn placeholders(first: usize, rows: usize, cols: &[&str], open: &str, close: &str, sep: &str) -> String {
+    let mut s = String::new();
+    let mut n = first;
+    for r in 0..rows {
+        if r > 0 {
+            s.push_str(sep);
+        }
+        s.push_str(open);
+        for (c, suffix) in cols.iter().enumerate() {
+            if c > 0 {
+                s.push_str(", ");
+            }
+            let _ = write!(s, "${n}{suffix}");
+            n += 1;
+        }
+        s.push_str(close);
+    }
+    s
+}
+
 /// Rows per multi-row statement: under SQLite's 32766 and PostgreSQL's
 /// 65535 bound parameters for tables of up to 60 columns.
 pub const CHUNK: usize = 500;
@@ -157,6 +182,18 @@ pub fn text(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn placeholders_number_on_across_groups() {
+        assert_eq!(
+            super::placeholders(2, 2, &["::text", ""], "(", ")", ", "),
+            "($2::text, $3), ($4::text, $5)"
+        );
+        assert_eq!(
+            super::placeholders(1, 2, &[" AS k"], "SELECT ", "", " UNION ALL "),
+            "SELECT $1 AS k UNION ALL SELECT $2 AS k"
+        );
+    }
+
     use super::*;
 
     #[test]

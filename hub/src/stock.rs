@@ -210,32 +210,25 @@ async fn reserve_many_pg(
     lines: &[(&str, &str, i64, &str)],
     now: i64,
 ) -> Result<bool, sqlx::Error> {
-    let mut text = String::from("WITH want (location, sku, qty, ord) AS (VALUES ");
-    let mut n = 2;
-    for i in 0..want.len() {
-        if i > 0 {
-            text.push_str(", ");
-        }
-        text.push_str(&format!(
-            "(${n}::text, ${}::text, ${}::bigint, {i})",
-            n + 1,
-            n + 2
-        ));
-        n += 3;
-    }
-    text.push_str("), line (location, sku, qty, reference) AS (VALUES ");
-    for i in 0..lines.len() {
-        if i > 0 {
-            text.push_str(", ");
-        }
-        text.push_str(&format!(
-            "(${n}::text, ${}::text, ${}::bigint, ${}::text)",
-            n + 1,
-            n + 2,
-            n + 3
-        ));
-        n += 4;
-    }
+    let mut text = format!(
+        "WITH want (location, sku, qty, ord) AS (VALUES {}), line (location, sku, qty, reference) AS (VALUES {}",
+        sql::placeholders(
+            2,
+            want.len(),
+            &["::text", "::text", "::bigint", "::bigint"],
+            "(",
+            ")",
+            ", "
+        ),
+        sql::placeholders(
+            2 + 4 * want.len(),
+            lines.len(),
+            &["::text", "::text", "::bigint", "::text"],
+            "(",
+            ")",
+            ", "
+        )
+    );
     text.push_str(
         "), locked AS (SELECT l.location, l.sku, w.qty FROM want w JOIN stock_levels l \
          ON l.location = w.location AND l.sku = w.sku ORDER BY w.ord FOR UPDATE OF l), \
@@ -249,8 +242,8 @@ async fn reserve_many_pg(
          SELECT COUNT(*) FROM upd",
     );
     let mut q = sqlx::query_scalar::<_, i64>(AssertSqlSafe(text)).bind(now);
-    for ((location, sku), qty) in want {
-        q = q.bind(*location).bind(*sku).bind(*qty);
+    for (ord, ((location, sku), qty)) in want.iter().enumerate() {
+        q = q.bind(*location).bind(*sku).bind(*qty).bind(ord as i64);
     }
     for (location, sku, qty, reference) in lines {
         q = q.bind(*location).bind(*sku).bind(*qty).bind(*reference);
